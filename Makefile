@@ -1,0 +1,31 @@
+# Conclave: `make demo` runs the main job offline, `make test` the whole suite.
+# Both set everything up from nothing (a .venv in the repo).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup test demo lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q -ra tests
+
+demo: setup
+	$(VENV)/bin/conclave demo
+
+lint: setup
+	$(VENV)/bin/ruff check cluster routing experts tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

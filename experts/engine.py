@@ -1,0 +1,56 @@
+"""The generation contract every engine implements (HF transformers, LoRA, mixtures).
+
+A prompt is either plain text or a list of chat messages (``{"role", "content"}``).
+``adapters`` gives, per row, the LoRA adapter to use; ``None`` is the base model
+(the "null adapter"), so one batch may mix adapters and the base.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+Prompt = str | list[dict]
+
+
+@dataclass
+class GenerationParams:
+    """Per-call sampling options. ``temperature == 0`` is greedy."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    """One row's output."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = "length"  # "stop" when a stop string or EOS ended it
+    trace: list | None = None  # per-token routing trace (mixtures), when asked for
+
+
+class GenerationEngine(ABC):
+    """A loaded model that generates for a batch of prompts."""
+
+    @abstractmethod
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: GenerationParams | None = None,
+        adapters: Sequence[str | None] | None = None,
+    ) -> list[Generation]:
+        """One output per prompt, in order. An empty list gives an empty list."""
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the loaded weights (used by the model pool's budget)."""
+        return 0
+
+    def close(self) -> None:
+        """Free what the engine holds. Idempotent."""

@@ -1,0 +1,133 @@
+"""ExpertSpec: what one expert is, validated before anything is loaded.
+
+An expert is one of
+- ``model``: a causal LM, from a Hugging Face id or a local path;
+- ``lora``: a peft adapter on top of a ``model`` expert named by ``base``;
+- ``mixture``: a base plus several ``lora`` experts, mixed token by token (GLIDER local).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class GenerationDefaults(BaseModel):
+    """Sampling defaults for one expert; a request may override them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(64, ge=1, le=32768, description="Tokens to generate at most.")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    stop: list[str] = Field(default_factory=list, description="Generation stops at any of these.")
+
+
+class Resources(BaseModel):
+    """What one loaded copy of the expert needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: float = Field(0.0, ge=0.0, description="GPUs per replica serving this expert.")
+    memory_gb: float = Field(0.0, ge=0.0, description="Approximate memory of the loaded weights.")
+
+
+def is_local_path(value: str) -> bool:
+    """A model reference is a local path when it is spelled like one.
+
+    Hugging Face ids look like ``org/name``; paths start with ``/``, ``.`` or ``~``.
+    """
+    return value.startswith(("/", ".", "~"))
+
+
+class ExpertSpec(BaseModel):
+    """One expert of the panel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="Slug: lowercase letters, digits, '-' and '_'.")
+    kind: Literal["model", "lora", "mixture"] = Field("model", description="What is loaded.")
+    model: str | None = Field(
+        None, description="HF id or local path of the causal LM (kind=model)."
+    )
+    base: str | None = Field(
+        None, description="Id of the `model` expert this adapter or mixture sits on."
+    )
+    adapter: str | None = Field(None, description="HF id or local path of the peft adapter.")
+    experts: list[str] = Field(
+        default_factory=list, description="LoRA expert ids mixed by a `mixture` expert."
+    )
+    description: str = Field("", description="What the expert is good at, in a sentence.")
+    instruction: str | None = Field(
+        None, description="Task instruction for GLIDER's global router; defaults to description."
+    )
+    domain: str | None = Field(None, description="Main domain label, if any.")
+    skills: list[str] = Field(default_factory=list, description="Skill keywords it covers.")
+    examples: list[str] = Field(
+        default_factory=list, description="Example (pilot) questions it answers well."
+    )
+    generation: GenerationDefaults = Field(
+        default_factory=GenerationDefaults, description="Sampling defaults."
+    )
+    resources: Resources = Field(default_factory=Resources, description="Per-copy resources.")
+    cost: float = Field(0.0, ge=0.0, description="USD per million generated tokens (0: free).")
+    pool: str = Field("default", description="Name of the expert pool deployment serving it.")
+    trust_remote_code: bool = Field(
+        False, description="Allow the model repo's own Python code. Off unless you trust it."
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise ValueError(f"expert id {value!r} is not a slug (a-z, 0-9, '-', '_')")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> ExpertSpec:
+        if self.kind == "model" and not self.model:
+            raise ValueError(f"expert {self.id!r}: kind 'model' needs `model`")
+        if self.kind in ("lora", "mixture") and not self.base:
+            raise ValueError(f"expert {self.id!r}: kind {self.kind!r} needs `base`")
+        if self.kind == "lora" and not self.adapter:
+            raise ValueError(f"expert {self.id!r}: kind 'lora' needs `adapter`")
+        if self.kind == "mixture" and not self.experts:
+            raise ValueError(f"expert {self.id!r}: kind 'mixture' needs `experts`")
+        for ref in (self.model, self.adapter):
+            if ref and is_local_path(ref) and not Path(ref).expanduser().exists():
+                raise ValueError(f"expert {self.id!r}: path {ref!r} does not exist")
+        return self
+
+    @property
+    def task_instruction(self) -> str:
+        """The sentence GLIDER's global router embeds for this expert."""
+        return self.instruction or self.description or self.id
+
+
+def check_references(specs: list[ExpertSpec]) -> None:
+    """Cross-expert rules: unique ids, a lora/mixture base is a known `model` expert,
+    a mixture's experts are lora experts on that same base."""
+    by_id: dict[str, ExpertSpec] = {}
+    for spec in specs:
+        if spec.id in by_id:
+            raise ValueError(f"duplicate expert id {spec.id!r}")
+        by_id[spec.id] = spec
+    for spec in specs:
+        if spec.kind == "model":
+            continue
+        base = by_id.get(spec.base or "")
+        if base is None or base.kind != "model":
+            raise ValueError(f"expert {spec.id!r}: base {spec.base!r} is not a known model expert")
+        for member in spec.experts:
+            other = by_id.get(member)
+            if other is None or other.kind != "lora":
+                raise ValueError(f"expert {spec.id!r}: {member!r} is not a known lora expert")
+            if other.base != spec.base:
+                raise ValueError(
+                    f"expert {spec.id!r}: {member!r} sits on {other.base!r}, not {spec.base!r}"
+                )

