@@ -1,0 +1,22 @@
+"""The ``conclave`` command. One module per command group; each registers itself here.
+
+Errors exit non-zero with one clear line (see :func:`cluster.cli.common.fail`).
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="conclave")
+def main() -> None:
+    """Conclave: a panel of expert models behind one routed endpoint."""
+
+
+def _register() -> None:
+    # Each command module adds itself here (imports are light: heavy ones stay inside commands).
+    from cluster.cli import experts as _experts  # noqa: F401
+
+
+_register()
