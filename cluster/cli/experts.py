@@ -1,0 +1,143 @@
+"""``conclave experts list|add|remove``: the expert registry, from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+import yaml
+from pydantic import ValidationError
+
+from cluster.cli import main
+from cluster.cli.common import fail, read_config
+from cluster.config import ConfigError
+from experts.errors import ExpertError
+from experts.spec import ExpertSpec
+
+REDIS_ENV = "CONCLAVE_REDIS_URL"
+
+redis_option = click.option(
+    "--redis",
+    "redis_url",
+    default=None,
+    help=f"Redis URL or 'embedded' (default: ${REDIS_ENV}, else the config's redis.url).",
+)
+config_option = click.option(
+    "--config", "config_path", default=None, type=click.Path(), help="Conclave YAML config."
+)
+
+
+def open_registry(redis_url: str | None, config_path: str | None):
+    """The registry named by ``--redis``, else ``$CONCLAVE_REDIS_URL``, else the config."""
+    import redis
+
+    from experts.redis_conn import connect, redact
+    from experts.registry import ExpertRegistry
+
+    config = read_config(config_path)
+    url = redis_url or os.environ.get(REDIS_ENV) or config.redis.url
+    try:
+        client = connect(url)
+        client.ping()
+    except (redis.RedisError, OSError) as err:
+        raise ExpertError(f"cannot reach Redis at {redact(url)}: {err}") from None
+    return ExpertRegistry(client, namespace=config.redis.namespace)
+
+
+def read_specs(path: str | Path) -> list[ExpertSpec]:
+    """Expert specs from a YAML file: one mapping, a list of them, or ``experts: [...]``."""
+    path = Path(path)
+    if not path.exists():
+        raise ExpertError(f"spec file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ExpertError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if isinstance(data, dict) and set(data) == {"experts"}:
+        data = data["experts"]
+    items = data if isinstance(data, list) else [data]
+    specs = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ExpertError(f"{path}: expert #{index + 1} is not a mapping")
+        try:
+            specs.append(ExpertSpec.model_validate(item))
+        except ValidationError as err:
+            raise ExpertError(f"{path}: {_describe(err)}") from None
+    return specs
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown key {where!r}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def run_guarded(action):
+    """Run ``action()``; bad input becomes one error line and a non-zero exit."""
+    try:
+        return action()
+    except (ExpertError, ConfigError) as err:
+        fail(str(err))
+
+
+@main.group()
+def experts() -> None:
+    """List, add and remove experts in the registry."""
+
+
+@experts.command("list")
+@redis_option
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the specs as JSON.")
+def list_experts(redis_url: str | None, config_path: str | None, as_json: bool) -> None:
+    """List registered experts."""
+    specs = run_guarded(lambda: open_registry(redis_url, config_path).list())
+    if as_json:
+        click.echo(json.dumps([spec.model_dump() for spec in specs], indent=2))
+        return
+    if not specs:
+        click.echo("no experts registered")
+        return
+    click.echo(f"{'ID':<22} {'KIND':<8} {'MODEL / BASE':<34} DESCRIPTION")
+    for spec in specs:
+        source = spec.model if spec.kind == "model" else f"{spec.base} + {spec.id}"
+        click.echo(
+            f"{spec.id:<22} {spec.kind:<8} {_clip(source, 34):<34} {_clip(spec.description, 50)}"
+        )
+
+
+@experts.command("add")
+@click.argument("spec_file", type=click.Path())
+@redis_option
+@config_option
+def add_experts(spec_file: str, redis_url: str | None, config_path: str | None) -> None:
+    """Register the expert(s) in SPEC_FILE (YAML)."""
+
+    def action():
+        specs = read_specs(spec_file)
+        registry = open_registry(redis_url, config_path)
+        return [(spec.id, registry.add(spec)) for spec in specs]
+
+    for expert_id, version in run_guarded(action):
+        click.echo(f"added {expert_id} (registry version {version})")
+
+
+@experts.command("remove")
+@click.argument("expert_id")
+@redis_option
+@config_option
+def remove_expert(expert_id: str, redis_url: str | None, config_path: str | None) -> None:
+    """Unregister EXPERT_ID."""
+    version = run_guarded(lambda: open_registry(redis_url, config_path).remove(expert_id))
+    click.echo(f"removed {expert_id} (registry version {version})")
+
+
+def _clip(text: str | None, width: int) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
