@@ -56,10 +56,12 @@ def build_tiny_lm(
     vocab_size: int = 512,
     seed: int = 0,
     chat_template: bool = True,
+    init_std: float = 0.02,
 ) -> Path:
     """Build a random-init Llama-architecture LM + tokenizer and save both to ``path``.
 
-    Returns ``path``. Same arguments, same weights (seeded).
+    Returns ``path``. Same arguments, same weights (seeded). A larger ``init_std`` (say 0.2)
+    makes greedy output depend more on the prompt instead of repeating one token.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -78,6 +80,7 @@ def build_tiny_lm(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
+        initializer_range=init_std,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
