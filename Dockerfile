@@ -1,0 +1,58 @@
+# Conclave image: the package and its dependencies, no model weights (they download into the
+# HF cache volume at start, or come from a mounted model store).
+#
+# CPU (default):  docker build -t conclave:0.1.0 .
+# GPU:            docker build -t conclave:0.1.0-gpu \
+#                   --build-arg BASE_IMAGE=rayproject/ray:2.60.0-py311-gpu \
+#                   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
+# BASE_IMAGE must provide Python 3.11 (with venv) as `python3.11`; a CUDA image adds the
+# CUDA runtime, the driver comes from the host (nvidia-container-toolkit / GPU nodes).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+# Base images may set a non-root USER (rayproject/ray does); installing needs root.
+USER root
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/conclave \
+    PATH=/opt/conclave/bin:$PATH \
+    HF_HOME=/data/hf \
+    CONCLAVE_CACHE=/data/conclave \
+    RAY_USAGE_STATS_ENABLED=0
+
+# A venv of our own, so the same layout works on any base that ships Python 3.11.
+RUN python3.11 -m venv "$VIRTUAL_ENV" \
+ && pip install --upgrade pip \
+ && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+
+WORKDIR /app
+# Dependencies first (cached while only the source changes), then the package itself.
+COPY pyproject.toml README.md ./
+RUN mkdir -p cluster routing experts \
+ && touch cluster/__init__.py routing/__init__.py experts/__init__.py \
+ && pip install . \
+ && pip uninstall -y conclave
+COPY cluster ./cluster
+COPY routing ./routing
+COPY experts ./experts
+COPY configs ./configs
+RUN pip install --no-deps . \
+ && python -c "import cluster.config, torch; assert torch.__version__.startswith('${TORCH_VERSION}')"
+
+RUN useradd --create-home --uid 10001 --user-group conclave \
+ && mkdir -p /data/hf /data/conclave \
+ && chown -R conclave:conclave /data
+USER 10001
+VOLUME ["/data/hf"]
+EXPOSE 8000 8265
+
+# The gateway's liveness (the ray-head service and KubeRay head run Serve here).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=5 \
+  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"
+
+CMD ["conclave", "--help"]
