@@ -74,3 +74,11 @@ def tiny_adapters(tiny_lm, tmp_path_factory) -> dict[str, Path]:
         name: add_random_lora(tiny_lm, root / name, seed=seed)
         for seed, name in enumerate(["alpha", "beta", "gamma"], start=1)
     }
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The bundled all-MiniLM-L6-v2 encoder, loaded once per session (no disk cache)."""
+    from routing.encoder import SentenceEncoder
+
+    return SentenceEncoder(cache=False)

@@ -1,0 +1,130 @@
+"""The one place where strategy scores become :class:`~routing.decision.Decision`s.
+
+Per query: cost penalty, then deterministic top-k or seeded sampling, then weights; a
+fallback when the strategy has no opinion at all (every score NaN).
+
+Cost penalty: ``final = score − λ · (cost / max cost) · spread`` where ``spread`` is the
+query's score range (max − min over scored experts). Dividing by the largest cost puts
+costs in [0, 1]; scaling by the spread makes λ mean the same for every strategy whatever
+its score units: at λ = 1 the priciest expert loses as much as the whole gap between the
+best and the worst expert.
+
+Weights: the positive part of the selected experts' final scores, normalised (uniform
+when none is positive). Sampling (Symbolic-MoE) draws k experts *with replacement* with
+probability proportional to that positive part, so an expert may appear twice; each draw
+carries weight 1/k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from routing.decision import Decision, RouteOptions
+from routing.strategies.base import RoutingError, Scores
+
+
+def select(
+    queries: list[str],
+    scores: Scores,
+    options: RouteOptions,
+    strategy: str,
+    costs: dict[str, float] | None = None,
+    prior: dict[str, float] | None = None,
+) -> list[Decision]:
+    """One decision per query from ``scores`` (rows = queries, columns = experts)."""
+    values = np.asarray(scores.values, dtype=np.float64)
+    if values.shape != (len(queries), len(scores.experts)):
+        raise RoutingError(
+            f"strategy {strategy!r} returned scores of shape {values.shape}, "
+            f"expected ({len(queries)}, {len(scores.experts)})"
+        )
+    if not scores.experts:
+        raise RoutingError(f"strategy {strategy!r} knows no experts; add one first")
+    cost = _normalised_costs(scores.experts, costs or {})
+    fallback = _prior_row(scores.experts, prior or {})
+    return [
+        _decide(query, values[i], scores, i, options, strategy, cost, fallback)
+        for i, query in enumerate(queries)
+    ]
+
+
+def _decide(query, row, scores, i, options, strategy, cost, fallback) -> Decision:
+    explanation = dict(scores.explanations[i]) if i < len(scores.explanations) else {}
+    if np.isnan(row).all():
+        row = fallback
+        explanation["fallback"] = "no expert scored; ranked by prior (mean validation score)"
+    final = penalise(row, cost, options.cost_weight)
+    order = _rank(final)
+    ranked = [(scores.experts[j], float(final[j])) for j in order]
+    scored = [j for j in order if not np.isnan(final[j])]
+    if options.sample:
+        seed = options.seed if options.seed is not None else _query_seed(query)
+        picks = _sample(final, scored, options.k, np.random.default_rng(seed))
+        weights = [1.0 / len(picks)] * len(picks)
+    else:
+        picks = scored[: options.k]
+        weights = _weights(final[picks])
+    explanation["selection"] = {
+        "mode": "sample" if options.sample else "top-k",
+        "k": options.k,
+        "cost_weight": options.cost_weight,
+    }
+    explanation["options"] = options.model_dump()
+    return Decision(
+        query=query,
+        experts=[scores.experts[j] for j in picks],
+        weights=weights,
+        strategy=strategy,
+        ranked=ranked,
+        explanation=explanation,
+    )
+
+
+def penalise(row: np.ndarray, cost: np.ndarray, cost_weight: float) -> np.ndarray:
+    """``row − λ · cost · spread`` (see module doc); NaN stays NaN."""
+    if cost_weight == 0.0 or not np.isfinite(row).any():
+        return row.astype(np.float64)
+    finite = row[np.isfinite(row)]
+    spread = float(finite.max() - finite.min()) or max(abs(float(finite.max())), 1.0)
+    return row - cost_weight * cost * spread
+
+
+def _rank(final: np.ndarray) -> list[int]:
+    # Best first, NaN last; ties keep column order (stable), so decisions are deterministic.
+    key = np.where(np.isnan(final), np.inf, -final)
+    return [int(j) for j in np.argsort(key, kind="stable")]
+
+
+def _sample(final: np.ndarray, scored: list[int], k: int, rng) -> list[int]:
+    mass = np.clip(final[scored], 0.0, None)
+    probs = mass / mass.sum() if mass.sum() > 0 else np.full(len(scored), 1.0 / len(scored))
+    draws = rng.choice(len(scored), size=k, replace=True, p=probs)
+    return [scored[d] for d in draws]
+
+
+def _weights(selected: np.ndarray) -> list[float]:
+    mass = np.clip(selected, 0.0, None)
+    if mass.sum() <= 0:
+        return [1.0 / len(selected)] * len(selected)
+    return [float(w) for w in mass / mass.sum()]
+
+
+def _normalised_costs(experts: list[str], costs: dict[str, float]) -> np.ndarray:
+    cost = np.array([float(costs.get(name, 0.0)) for name in experts], dtype=np.float64)
+    if (cost < 0).any() or not np.isfinite(cost).all():
+        raise RoutingError(f"costs must be finite and >= 0: {costs}")
+    top = cost.max() if cost.size else 0.0
+    return cost / top if top > 0 else cost
+
+
+def _prior_row(experts: list[str], prior: dict[str, float]) -> np.ndarray:
+    # Without a prior every expert ties at 0 and column order decides, deterministically.
+    row = np.array([float(prior.get(name, 0.0)) for name in experts], dtype=np.float64)
+    return np.nan_to_num(row, nan=0.0)
+
+
+def _query_seed(query: str) -> int:
+    # The same query samples the same experts in every replica (Python's hash() is salted).
+    return int.from_bytes(hashlib.sha1(query.encode("utf-8")).digest()[:8], "little")
