@@ -62,6 +62,10 @@ class RoutingConfig(_Strict):
         "auto", description="How k answers become one: vote for multiple choice, else synthesis."
     )
     cache: PatternCacheConfig = Field(default_factory=PatternCacheConfig, description="Cache.")
+    batch_size: int = Field(
+        32, ge=1, description="Concurrent queries routed in one encoder pass (1: no batching)."
+    )
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="Wait to fill a routing batch.")
 
 
 class AutoscalingConfig(_Strict):

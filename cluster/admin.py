@@ -1,0 +1,82 @@
+"""The admin API's logic: list, add and remove experts at runtime, behind a bearer token.
+
+The token comes from the config (``serving.admin_token``) or the env var it names
+(``serving.admin_token_env``, default ``CONCLAVE_ADMIN_TOKEN``). With no token configured
+the admin API refuses every call. The token is compared in constant time and never
+echoed, logged or listed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+from pydantic import ValidationError
+
+from cluster.api_errors import ApiError, from_domain, from_validation, unauthorized
+from cluster.catalog import ExpertCatalog
+from cluster.config import ServingConfig
+from experts.errors import ExpertError
+from experts.loader import ExpertLoader
+from experts.redis_conn import cache_dir
+from experts.spec import ExpertSpec
+
+
+def allowed_roots(serving: ServingConfig) -> list[str]:
+    """Folders local model and adapter paths must lie under (default: the cache dir)."""
+    return list(serving.allowed_model_roots) or [str(cache_dir())]
+
+
+def admin_token(serving: ServingConfig) -> str | None:
+    """The configured admin token, or None when the admin API is disabled."""
+    return serving.admin_token or os.environ.get(serving.admin_token_env) or None
+
+
+class ExpertAdmin:
+    """Registry changes on behalf of an authorised caller.
+
+    After a change returns, this replica's catalog already reflects it (it refreshes
+    synchronously), so a removed expert gets no new work from here on."""
+
+    def __init__(self, catalog: ExpertCatalog, token: str | None, roots: list[str]):
+        self._catalog = catalog
+        self._token = token
+        self._paths = ExpertLoader(catalog.get, roots)  # only its path check is used
+
+    def authorise(self, header: str | None) -> None:
+        """Raise 401 unless ``header`` is ``Bearer <the token>``."""
+        scheme, _, given = (header or "").partition(" ")
+        if (
+            not self._token
+            or scheme.lower() != "bearer"
+            or not hmac.compare_digest(given.strip().encode(), self._token.encode())
+        ):
+            raise unauthorized()
+
+    def list(self) -> dict:
+        return {"object": "list", "version": self._catalog.version,
+                "data": [spec.model_dump(mode="json") for spec in self._catalog.specs()]}
+
+    def add(self, body: object) -> dict:
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be one expert spec (a JSON object)")
+        try:
+            spec = ExpertSpec.model_validate(body)
+        except ValidationError as err:
+            raise from_validation(err.errors()) from None
+        try:
+            for ref in (spec.model, spec.adapter):
+                self._paths.check_path(spec, ref)
+            version = self._catalog.registry.add(spec)
+        except ExpertError as err:
+            raise from_domain(err) from None
+        self._catalog.refresh()
+        return {"added": spec.id, "version": version}
+
+    def remove(self, expert_id: str) -> dict:
+        try:
+            version = self._catalog.registry.remove(expert_id)
+        except ExpertError as err:
+            raise from_domain(err) from None
+        self._catalog.refresh()
+        return {"removed": expert_id, "version": version}

@@ -1,0 +1,165 @@
+"""The gateway's HTTP surface (FastAPI): thin routes over :class:`ConclaveService` and
+:class:`ExpertAdmin`, OpenAI-style error bodies for every failure, a body-size limit and
+a per-request timeout.
+
+``build_http_app`` takes plain objects, so the whole surface runs under a test client
+without Ray; the Serve gateway builds it per replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from cluster.admin import ExpertAdmin
+from cluster.api_errors import ApiError, from_validation, timeout_error
+from cluster.body_limit import BodyLimit
+from cluster.metrics import CONTENT_TYPE, ConclaveMetrics
+from cluster.openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorResponse,
+    ModelList,
+    RouteRequest,
+)
+from cluster.openai_serving import (
+    ConclaveService,
+    chat_stream,
+    completion_stream,
+    conclave_headers,
+)
+
+log = logging.getLogger(__name__)
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 502, 504)}
+
+
+@dataclass
+class GatewayParts:
+    service: ConclaveService
+    admin: ExpertAdmin
+    metrics: ConclaveMetrics
+    timeout_s: float
+    max_body_bytes: int
+
+
+def build_http_app(parts: GatewayParts) -> FastAPI:
+    """The FastAPI app serving the OpenAI, route, admin, health and metrics endpoints."""
+    app = FastAPI(title="Conclave", version="0.1.0", responses=_ERRORS)
+    app.add_middleware(BodyLimit, max_bytes=parts.max_body_bytes)
+    _add_error_handlers(app, parts.metrics)
+    _add_openai_routes(app, parts)
+    _add_admin_routes(app, parts.admin)
+    _add_ops_routes(app, parts)
+    return app
+
+
+def _add_openai_routes(app: FastAPI, parts: GatewayParts) -> None:
+    service = parts.service
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest):
+        resp = await _timed(parts, "chat", service.chat(body))
+        if body.stream:
+            return StreamingResponse(chat_stream(resp), media_type="text/event-stream",
+                                     headers=conclave_headers(resp.conclave))
+        return JSONResponse(resp.model_dump(), headers=conclave_headers(resp.conclave))
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        resp = await _timed(parts, "completions", service.completions(body))
+        if body.stream:
+            return StreamingResponse(completion_stream(resp), media_type="text/event-stream",
+                                     headers=conclave_headers(resp.conclave))
+        return JSONResponse(resp.model_dump(), headers=conclave_headers(resp.conclave))
+
+    @app.post("/v1/route")
+    async def route(body: RouteRequest):
+        return await _timed(parts, "route", service.route(body))
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models():
+        return service.models()
+
+
+def _add_admin_routes(app: FastAPI, admin: ExpertAdmin) -> None:
+    @app.get("/v1/experts")
+    async def list_experts(request: Request):
+        admin.authorise(request.headers.get("authorization"))
+        return admin.list()
+
+    @app.post("/v1/experts")
+    async def add_expert(request: Request):
+        admin.authorise(request.headers.get("authorization"))
+        body = await _json(request)
+        return await asyncio.to_thread(admin.add, body)
+
+    @app.delete("/v1/experts/{expert_id}")
+    async def remove_expert(expert_id: str, request: Request):
+        admin.authorise(request.headers.get("authorization"))
+        return await asyncio.to_thread(admin.remove, expert_id)
+
+
+def _add_ops_routes(app: FastAPI, parts: GatewayParts) -> None:
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "experts": len(parts.service.models().data) - 1}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(parts.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def _timed(parts: GatewayParts, endpoint: str, work):
+    """Run one request's work under the per-request timeout, counting it."""
+    started = time.perf_counter()
+    status = "200"
+    try:
+        return await asyncio.wait_for(work, parts.timeout_s)
+    except TimeoutError:
+        status = "504"
+        raise timeout_error(parts.timeout_s) from None
+    except ApiError as err:
+        status = str(err.status)
+        raise
+    finally:
+        parts.metrics.requests.labels(endpoint, status).inc()
+        parts.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
+
+
+async def _json(request: Request) -> object:
+    try:
+        return await request.json()
+    except ValueError:
+        raise ApiError(400, "request body is not valid JSON", code="invalid_json") from None
+
+
+def _add_error_handlers(app: FastAPI, metrics: ConclaveMetrics) -> None:
+    def respond(err: ApiError) -> JSONResponse:
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request, err: ApiError):
+        return respond(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, err: RequestValidationError):
+        return respond(from_validation(list(err.errors())))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, err: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        return respond(ApiError(err.status_code, str(err.detail),
+                                code=code.get(err.status_code)))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request, err: Exception):
+        # Log the type only: messages may carry connection strings.
+        log.error("unhandled %s in gateway", type(err).__name__)
+        return respond(ApiError(500, "internal error", type="api_error", code="internal"))

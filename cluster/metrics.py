@@ -1,0 +1,74 @@
+"""Prometheus metrics, kept by the gateway and served at ``GET /metrics``.
+
+Router and pool replicas report what they did with each reply (routing seconds, cache hit,
+batch size, model loads), so one scrape of the gateway shows the whole request path.
+Each :class:`ConclaveMetrics` owns its registry (no process globals): tests and several
+apps in one process do not collide. With several gateway replicas, each exposes its own
+share (Serve's proxy picks one per scrape); sum them in Prometheus.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_SLOW = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class ConclaveMetrics:
+    """The gateway's counters and histograms."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.requests = Counter("conclave_requests", "HTTP requests by endpoint and status.",
+                                ["endpoint", "status"], registry=reg)
+        self.request_seconds = Histogram("conclave_request_seconds", "End-to-end latency.",
+                                         ["endpoint"], buckets=_SLOW, registry=reg)
+        self.routing_seconds = Histogram("conclave_routing_seconds",
+                                         "Router time per query (cache + strategy).",
+                                         buckets=_FAST, registry=reg)
+        self.decisions = Counter("conclave_decisions", "Experts recruited, by expert.",
+                                 ["expert"], registry=reg)
+        self.cache = Counter("conclave_pattern_cache", "Pattern-cache lookups by result.",
+                             ["result"], registry=reg)
+        self.model_loads = Counter("conclave_model_loads", "Engines loaded by pool replicas.",
+                                   ["pool"], registry=reg)
+        self.model_load_seconds = Histogram("conclave_model_load_seconds",
+                                            "Seconds per engine load.", buckets=_SLOW,
+                                            registry=reg)
+        self.batch_size = Histogram("conclave_expert_batch_size",
+                                    "Requests generated together per expert batch.",
+                                    ["pool"], buckets=_SIZES, registry=reg)
+        self.route_batch_size = Histogram("conclave_route_batch_size",
+                                          "Queries routed per encoder pass.", buckets=_SIZES,
+                                          registry=reg)
+        self.tokens = Counter("conclave_generated_tokens", "Completion tokens, by expert.",
+                              ["expert"], registry=reg)
+        self.failovers = Counter("conclave_failovers", "Expert calls failed over, by expert.",
+                                 ["expert"], registry=reg)
+
+    def record_route(self, seconds: float, cache: str, batch_size: int,
+                     experts: list[str]) -> None:
+        self.routing_seconds.observe(seconds)
+        self.cache.labels(cache).inc()
+        if batch_size:
+            self.route_batch_size.observe(batch_size)
+        for expert in experts:
+            self.decisions.labels(expert).inc()
+
+    def record_generation(self, pool: str, expert: str, reply: dict) -> None:
+        """Book one pool reply: tokens, and the batch/load events it carries."""
+        self.tokens.labels(expert).inc(int(reply.get("completion_tokens", 0)))
+        stats = reply.get("stats") or {}
+        if stats.get("batch_size"):
+            self.batch_size.labels(pool).observe(stats["batch_size"])
+        for seconds in stats.get("loads", ()):
+            self.model_loads.labels(pool).inc()
+            self.model_load_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,258 @@
+"""The OpenAI-compatible wire format Conclave speaks: requests, responses, streaming
+chunks, model lists and error bodies (pydantic).
+
+Requests ignore unknown fields (stock clients send extras such as ``stream_options``);
+Conclave's own options ride in the ``model`` string or the ``conclave`` body field.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ConclaveOptions(BaseModel):
+    """Routing options in the body (``"conclave": {...}``); they override the model string."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int | None = Field(None, ge=1, le=16, description="Experts recruited for the query.")
+    strategy: str | None = Field(None, description="Routing strategy name.")
+    cost_weight: float | None = Field(None, ge=0.0, description="λ in score − λ·cost.")
+    sample: bool | None = Field(None, description="Sample experts by weight instead of top-k.")
+    seed: int | None = Field(None, description="Seed for sampling.")
+    aggregation: Literal["auto", "vote", "synthesis", "best"] | None = Field(
+        None, description="How the experts' answers become one."
+    )
+
+
+class TextPart(_Lenient):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        """The message's text (content parts joined)."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class _SamplingRequest(_Lenient):
+    model: str = Field(description="'conclave[:k=3,strategy=...]' or an expert id.")
+    max_tokens: int | None = Field(None, ge=1, description="Tokens to generate at most.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1, description="Only one choice per prompt is supported.")
+    stream: bool = False
+    user: str | None = None
+    conclave: ConclaveOptions | None = None
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+    @field_validator("messages")
+    @classmethod
+    def _has_text(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if not any(m.role == "user" for m in messages):
+            raise ValueError("messages need at least one 'user' message")
+        if not any(m.text().strip() for m in messages if m.role == "user"):
+            raise ValueError("the user message content is empty")
+        return messages
+
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def query(self) -> str:
+        """The text routed: the last user message."""
+        return next(m.text() for m in reversed(self.messages) if m.role == "user")
+
+    def prompt(self) -> list[dict]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: str | list[str]
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty(cls, prompt: str | list[str]) -> str | list[str]:
+        items = [prompt] if isinstance(prompt, str) else prompt
+        if not items or any(not p.strip() for p in items):
+            raise ValueError("prompt is empty")
+        return prompt
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def token_limit(self) -> int | None:
+        return self.max_tokens
+
+
+class RouteRequest(_Lenient):
+    """``POST /v1/route``: a dry run; give ``query`` or chat ``messages``."""
+
+    query: str | None = None
+    messages: list[ChatMessage] | None = None
+    model: str = "conclave"
+    conclave: ConclaveOptions | None = None
+
+    def text(self) -> str:
+        if self.query is not None:
+            return self.query
+        users = [m.text() for m in self.messages or [] if m.role == "user"]
+        return users[-1] if users else ""
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ExpertUse(BaseModel):
+    id: str
+    weight: float
+    completion_tokens: int = 0
+    replaces: str | None = Field(None, description="The expert it stood in for (failover).")
+
+
+class Failover(BaseModel):
+    expert: str = Field(description="The expert that failed.")
+    replacement: str | None = Field(description="Who took its share; None: nobody left.")
+    reason: str
+
+
+class ConclaveInfo(BaseModel):
+    """What the panel did for one answer."""
+
+    experts: list[ExpertUse]
+    strategy: str
+    aggregator: str | None
+    cache: Literal["hit", "miss", "off", "direct"]
+    failovers: list[Failover] = Field(default_factory=list)
+    routing_ms: float = 0.0
+
+
+class ChatChoiceMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatChoiceMessage
+    finish_reason: str
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: _id("chatcmpl"))
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    conclave: ConclaveInfo | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None = None
+    logprobs: Any = None
+
+
+class CompletionResponse(BaseModel):
+    id: str = Field(default_factory=lambda: _id("cmpl"))
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    conclave: list[ConclaveInfo] | None = None
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    conclave: ConclaveInfo | None = None
+
+
+class CompletionChunk(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=_now)
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    conclave: list[ConclaveInfo] | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=_now)
+    owned_by: str = "conclave"
+    description: str = ""
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,242 @@
+"""The OpenAI endpoints' logic, without the web framework (vLLM style): requests in,
+response models out. The gateway wires in the router call, the expert call, the live
+expert catalog and the aggregator; unit tests pass plain async functions instead.
+
+One request: model → routing options (or one expert asked directly) → router (cache,
+then strategy) → panel (experts, failover) → aggregator → response with a ``conclave``
+field saying who answered and why.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from cluster.api_errors import ApiError, from_domain
+from cluster.catalog import ExpertCatalog
+from cluster.config import ConclaveConfig
+from cluster.metrics import ConclaveMetrics
+from cluster.openai_protocol import (
+    ChatChoice,
+    ChatChoiceMessage,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionRequest,
+    CompletionResponse,
+    ConclaveInfo,
+    ConclaveOptions,
+    ModelCard,
+    ModelList,
+    RouteRequest,
+    Usage,
+)
+from cluster.panel import Answer, ExpertCall, Panel
+from routing.decision import MODEL_PREFIX, Decision, RouteOptions
+from routing.strategies.base import RoutingError
+
+# query, options → {"decision": Decision dict, "cache": "hit"|"miss"|"off", "routing_ms",
+# "batch_size"}
+RouteCall = Callable[[str, dict], Awaitable[dict]]
+# query, answers, mode → (text, aggregator name)
+Aggregate = Callable[[str, list[Answer], str], tuple[str, str]]
+
+
+@dataclass
+class Outcome:
+    """One prompt answered by the panel."""
+
+    text: str
+    finish_reason: str
+    usage: Usage
+    info: ConclaveInfo
+
+
+class ConclaveService:
+    """Chat, completions, route dry-runs and the model list."""
+
+    def __init__(self, config: ConclaveConfig, route: RouteCall, call: ExpertCall,
+                 catalog: ExpertCatalog, metrics: ConclaveMetrics, aggregate: Aggregate):
+        self.config = config
+        self._route = route
+        self._catalog = catalog
+        self._metrics = metrics
+        self._aggregate = aggregate
+        self._panel = Panel(call, config.serving.expert_timeout_s, catalog.is_live)
+
+    def models(self) -> ModelList:
+        cards = [ModelCard(id=MODEL_PREFIX, description="the routed panel of experts")]
+        cards += [ModelCard(id=s.id, description=s.description) for s in self._catalog.specs()]
+        return ModelList(data=cards)
+
+    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
+        out = await self._answer(req.query(), req.prompt(), req)
+        choice = ChatChoice(index=0, message=ChatChoiceMessage(content=out.text),
+                            finish_reason=out.finish_reason)
+        return ChatCompletionResponse(model=req.model, choices=[choice], usage=out.usage,
+                                      conclave=out.info)
+
+    async def completions(self, req: CompletionRequest) -> CompletionResponse:
+        choices, infos, usage = [], [], Usage()
+        for index, prompt in enumerate(req.prompts()):
+            out = await self._answer(prompt, prompt, req)
+            text = prompt + out.text if req.echo else out.text
+            choices.append(CompletionChoice(index=index, text=text,
+                                            finish_reason=out.finish_reason))
+            infos.append(out.info)
+            usage = _add(usage, out.usage)
+        return CompletionResponse(model=req.model, choices=choices, usage=usage,
+                                  conclave=infos)
+
+    async def route(self, req: RouteRequest) -> dict:
+        query = req.text()
+        if not query.strip():
+            raise ApiError(400, "give a non-empty 'query' or user message", param="query")
+        options = self.route_options(req.model, req.conclave)
+        if options is None:
+            raise ApiError(400, f"model {req.model!r} is one expert; nothing to route",
+                           param="model")
+        routed = await self._call_router(query, options)
+        return {"decision": routed["decision"], "cache": routed["cache"],
+                "routing_ms": routed["routing_ms"], "options": options}
+
+    def route_options(self, model: str, body: ConclaveOptions | None) -> dict | None:
+        """Routing options from config defaults, the model string, then the body;
+        None when ``model`` names one expert. Unknown models → 404."""
+        if model != MODEL_PREFIX and not model.startswith(MODEL_PREFIX + ":"):
+            if model in self._catalog:
+                return None
+            raise ApiError(404, f"model {model!r} does not exist; GET /v1/models lists "
+                           f"'{MODEL_PREFIX}' and every expert", param="model",
+                           code="model_not_found")
+        try:
+            parsed = RouteOptions.parse_model_string(model)
+        except RoutingError as err:
+            raise ApiError(400, str(err), param="model", code="invalid_value") from None
+        cfg = self.config.routing
+        options = {"k": cfg.k, "strategy": cfg.strategy, "cost_weight": cfg.cost_weight,
+                   "sample": cfg.sample, "seed": cfg.seed, "aggregation": cfg.aggregation}
+        options.update({key: getattr(parsed, key) for key in parsed.model_fields_set})
+        if body is not None:
+            options.update(body.model_dump(exclude_none=True))
+        return options
+
+    async def _answer(self, query: str, prompt: object, req) -> Outcome:
+        params = self._params(req)
+        options = self.route_options(req.model, req.conclave)
+        if options is None:
+            decision = Decision(query=query, experts=[req.model], weights=[1.0],
+                                strategy="direct", ranked=[(req.model, 1.0)], explanation={})
+            routed = {"cache": "direct", "routing_ms": 0.0}
+            mode = "best"
+        else:
+            routed = await self._call_router(query, options)
+            decision = Decision.from_dict(routed["decision"])
+            mode = options["aggregation"]
+        run = await self._panel.run(decision, prompt, params)
+        for failover in run.failovers:
+            self._metrics.failovers.labels(failover.expert).inc()
+        text, aggregator = self._aggregate(query, run.answers, mode)
+        info = ConclaveInfo(experts=run.uses(), strategy=decision.strategy,
+                            aggregator=aggregator, cache=routed["cache"],
+                            failovers=run.failovers, routing_ms=routed["routing_ms"])
+        lead = max(run.answers, key=lambda a: a.weight)
+        usage = Usage(prompt_tokens=sum(a.prompt_tokens for a in run.answers),
+                      completion_tokens=sum(a.completion_tokens for a in run.answers))
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        return Outcome(text=text, finish_reason=lead.finish_reason, usage=usage, info=info)
+
+    async def _call_router(self, query: str, options: dict) -> dict:
+        started = time.perf_counter()
+        try:
+            routed = await self._route(query, options)
+        except (RoutingError, ValueError) as err:
+            raise from_domain(_unwrap(err)) from None
+        decision = routed["decision"]
+        self._metrics.record_route(time.perf_counter() - started, routed["cache"],
+                                   routed.get("batch_size", 0), decision["experts"])
+        return routed
+
+    def _params(self, req) -> dict:
+        limit = self.config.serving.max_tokens_limit
+        tokens = req.token_limit()
+        if tokens is not None and tokens > limit:
+            raise ApiError(400, f"max_tokens {tokens} is above this server's limit of {limit}",
+                           param="max_tokens", code="invalid_value")
+        params = {"max_new_tokens": tokens, "temperature": req.temperature,
+                  "top_p": req.top_p, "seed": req.seed}
+        params = {key: value for key, value in params.items() if value is not None}
+        if req.stop is not None:
+            params["stop"] = req.stop_list()
+        return params
+
+
+def _unwrap(err: Exception) -> Exception:
+    # A RoutingError raised in the router replica arrives wrapped by Ray.
+    cause = getattr(err, "cause", None)
+    return cause if isinstance(cause, RoutingError | ValueError) else err
+
+
+def _add(a: Usage, b: Usage) -> Usage:
+    return Usage(prompt_tokens=a.prompt_tokens + b.prompt_tokens,
+                 completion_tokens=a.completion_tokens + b.completion_tokens,
+                 total_tokens=a.total_tokens + b.total_tokens)
+
+
+def _pieces(text: str) -> list[str]:
+    """The answer cut at word boundaries, for streaming."""
+    words = text.split(" ")
+    return [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)] if text else []
+
+
+def _sse(model: object) -> str:
+    return f"data: {model.model_dump_json()}\n\n"
+
+
+async def chat_stream(resp: ChatCompletionResponse) -> AsyncIterator[str]:
+    """Server-sent events for a finished chat answer (the panel answers as a whole; the
+    aggregated text is then streamed piece by piece)."""
+    choice = resp.choices[0]
+    common = {"id": resp.id, "model": resp.model, "created": resp.created}
+    yield _sse(ChatCompletionChunk(**common, choices=[
+        ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))]))
+    for piece in _pieces(choice.message.content):
+        yield _sse(ChatCompletionChunk(**common, choices=[
+            ChatChunkChoice(delta=ChatDelta(content=piece))]))
+    yield _sse(ChatCompletionChunk(**common, usage=resp.usage, conclave=resp.conclave,
+                                   choices=[ChatChunkChoice(delta=ChatDelta(),
+                                                            finish_reason=choice.finish_reason)]))
+    yield "data: [DONE]\n\n"
+
+
+async def completion_stream(resp: CompletionResponse) -> AsyncIterator[str]:
+    """Server-sent events for finished completions, one choice after another."""
+    common = {"id": resp.id, "model": resp.model, "created": resp.created}
+    for choice in resp.choices:
+        for piece in _pieces(choice.text):
+            yield _sse(CompletionChunk(**common, choices=[
+                CompletionChoice(index=choice.index, text=piece, finish_reason=None)]))
+        yield _sse(CompletionChunk(**common, choices=[CompletionChoice(
+            index=choice.index, text="", finish_reason=choice.finish_reason)]))
+    yield _sse(CompletionChunk(**common, choices=[], usage=resp.usage, conclave=resp.conclave))
+    yield "data: [DONE]\n\n"
+
+
+def conclave_headers(info: ConclaveInfo | list[ConclaveInfo] | None) -> dict[str, str]:
+    """``x-conclave-*`` response headers summarising the panel's work."""
+    infos = info if isinstance(info, list) else [info] if info else []
+    if not infos:
+        return {}
+    return {
+        "x-conclave-experts": ",".join(e.id for i in infos for e in i.experts),
+        "x-conclave-strategy": infos[0].strategy,
+        "x-conclave-cache": ",".join(i.cache for i in infos),
+        "x-conclave-failovers": str(sum(len(i.failovers) for i in infos)),
+        "x-conclave-aggregator": json.dumps(infos[0].aggregator),
+    }

@@ -1,0 +1,135 @@
+"""Run one routing decision: ask its experts concurrently, fail over, return their answers.
+
+Failover: when an expert call raises or passes ``expert_timeout_s``, its share (weight)
+goes to the next-best expert of the same decision (``Decision.ranked``) that is neither
+used nor failed, and the switch is recorded. The user sees an error only when nobody in
+the ranking could answer.
+
+Plain asyncio: the expert call is injected, so this runs without Ray in unit tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from cluster.api_errors import ApiError
+from cluster.openai_protocol import ExpertUse, Failover
+from routing.decision import Decision
+
+log = logging.getLogger(__name__)
+
+# expert id, prompt, sampling params -> {"text", "prompt_tokens", "completion_tokens", ...}
+ExpertCall = Callable[[str, object, dict], Awaitable[dict]]
+
+
+@dataclass
+class Answer:
+    """One expert's answer and the share of the panel it carries."""
+
+    expert: str
+    weight: float
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    replaces: str | None = None
+
+
+@dataclass
+class PanelRun:
+    answers: list[Answer]
+    failovers: list[Failover] = field(default_factory=list)
+
+    def uses(self) -> list[ExpertUse]:
+        return [
+            ExpertUse(id=a.expert, weight=a.weight, completion_tokens=a.completion_tokens,
+                      replaces=a.replaces)
+            for a in self.answers
+        ]
+
+
+class Panel:
+    """Asks a decision's experts; ``is_live(id)`` says whether an expert may get new work
+    (a removed one may not)."""
+
+    def __init__(self, call: ExpertCall, timeout_s: float, is_live: Callable[[str], bool]):
+        self._call = call
+        self._timeout_s = timeout_s
+        self._is_live = is_live
+
+    async def run(self, decision: Decision, prompt: object, params: dict) -> PanelRun:
+        run = PanelRun(answers=[])
+        tried: set[str] = set(decision.experts)
+        slots = [
+            self._slot(decision, expert, weight, prompt, params, run, tried)
+            for expert, weight in _merge(decision.experts, decision.weights)
+        ]
+        answers = await asyncio.gather(*slots)
+        run.answers = [a for a in answers if a is not None]
+        if not run.answers:
+            reasons = "; ".join(f"{f.expert}: {f.reason}" for f in run.failovers)
+            raise ApiError(502, f"no expert could answer ({reasons or 'none available'})",
+                           type="api_error", code="experts_unavailable")
+        return run
+
+    async def _slot(self, decision, expert, weight, prompt, params, run, tried) -> Answer | None:
+        """One expert's share: the expert itself, else successive stand-ins."""
+        current, replaces = expert, None
+        while current is not None:
+            reason = None
+            if not self._is_live(current):
+                reason = "expert removed"
+            else:
+                try:
+                    out = await asyncio.wait_for(
+                        self._call(current, prompt, params), self._timeout_s
+                    )
+                    return _answer(current, weight, out, replaces)
+                except TimeoutError:
+                    reason = f"timed out after {self._timeout_s:g}s"
+                except Exception as err:  # any expert failure is failed over, not surfaced
+                    reason = _reason(err)
+            nxt = _next_candidate(decision, tried, self._is_live)
+            log.warning("expert %s failed (%s); failover to %s", current, reason, nxt)
+            run.failovers.append(Failover(expert=current, replacement=nxt, reason=reason))
+            replaces = replaces or expert
+            current = nxt
+        return None
+
+
+def _merge(experts: list[str], weights: list[float]) -> list[tuple[str, float]]:
+    """Duplicates (sampling with replacement) become one call with the summed weight."""
+    merged: dict[str, float] = {}
+    for expert, weight in zip(experts, weights, strict=True):
+        merged[expert] = merged.get(expert, 0.0) + float(weight)
+    return list(merged.items())
+
+
+def _next_candidate(decision: Decision, tried: set[str], is_live) -> str | None:
+    for name, _score in decision.ranked:
+        if name not in tried and is_live(name):
+            tried.add(name)
+            return name
+    return None
+
+
+def _answer(expert: str, weight: float, out: dict, replaces: str | None) -> Answer:
+    return Answer(
+        expert=expert,
+        weight=weight,
+        text=str(out.get("text", "")),
+        prompt_tokens=int(out.get("prompt_tokens", 0)),
+        completion_tokens=int(out.get("completion_tokens", 0)),
+        finish_reason=str(out.get("finish_reason", "stop")),
+        replaces=replaces,
+    )
+
+
+def _reason(err: Exception) -> str:
+    # Ray wraps remote errors; the first line of the cause is what a reader needs.
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"[:300]

@@ -1,0 +1,248 @@
+"""The gateway's HTTP surface without Ray: real FastAPI app, real registry in the embedded
+Redis, and plain async functions standing in for the router and the expert pools."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from cluster.admin import ExpertAdmin
+from cluster.catalog import ExpertCatalog
+from cluster.config import parse_config
+from cluster.http_app import GatewayParts, build_http_app
+from cluster.metrics import ConclaveMetrics
+from cluster.openai_serving import ConclaveService
+from experts.redis_conn import connect
+from experts.registry import ExpertRegistry
+from experts.spec import ExpertSpec
+from routing.decision import Decision
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class FakeBackends:
+    """Router and experts: a fixed ranking, scripted failures, a hang on demand."""
+
+    def __init__(self):
+        self.failing: set[str] = set()
+        self.hang = False
+        self.calls: list[str] = []
+
+    async def route(self, query: str, options: dict) -> dict:
+        ranked = [("alpha", 0.9), ("beta", 0.8), ("gamma", 0.5)]
+        k = options["k"]
+        decision = Decision(query=query, experts=[n for n, _ in ranked[:k]],
+                            weights=[1.0 / k] * k, strategy=options["strategy"] or "knn",
+                            ranked=ranked, explanation={"why": "test"})
+        return {"decision": decision.to_dict(), "cache": "miss", "routing_ms": 1.0,
+                "batch_size": 1}
+
+    async def call(self, expert: str, prompt, params: dict) -> dict:
+        self.calls.append(expert)
+        if self.hang:
+            await asyncio.Event().wait()
+        if expert in self.failing:
+            raise RuntimeError(f"{expert} exploded")
+        return {"text": f"answer from {expert}", "prompt_tokens": 3, "completion_tokens": 4,
+                "finish_reason": "stop", "stats": {"batch_size": 2, "loads": [0.5]}}
+
+
+def join_answers(query, answers, mode):
+    best = max(answers, key=lambda a: a.weight)
+    return best.text, "best" if mode == "auto" else mode
+
+
+@pytest.fixture()
+def setup(redis_url):
+    config = parse_config({
+        "redis": {"url": redis_url},
+        "routing": {"k": 2},
+        "serving": {"max_body_bytes": 4096, "max_tokens_limit": 100,
+                    "request_timeout_s": 0.5, "expert_timeout_s": 5},
+    })
+    registry = ExpertRegistry(connect(redis_url))
+    for name in ("alpha", "beta", "gamma"):
+        registry.add(ExpertSpec(id=name, model="org/" + name, description=f"{name} expert"))
+    catalog = ExpertCatalog(registry).start()
+    backends = FakeBackends()
+    metrics = ConclaveMetrics()
+    service = ConclaveService(config, backends.route, backends.call, catalog, metrics,
+                              join_answers)
+    admin = ExpertAdmin(catalog, TOKEN, ["/nonexistent-root"])
+    app = build_http_app(GatewayParts(service, admin, metrics, 0.5, 4096))
+    with TestClient(app) as client:
+        yield client, backends, catalog
+    catalog.stop()
+
+
+def chat(client, model="conclave", **extra):
+    body = {"model": model, "messages": [{"role": "user", "content": "what is 2+2?"}]} | extra
+    return client.post("/v1/chat/completions", json=body)
+
+
+def test_chat_answers_with_panel_info_and_headers(setup):
+    client, _, _ = setup
+    resp = chat(client)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"] == "answer from alpha"
+    info = body["conclave"]
+    assert [e["id"] for e in info["experts"]] == ["alpha", "beta"]
+    assert info["cache"] == "miss" and info["failovers"] == []
+    assert resp.headers["x-conclave-experts"] == "alpha,beta"
+    assert body["usage"]["completion_tokens"] == 8
+
+
+def test_options_in_model_string_and_body(setup):
+    client, _, _ = setup
+    resp = chat(client, model="conclave:k=3,strategy=skills")
+    assert [e["id"] for e in resp.json()["conclave"]["experts"]] == ["alpha", "beta", "gamma"]
+    assert resp.json()["conclave"]["strategy"] == "skills"
+    resp = chat(client, model="conclave:k=3", conclave={"k": 1})
+    assert [e["id"] for e in resp.json()["conclave"]["experts"]] == ["alpha"]
+
+
+def test_failed_expert_fails_over_to_next_ranked(setup):
+    client, backends, _ = setup
+    backends.failing = {"beta"}
+    resp = chat(client)
+    assert resp.status_code == 200
+    info = resp.json()["conclave"]
+    assert [(e["id"], e["replaces"]) for e in info["experts"]] == [("alpha", None),
+                                                                   ("gamma", "beta")]
+    assert info["failovers"][0]["expert"] == "beta"
+    assert info["failovers"][0]["replacement"] == "gamma"
+    assert "exploded" in info["failovers"][0]["reason"]
+
+
+def test_every_expert_failing_is_a_502_with_error_body(setup):
+    client, backends, _ = setup
+    backends.failing = {"alpha", "beta", "gamma"}
+    resp = chat(client)
+    assert resp.status_code == 502
+    assert resp.json()["error"]["code"] == "experts_unavailable"
+
+
+def test_direct_expert_request(setup):
+    client, backends, _ = setup
+    resp = chat(client, model="gamma")
+    assert resp.status_code == 200
+    assert resp.json()["conclave"]["cache"] == "direct"
+    assert backends.calls == ["gamma"]
+
+
+def test_streaming_chat_is_sse_ending_in_done(setup):
+    client, _, _ = setup
+    resp = chat(client, stream=True)
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    events = [line[6:] for line in resp.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text == "answer from alpha"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["conclave"]["experts"][0]["id"] == "alpha"
+
+
+def test_completions_and_models(setup):
+    client, _, _ = setup
+    resp = client.post("/v1/completions", json={"model": "conclave", "prompt": ["a b", "c"]})
+    assert resp.status_code == 200
+    assert [c["index"] for c in resp.json()["choices"]] == [0, 1]
+    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert ids == ["conclave", "alpha", "beta", "gamma"]
+
+
+@pytest.mark.parametrize(
+    "body, status, param",
+    [
+        (b"{not json", 400, None),
+        (json.dumps({"model": "conclave"}).encode(), 400, "messages"),
+        (json.dumps({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+         404, "model"),
+        (json.dumps({"model": "conclave", "messages": [{"role": "user", "content": "  "}]}
+                    ).encode(), 400, "messages"),
+        (json.dumps({"model": "conclave", "max_tokens": 101,
+                     "messages": [{"role": "user", "content": "hi"}]}).encode(), 400,
+         "max_tokens"),
+        (json.dumps({"model": "conclave:k=99", "messages": [{"role": "user", "content": "hi"}]}
+                    ).encode(), 400, "model"),
+        (b"{" + b" " * 5000 + b"}", 413, None),
+    ],
+)
+def test_bad_input_is_4xx_with_openai_error_body(setup, body, status, param):
+    client, _, _ = setup
+    resp = client.post("/v1/chat/completions", content=body,
+                       headers={"content-type": "application/json"})
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if param:
+        assert error["param"] == param
+
+
+def test_request_timeout_is_504(setup):
+    client, backends, _ = setup
+    backends.hang = True
+    resp = chat(client)
+    assert resp.status_code == 504
+    assert resp.json()["error"]["code"] == "request_timeout"
+
+
+def test_admin_needs_the_token(setup):
+    client, _, catalog = setup
+    spec = {"id": "delta", "model": "org/delta", "description": "new"}
+    assert client.get("/v1/experts").status_code == 401
+    assert client.post("/v1/experts", json=spec,
+                       headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.delete("/v1/experts/alpha").status_code == 401
+    resp = client.post("/v1/experts", json=spec, headers=AUTH)
+    assert resp.status_code == 200 and resp.json()["added"] == "delta"
+    assert "delta" in catalog  # this replica sees it as soon as the call returns
+    assert client.post("/v1/experts", json=spec, headers=AUTH).status_code == 409
+    assert client.delete("/v1/experts/delta", headers=AUTH).status_code == 200
+    assert "delta" not in catalog
+    assert client.delete("/v1/experts/delta", headers=AUTH).status_code == 404
+    assert TOKEN not in client.get("/v1/experts", headers=AUTH).text
+
+
+def test_admin_refuses_local_paths_outside_allowed_roots(setup, tmp_path):
+    client, _, _ = setup
+    spec = {"id": "local", "model": str(tmp_path)}
+    resp = client.post("/v1/experts", json=spec, headers=AUTH)
+    assert resp.status_code == 400
+    assert "allowed roots" in resp.json()["error"]["message"]
+
+
+def test_removed_expert_gets_no_new_work(setup):
+    client, backends, _ = setup
+    assert client.delete("/v1/experts/beta", headers=AUTH).status_code == 200
+    backends.calls.clear()
+    resp = chat(client)  # the (fake) router still ranks beta second
+    assert "beta" not in backends.calls
+    assert [e["id"] for e in resp.json()["conclave"]["experts"]] == ["alpha", "gamma"]
+
+
+def test_metrics_parse_as_prometheus_text(setup):
+    client, backends, _ = setup
+    backends.failing = {"beta"}
+    chat(client)
+    resp = client.get("/metrics")
+    assert resp.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(resp.text)}
+    for name in ("conclave_routing_seconds", "conclave_decisions", "conclave_pattern_cache",
+                 "conclave_model_loads", "conclave_expert_batch_size",
+                 "conclave_generated_tokens", "conclave_failovers"):
+        assert name in families, name
+    failovers = {s.labels.get("expert"): s.value for s in families["conclave_failovers"].samples
+                 if s.name == "conclave_failovers_total"}
+    assert failovers == {"beta": 1.0}
+    assert client.get("/healthz").json()["status"] == "ok"
