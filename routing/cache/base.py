@@ -1,0 +1,178 @@
+"""The pattern-cache contract: a routing decision remembered per query.
+
+A stored pattern is found again by
+
+- the hash of the *normalised* query text (exact hit: case and spacing do not matter), or
+- its embedding: the nearest stored pattern with cosine ≥ ``similarity`` (near hit), the
+  nearest-stored-pattern idea of PreMoe's task patterns, applied to routing.
+
+Every key carries the registry ``version``: adding or removing an expert changes the
+version, so old patterns are simply never found again (they expire by TTL).
+
+The cache never fails a request: :meth:`PatternCache.lookup` and :meth:`PatternCache.store`
+swallow backend errors (counted in ``errors``; the backend says how it logs them).
+Final answers can be cached too (``store_answers=True``; exact text only, since a
+near-duplicate question may well need another answer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from routing.decision import Decision
+
+log = logging.getLogger(__name__)
+_SPACES = re.compile(r"\s+")
+
+
+def normalise_text(text: str) -> str:
+    """Case-folded, trimmed, inner whitespace collapsed: what the exact key hashes."""
+    return _SPACES.sub(" ", text).strip().casefold()
+
+
+def text_key(text: str) -> str:
+    """The exact-match key of a query: sha1 of its normalised text."""
+    return hashlib.sha1(normalise_text(text).encode("utf-8")).hexdigest()
+
+
+@dataclass
+class CacheStats:
+    """Counters of one cache object. ``hits`` counts every hit, ``near_hits`` the subset
+    found by embedding; ``errors`` counts backend failures swallowed."""
+
+    hits: int = 0
+    misses: int = 0
+    near_hits: int = 0
+    errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "near_hits": self.near_hits,
+                "errors": self.errors}
+
+
+class PatternCache(ABC):
+    """Routing decisions by query text and embedding, per registry version."""
+
+    def __init__(self, *, similarity: float = 0.97, store_answers: bool = False):
+        if not 0.0 <= similarity <= 1.0:
+            raise ValueError(f"similarity must lie in [0, 1], got {similarity}")
+        self.similarity = similarity
+        self.store_answers = store_answers
+        self._stats = CacheStats()
+
+    # -- the contract ---------------------------------------------------------------------
+    def lookup(self, text: str, embedding: np.ndarray, version) -> Decision | None:
+        """The stored decision for ``text`` (or a near-duplicate) under ``version``, marked
+        ``cached=True``; None on a miss or when the backend is unavailable."""
+        try:
+            found = self._find(str(version), text_key(text), _vector(embedding))
+        except Exception as err:  # noqa: BLE001 - the cache must never fail a request
+            self._failed("lookup", err)
+            return None
+        data, near = found if found else (None, False)
+        self._count(hit=data is not None, near=near)
+        if data is None:
+            return None
+        decision = Decision.from_dict(data)
+        decision.cached = True
+        return decision
+
+    def store(self, text: str, embedding: np.ndarray, version, decision: Decision) -> None:
+        """Remember ``decision`` for ``text`` under ``version``. Never raises."""
+        data = decision.to_dict()
+        data["cached"] = False
+        try:
+            self._put(str(version), text_key(text), _vector(embedding), data)
+        except Exception as err:  # noqa: BLE001 - the cache must never fail a request
+            self._failed("store", err)
+
+    def lookup_answer(self, text: str, version) -> str | None:
+        """The cached final answer for exactly this text (None when answers are off)."""
+        if not self.store_answers:
+            return None
+        try:
+            return self._get_answer(str(version), text_key(text))
+        except Exception as err:  # noqa: BLE001 - the cache must never fail a request
+            self._failed("lookup_answer", err)
+            return None
+
+    def store_answer(self, text: str, version, answer: str) -> None:
+        """Remember the final answer for this text (no-op when answers are off)."""
+        if not self.store_answers:
+            return
+        try:
+            self._put_answer(str(version), text_key(text), answer)
+        except Exception as err:  # noqa: BLE001 - the cache must never fail a request
+            self._failed("store_answer", err)
+
+    def stats(self) -> dict[str, int]:
+        """This object's counters: hits, misses, near_hits, errors."""
+        return self._stats.as_dict()
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Forget every pattern and answer (counters stay)."""
+
+    # -- what a backend implements ----------------------------------------------------------
+    def _find(self, version: str, key: str, vector: np.ndarray) -> tuple[dict, bool] | None:
+        """Exact hit first, then the nearest pattern at or above the threshold."""
+        data = self._get(version, key)
+        if data is not None:
+            return data, False
+        for near_key, score in self._nearest(version, vector):
+            if score < self.similarity:
+                break
+            data = self._get(version, near_key)
+            if data is not None:
+                return data, True
+            self._forget(version, near_key)  # expired: drop it from the local index
+        return None
+
+    @abstractmethod
+    def _get(self, version: str, key: str) -> dict | None:
+        """The stored decision dict, or None (absent or expired)."""
+
+    @abstractmethod
+    def _nearest(self, version: str, vector: np.ndarray) -> list[tuple[str, float]]:
+        """Stored keys of this version by cosine to ``vector``, best first (a few)."""
+
+    @abstractmethod
+    def _forget(self, version: str, key: str) -> None:
+        """Drop a key that turned out to be gone from the nearest-pattern index."""
+
+    @abstractmethod
+    def _put(self, version: str, key: str, vector: np.ndarray, data: dict) -> None:
+        """Store a decision dict with its embedding."""
+
+    @abstractmethod
+    def _get_answer(self, version: str, key: str) -> str | None:
+        """The stored answer, or None."""
+
+    @abstractmethod
+    def _put_answer(self, version: str, key: str, answer: str) -> None:
+        """Store an answer."""
+
+    # -- shared bookkeeping -------------------------------------------------------------------
+    def _count(self, *, hit: bool, near: bool) -> None:
+        if hit:
+            self._stats.hits += 1
+            self._stats.near_hits += int(near)
+        else:
+            self._stats.misses += 1
+
+    def _failed(self, operation: str, err: Exception) -> None:
+        self._stats.errors += 1
+        log.debug("pattern cache %s failed: %r", operation, err)
+
+
+def _vector(embedding) -> np.ndarray:
+    vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
+    if vector.size == 0 or not np.isfinite(vector).all():
+        raise ValueError("embedding must be a non-empty finite vector")
+    return vector
