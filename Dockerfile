@@ -25,8 +25,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CONCLAVE_CACHE=/data/conclave \
     RAY_USAGE_STATS_ENABLED=0
 
-# A venv of our own, so the same layout works on any base that ships Python 3.11.
+# KubeRay's default probes run `bash -c "wget ... | grep success"` in every Ray container.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends wget \
+ && rm -rf /var/lib/apt/lists/*
+
+# A venv of our own, so the same layout works on any base that ships Python 3.11. KubeRay
+# starts Ray through a login shell (`bash -lc`), whose /etc/profile resets PATH: re-add it.
 RUN python3.11 -m venv "$VIRTUAL_ENV" \
+ && echo "export PATH=$VIRTUAL_ENV/bin:\$PATH" > /etc/profile.d/conclave.sh \
  && pip install --upgrade pip \
  && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 

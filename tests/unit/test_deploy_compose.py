@@ -124,3 +124,11 @@ def test_dockerfile_base_torch_pin_user_and_healthcheck():
     assert re.search(r"^HEALTHCHECK .*\n.*?/healthz", text, re.MULTILINE)
     assert re.search(r"^VOLUME .*hf", text, re.MULTILINE)
     assert not re.search(r"\.(safetensors|bin|pt|gguf)\b", text), "weights baked into the image"
+
+
+def test_dockerfile_suits_kuberay_pods():
+    """KubeRay's default probes call `wget` through bash, and it starts Ray with `bash -lc`,
+    whose /etc/profile resets PATH: the venv must come back through /etc/profile.d."""
+    text = dockerfile()
+    assert re.search(r"apt-get install [^\n]*\bwget\b", text)
+    assert re.search(r"PATH=\$VIRTUAL_ENV/bin:.*> /etc/profile\.d/\S+\.sh", text)
