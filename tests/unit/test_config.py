@@ -1,0 +1,85 @@
+"""Config validation: each kind of mistake gives a message naming the bad thing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster.config import ConfigError, load_config, parse_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def expert(expert_id: str, **fields) -> dict:
+    return {"id": expert_id, "model": f"org/{expert_id}", **fields}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"colour": "red"}, "unknown key 'colour'"),
+        ({"routing": {"k": 2, "topk": 3}}, "unknown key 'routing.topk'"),
+        ({"experts": [expert("a", flavour="x")]}, "unknown key 'experts.0.flavour'"),
+        ({"experts": [expert("a"), expert("a")]}, "duplicate expert id 'a'"),
+        (
+            {"experts": [{"id": "l", "kind": "lora", "adapter": "org/a"}]},
+            "kind 'lora' needs `base`",
+        ),
+        (
+            {"experts": [{"id": "l", "kind": "lora", "base": "ghost", "adapter": "org/a"}]},
+            "base 'ghost' is not a known model expert",
+        ),
+        (
+            {"experts": [expert("a", model="/no/such/model")]},
+            "path '/no/such/model' does not exist",
+        ),
+        ({"experts": [expert("Not A Slug")]}, "'Not A Slug' is not a slug"),
+        ({"experts": [expert("a", pool="gpu")]}, "unknown pool 'gpu'"),
+        ({"routing": {"k": 0}}, "routing.k"),
+    ],
+)
+def test_bad_config_names_the_problem(data, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_lora_on_a_known_base_validates(tiny_adapters):
+    config = parse_config(
+        {
+            "experts": [
+                expert("base"),
+                {
+                    "id": "alpha",
+                    "kind": "lora",
+                    "base": "base",
+                    "adapter": str(tiny_adapters["alpha"]),
+                },
+            ]
+        }
+    )
+    assert [spec.kind for spec in config.experts] == ["model", "lora"]
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "hf-small.yaml"])
+def test_shipped_configs_validate(name):
+    config = load_config(CONFIGS / name)
+    assert config.pools and config.redis.url == "embedded"
+
+
+def test_demo_config_builds_the_demo_pool_on_cpu():
+    config = load_config(CONFIGS / "demo.yaml")
+    assert config.demo_pool is True
+    assert all(pool.num_cpus == 0 and pool.num_gpus == 0 for pool in config.pools)
+    assert "default" in {pool.name for pool in config.pools}  # the demo experts' pool
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(bad)
