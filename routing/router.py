@@ -1,0 +1,217 @@
+"""The router façade: one encoder pass per batch, the pattern cache, a strategy's scores,
+then selection. Experts join and leave at runtime through every strategy at once.
+
+:func:`build_router` makes one from the app config. Profiles come from, in order: the
+``outcomes`` table passed in; the config's ``routing.outcomes`` folder; else the experts'
+own example questions, where each example counts as a correct answer for its expert and a
+wrong one for every other expert (so an expert is recruited for questions like its own).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+from experts.spec import ExpertSpec
+from routing.decision import Decision, RouteOptions
+from routing.outcomes import OutcomeTable, load_outcomes
+from routing.selection import select
+from routing.strategies import STRATEGIES, make_strategy
+from routing.strategies.base import RoutingError, RoutingStrategy
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    """Routes batches of queries with any of its ``strategies`` (name → fitted strategy)."""
+
+    def __init__(
+        self,
+        encoder,
+        strategies: dict[str, RoutingStrategy],
+        *,
+        default_strategy: str,
+        costs: dict[str, float] | None = None,
+        cache=None,
+        version: Callable[[], int] = lambda: 0,
+        prior: dict[str, float] | None = None,
+    ):
+        if default_strategy not in strategies:
+            raise RoutingError(
+                f"default strategy {default_strategy!r} is not among {sorted(strategies)}"
+            )
+        self.encoder, self.strategies = encoder, dict(strategies)
+        self.default_strategy, self.cache, self.version = default_strategy, cache, version
+        self.costs = dict(costs or {})
+        self.prior = dict(prior or {})  # expert -> mean validation score (the fallback)
+        self.unavailable: dict[str, str] = {}  # strategy -> why it could not be fitted
+
+    @property
+    def experts(self) -> list[str]:
+        """Every expert some strategy can score, sorted."""
+        return sorted({e for s in self.strategies.values() for e in s.experts})
+
+    def fit(self, outcomes: OutcomeTable) -> None:
+        """Fit every strategy on ``outcomes`` (one encoder pass over its questions)."""
+        embeddings = self.encoder.encode(outcomes.texts)
+        for name, strategy in list(self.strategies.items()):
+            try:
+                strategy.fit(outcomes, embeddings)
+            except (RoutingError, ValueError) as err:
+                if name == self.default_strategy:
+                    raise RoutingError(f"default strategy {name!r} cannot be fitted: {err}") from err
+                # Another strategy's data needs must not take the router down: drop it, say why.
+                log.warning("routing strategy %r unavailable: %s", name, err)
+                self.unavailable[name] = str(err)
+                del self.strategies[name]
+        self.prior.update(_means(outcomes))
+        for name, cost in outcomes.cost.items():
+            self.costs.setdefault(name, cost)
+
+    def route(self, queries: list[str], options: RouteOptions | None = None) -> list[Decision]:
+        """One decision per query, in order."""
+        options = options or RouteOptions()
+        name = options.strategy or self.default_strategy
+        strategy = self.strategies.get(name)
+        if strategy is None and name in self.unavailable:
+            raise RoutingError(f"routing strategy {name!r} is unavailable: {self.unavailable[name]}")
+        if strategy is None:
+            raise RoutingError(
+                f"unknown routing strategy {name!r}; valid: {', '.join(sorted(self.strategies))}"
+            )
+        if not queries:
+            return []
+        embeddings = self.encoder.encode(list(queries))  # raises on an empty query
+        version = self.version()
+        decisions: list[Decision | None] = [
+            self._cached(q, e, version, name, options) for q, e in zip(queries, embeddings,
+                                                                         strict=True)
+        ]
+        todo = [i for i, d in enumerate(decisions) if d is None]
+        if todo:
+            texts = [queries[i] for i in todo]
+            scores = strategy.score(texts, embeddings[todo])
+            fresh = select(texts, scores, options, name, costs=self.costs, prior=self.prior)
+            for i, decision in zip(todo, fresh, strict=True):
+                decisions[i] = decision
+                if self.cache is not None:
+                    self.cache.store(queries[i], embeddings[i], version, decision)
+        return decisions
+
+    def add_expert(self, expert_id: str, outcomes: OutcomeTable, cost: float = 0.0) -> None:
+        """Add (or replace) ``expert_id`` in every strategy from its validation outcomes."""
+        if expert_id not in outcomes.experts:
+            raise RoutingError(
+                f"outcomes have no column for expert {expert_id!r} (columns: {outcomes.experts})"
+            )
+        column = outcomes.with_experts([expert_id])
+        embeddings = self.encoder.encode(column.texts)
+        for strategy in self.strategies.values():
+            strategy.add_expert(expert_id, column, embeddings)
+        self.costs[expert_id] = float(cost)
+        self.prior.update(_means(column))
+
+    def remove_expert(self, expert_id: str) -> None:
+        """Forget ``expert_id`` in every strategy (profiles and index vectors)."""
+        if expert_id not in self.experts:
+            raise RoutingError(f"unknown expert {expert_id!r}; known: {self.experts}")
+        for strategy in self.strategies.values():
+            if expert_id in strategy.experts:
+                strategy.remove_expert(expert_id)
+        self.costs.pop(expert_id, None)
+        self.prior.pop(expert_id, None)
+
+    def _cached(self, query, embedding, version, name, options) -> Decision | None:
+        if self.cache is None:
+            return None
+        decision = self.cache.lookup(query, embedding, version)
+        # The cache keys on text only: reuse a decision made under the same options.
+        if decision is None or decision.strategy != name or (
+            decision.explanation.get("options") != options.model_dump()
+        ):
+            return None
+        decision.query = query  # a near hit was decided for a neighbour's text
+        return decision
+
+
+def _means(outcomes: OutcomeTable) -> dict[str, float]:
+    means = {}
+    for j, name in enumerate(outcomes.experts):
+        column = outcomes.scores[:, j]
+        if np.isfinite(column).any():
+            means[name] = float(np.nanmean(column))
+    return means
+
+
+def outcomes_from_specs(specs: list[ExpertSpec]) -> OutcomeTable:
+    """Outcomes from the specs' example questions: correct for its expert, wrong for others."""
+    rows = [(spec, n, text) for spec in specs for n, text in enumerate(spec.examples)]
+    if not rows:
+        raise RoutingError(
+            "no outcome data: set routing.outcomes, validate experts (--validate-on), "
+            "or give the experts example questions"
+        )
+    experts = [spec.id for spec in specs]
+    scores = np.zeros((len(rows), len(experts)), dtype=np.float32)
+    for i, (spec, _, _) in enumerate(rows):
+        scores[i, experts.index(spec.id)] = 1.0
+    return OutcomeTable(
+        ids=[f"{spec.id}:example:{n}" for spec, n, _ in rows],
+        texts=[text for _, _, text in rows],
+        domains=[spec.domain or spec.id for spec, _, _ in rows],
+        experts=experts,
+        scores=scores,
+        cost={spec.id: spec.cost for spec in specs},
+    )
+
+
+def build_router(config, specs: list[ExpertSpec], outcomes: OutcomeTable | None,
+                 encoder=None, cache=None, version: Callable[[], int] = lambda: 0) -> Router:
+    """A fitted router for ``specs`` from a :class:`~cluster.config.ConclaveConfig`."""
+    from routing.encoder import build_encoder
+
+    encoder = encoder or build_encoder(config.encoder)
+    if outcomes is None and config.routing.outcomes:
+        outcomes = load_outcomes(config.routing.outcomes)
+    if outcomes is None:
+        outcomes = outcomes_from_specs(specs)
+    elif specs:
+        outcomes = _match_specs(outcomes, specs)
+    strategies = {
+        name: make_strategy(name, **_strategy_kwargs(cls, encoder, specs))
+        for name, cls in STRATEGIES.items()
+    }
+    if config.routing.strategy not in strategies:
+        raise RoutingError(
+            f"routing.strategy {config.routing.strategy!r} unknown; valid: {sorted(strategies)}"
+        )
+    costs = {**outcomes.cost, **{spec.id: spec.cost for spec in specs}}
+    router = Router(encoder, strategies, default_strategy=config.routing.strategy,
+                    costs=costs, cache=cache, version=version)
+    router.fit(outcomes)
+    return router
+
+
+def _match_specs(outcomes: OutcomeTable, specs: list[ExpertSpec]) -> OutcomeTable:
+    ids = [spec.id for spec in specs]
+    orphans = [name for name in outcomes.experts if name not in ids]
+    if orphans:
+        raise RoutingError(
+            f"outcome data has column(s) {orphans} with no expert spec; add specs for them "
+            f"or drop the columns (experts: {ids})"
+        )
+    return outcomes
+
+
+def _strategy_kwargs(cls, encoder, specs: list[ExpertSpec]) -> dict:
+    # Pass what a strategy's constructor accepts: the encoder, the experts' instructions.
+    accepted = inspect.signature(cls).parameters
+    kwargs = {}
+    if "encoder" in accepted:
+        kwargs["encoder"] = encoder
+    if "instructions" in accepted:
+        kwargs["instructions"] = {spec.id: spec.task_instruction for spec in specs}
+    return kwargs
