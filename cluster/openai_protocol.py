@@ -151,7 +151,8 @@ class ConclaveInfo(BaseModel):
 
     experts: list[ExpertUse]
     strategy: str
-    aggregator: str | None
+    aggregation: str = Field(description="single, vote, synthesis or best.")
+    aggregator: str | None = Field(None, description="The expert that synthesised, if any.")
     cache: Literal["hit", "miss", "off", "direct"]
     failovers: list[Failover] = Field(default_factory=list)
     routing_ms: float = 0.0

@@ -9,11 +9,11 @@ field saying who answered and why.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from cluster.aggregation import AnswerCombiner
 from cluster.api_errors import ApiError, from_domain
 from cluster.catalog import ExpertCatalog
 from cluster.config import ConclaveConfig
@@ -37,15 +37,13 @@ from cluster.openai_protocol import (
     RouteRequest,
     Usage,
 )
-from cluster.panel import Answer, ExpertCall, Panel
+from cluster.panel import ExpertCall, Panel
 from routing.decision import MODEL_PREFIX, Decision, RouteOptions
 from routing.strategies.base import RoutingError
 
 # query, options → {"decision": Decision dict, "cache": "hit"|"miss"|"off", "routing_ms",
 # "batch_size"}
 RouteCall = Callable[[str, dict], Awaitable[dict]]
-# query, answers, mode → (text, aggregator name)
-Aggregate = Callable[[str, list[Answer], str], tuple[str, str]]
 
 
 @dataclass
@@ -62,13 +60,14 @@ class ConclaveService:
     """Chat, completions, route dry-runs and the model list."""
 
     def __init__(self, config: ConclaveConfig, route: RouteCall, call: ExpertCall,
-                 catalog: ExpertCatalog, metrics: ConclaveMetrics, aggregate: Aggregate):
+                 catalog: ExpertCatalog, metrics: ConclaveMetrics):
         self.config = config
         self._route = route
         self._catalog = catalog
         self._metrics = metrics
-        self._aggregate = aggregate
-        self._panel = Panel(call, config.serving.expert_timeout_s, catalog.is_live)
+        timeout = config.serving.expert_timeout_s
+        self._panel = Panel(call, timeout, catalog.is_live)
+        self._combiner = AnswerCombiner(call, timeout, catalog.is_live)
 
     def models(self) -> ModelList:
         cards = [ModelCard(id=MODEL_PREFIX, description="the routed panel of experts")]
@@ -140,17 +139,18 @@ class ConclaveService:
             decision = Decision.from_dict(routed["decision"])
             mode = options["aggregation"]
         run = await self._panel.run(decision, prompt, params)
+        combined = await self._combiner.combine(query, decision, run, mode, params)
         for failover in run.failovers:
             self._metrics.failovers.labels(failover.expert).inc()
-        text, aggregator = self._aggregate(query, run.answers, mode)
         info = ConclaveInfo(experts=run.uses(), strategy=decision.strategy,
-                            aggregator=aggregator, cache=routed["cache"],
-                            failovers=run.failovers, routing_ms=routed["routing_ms"])
-        lead = max(run.answers, key=lambda a: a.weight)
-        usage = Usage(prompt_tokens=sum(a.prompt_tokens for a in run.answers),
-                      completion_tokens=sum(a.completion_tokens for a in run.answers))
+                            aggregation=combined.mode, aggregator=combined.aggregator,
+                            cache=routed["cache"], failovers=run.failovers,
+                            routing_ms=routed["routing_ms"])
+        calls = run.answers + ([combined.extra] if combined.extra else [])
+        usage = Usage(prompt_tokens=sum(a.prompt_tokens for a in calls),
+                      completion_tokens=sum(a.completion_tokens for a in calls))
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        return Outcome(text=text, finish_reason=lead.finish_reason, usage=usage, info=info)
+        return Outcome(combined.text, combined.finish_reason, usage, info)
 
     async def _call_router(self, query: str, options: dict) -> dict:
         started = time.perf_counter()
@@ -238,5 +238,5 @@ def conclave_headers(info: ConclaveInfo | list[ConclaveInfo] | None) -> dict[str
         "x-conclave-strategy": infos[0].strategy,
         "x-conclave-cache": ",".join(i.cache for i in infos),
         "x-conclave-failovers": str(sum(len(i.failovers) for i in infos)),
-        "x-conclave-aggregator": json.dumps(infos[0].aggregator),
+        "x-conclave-aggregation": ",".join(i.aggregation for i in infos),
     }

@@ -91,7 +91,7 @@ class Panel:
                 except TimeoutError:
                     reason = f"timed out after {self._timeout_s:g}s"
                 except Exception as err:  # any expert failure is failed over, not surfaced
-                    reason = _reason(err)
+                    reason = failure_reason(err)
             nxt = _next_candidate(decision, tried, self._is_live)
             log.warning("expert %s failed (%s); failover to %s", current, reason, nxt)
             run.failovers.append(Failover(expert=current, replacement=nxt, reason=reason))
@@ -128,7 +128,8 @@ def _answer(expert: str, weight: float, out: dict, replaces: str | None) -> Answ
     )
 
 
-def _reason(err: Exception) -> str:
+def failure_reason(err: Exception) -> str:
+    """One readable line for a failed expert call."""
     # Ray wraps remote errors; the first line of the cause is what a reader needs.
     cause = getattr(err, "cause", None) or err
     text = str(cause).strip().splitlines()

@@ -82,3 +82,7 @@ def minilm():
     from routing.encoder import SentenceEncoder
 
     return SentenceEncoder(cache=False)
+
+
+# The Ray + Serve session and the deployed test app (tests/integration, tests/e2e).
+from serving_fixtures import conclave_server, serve_instance  # noqa: E402, F401

@@ -31,6 +31,7 @@ class FakeBackends:
     def __init__(self):
         self.failing: set[str] = set()
         self.hang = False
+        self.fail_prompts_with: str | None = None
         self.calls: list[str] = []
 
     async def route(self, query: str, options: dict) -> dict:
@@ -44,17 +45,14 @@ class FakeBackends:
 
     async def call(self, expert: str, prompt, params: dict) -> dict:
         self.calls.append(expert)
+        if self.fail_prompts_with and self.fail_prompts_with in json.dumps(prompt):
+            raise RuntimeError("synthesis exploded")
         if self.hang:
             await asyncio.Event().wait()
         if expert in self.failing:
             raise RuntimeError(f"{expert} exploded")
         return {"text": f"answer from {expert}", "prompt_tokens": 3, "completion_tokens": 4,
                 "finish_reason": "stop", "stats": {"batch_size": 2, "loads": [0.5]}}
-
-
-def join_answers(query, answers, mode):
-    best = max(answers, key=lambda a: a.weight)
-    return best.text, "best" if mode == "auto" else mode
 
 
 @pytest.fixture()
@@ -71,8 +69,7 @@ def setup(redis_url):
     catalog = ExpertCatalog(registry).start()
     backends = FakeBackends()
     metrics = ConclaveMetrics()
-    service = ConclaveService(config, backends.route, backends.call, catalog, metrics,
-                              join_answers)
+    service = ConclaveService(config, backends.route, backends.call, catalog, metrics)
     admin = ExpertAdmin(catalog, TOKEN, ["/nonexistent-root"])
     app = build_http_app(GatewayParts(service, admin, metrics, 0.5, 4096))
     with TestClient(app) as client:
@@ -96,7 +93,28 @@ def test_chat_answers_with_panel_info_and_headers(setup):
     assert [e["id"] for e in info["experts"]] == ["alpha", "beta"]
     assert info["cache"] == "miss" and info["failovers"] == []
     assert resp.headers["x-conclave-experts"] == "alpha,beta"
-    assert body["usage"]["completion_tokens"] == 8
+    # auto aggregation on an open question: alpha (best weighted) synthesises
+    assert (info["aggregation"], info["aggregator"]) == ("synthesis", "alpha")
+    assert body["usage"]["completion_tokens"] == 12  # 2 experts + the synthesis call
+
+
+def test_multiple_choice_question_is_voted_without_a_model_call(setup):
+    client, backends, _ = setup
+    question = "Which is prime?\nA) 4\nB) 7\nC) 9"
+    resp = client.post("/v1/chat/completions", json={
+        "model": "conclave", "messages": [{"role": "user", "content": question}]})
+    assert resp.json()["conclave"]["aggregation"] == "vote"
+    assert backends.calls == ["alpha", "beta"]
+
+
+def test_failed_synthesis_falls_back_to_best_answer(setup):
+    client, backends, _ = setup
+    backends.fail_prompts_with = "Response 1:"
+    resp = chat(client)
+    assert resp.status_code == 200
+    info = resp.json()["conclave"]
+    assert info["aggregation"] == "best"
+    assert info["failovers"][0]["reason"].startswith("synthesis:")
 
 
 def test_options_in_model_string_and_body(setup):

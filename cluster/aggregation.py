@@ -1,0 +1,69 @@
+"""From the panel's answers to one reply, with :class:`routing.aggregate.Aggregator`:
+``vote`` and ``best`` pick an answer; ``synthesis`` asks an aggregator expert to write one
+from the others' responses (one more expert call, through the same pools and batching).
+
+A synthesis that fails (the aggregator errs or times out) falls back to the best-weighted
+answer and is recorded as a failover, never an error to the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cluster.openai_protocol import Failover
+from cluster.panel import Answer, ExpertCall, PanelRun, failure_reason
+from routing.aggregate import Aggregator, synthesis_prompt
+from routing.decision import Decision
+
+
+@dataclass
+class Combined:
+    text: str
+    finish_reason: str
+    mode: str  # "single", "vote", "synthesis" or "best"
+    aggregator: str | None  # the expert that synthesised, when one did
+    extra: Answer | None = None  # the synthesis call's own answer (for usage)
+
+
+class AnswerCombiner:
+    """Turns a :class:`PanelRun` into one answer; ``is_live`` keeps removed experts out."""
+
+    def __init__(self, call: ExpertCall, timeout_s: float, is_live: Callable[[str], bool]):
+        self._call = call
+        self._timeout_s = timeout_s
+        self._is_live = is_live
+
+    async def combine(self, query: str, decision: Decision, run: PanelRun, mode: str,
+                      params: dict) -> Combined:
+        answered = Decision(query=query, experts=[a.expert for a in run.answers],
+                            weights=[a.weight for a in run.answers], strategy=decision.strategy,
+                            ranked=decision.ranked, explanation={},
+                            aggregator=decision.aggregator)
+        aggregator = Aggregator(mode=mode)
+        responses = [a.text for a in run.answers]
+        lead = max(run.answers, key=lambda a: a.weight)
+        if aggregator.mode_for(query, answered) != "synthesis":
+            result = aggregator.finish(query, answered, responses)
+            return Combined(result.answer, lead.finish_reason, result.mode, None)
+        synthesiser = aggregator.aggregator_for(answered)
+        if not self._is_live(synthesiser):
+            synthesiser = lead.expert
+        try:
+            out = await asyncio.wait_for(
+                self._call(synthesiser, synthesis_prompt(query, responses), params),
+                self._timeout_s,
+            )
+        except Exception as err:  # the panel's answers still stand
+            reason = "synthesis: " + (f"timed out after {self._timeout_s:g}s"
+                                      if isinstance(err, TimeoutError) else failure_reason(err))
+            run.failovers.append(Failover(expert=synthesiser, replacement=None, reason=reason))
+            result = Aggregator(mode="best").finish(query, answered, responses)
+            return Combined(result.answer, lead.finish_reason, "best", None)
+        extra = Answer(expert=synthesiser, weight=0.0, text=str(out.get("text", "")),
+                       prompt_tokens=int(out.get("prompt_tokens", 0)),
+                       completion_tokens=int(out.get("completion_tokens", 0)),
+                       finish_reason=str(out.get("finish_reason", "stop")))
+        result = aggregator.finish(query, answered, responses, extra.text, synthesiser)
+        return Combined(result.answer, extra.finish_reason, result.mode, synthesiser, extra)

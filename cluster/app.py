@@ -1,0 +1,108 @@
+"""``build_app(args)``: a validated :class:`ConclaveConfig` → a bound Ray Serve application.
+
+The one entry point for ``conclave serve``, ``serve run``/``serve deploy`` and KubeRay
+(``import_path: cluster.app:build_app``, ``args``: a ConclaveConfig dict)::
+
+    gateway (ingress, FastAPI)  ←  router (encoder, strategies, pattern cache)
+                                ←  one expert pool per ``pools`` entry
+
+``build_app`` runs in the driver: it resolves ``redis.url: embedded`` to the running
+embedded server's ``unix://`` socket (replicas on this machine reach it there; a
+multi-node cluster needs a ``redis://`` URL) and seeds the registry with the config's
+experts (and the demo pool when ``demo_pool``), then binds the deployments.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from cluster.admin import admin_token
+from cluster.config import ConclaveConfig, ConfigError, PoolConfig, parse_config
+from cluster.gateway import Gateway
+from cluster.pools import ExpertPoolServer
+from cluster.router_deployment import RouterServer
+from experts.redis_conn import connect, resolve_url
+from experts.registry import ExpertRegistry
+
+REDIS_ENV = "CONCLAVE_REDIS_URL"
+APP_NAME = "conclave"
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """The bound application for ``args`` (a ConclaveConfig dict); :class:`ConfigError`
+    when it does not validate."""
+    config = runtime_config(parse_config(args))
+    seed_registry(config)
+    data = config.model_dump(mode="json")
+    pools = {
+        pool.name: serve.deployment(ExpertPoolServer, name=f"pool-{pool.name}",
+                                    **pool_options(pool)).bind(data, pool.name)
+        for pool in config.pools
+    }
+    router = serve.deployment(RouterServer, name="router",
+                              **router_options(config)).bind(data)
+    gateway = serve.deployment(serve.ingress()(Gateway), name="gateway",
+                               **gateway_options(config))
+    return gateway.bind(data, router, pools, admin_token(config.serving))
+
+
+def runtime_config(config: ConclaveConfig) -> ConclaveConfig:
+    """``config`` with the Redis URL replicas should use (env override, embedded → unix)."""
+    url = resolve_url(os.environ.get(REDIS_ENV) or config.redis.url)
+    return config.model_copy(update={"redis": config.redis.model_copy(update={"url": url})})
+
+
+def seed_registry(config: ConclaveConfig) -> list[str]:
+    """Add the config's experts (and the demo pool) that are not registered yet."""
+    specs = list(config.experts)
+    if config.demo_pool:
+        from experts.demo import build_demo_pool
+
+        specs += build_demo_pool()
+    pools = {pool.name for pool in config.pools}
+    for spec in specs:
+        if spec.pool not in pools:
+            raise ConfigError(f"expert {spec.id!r}: unknown pool {spec.pool!r}; "
+                              f"pools: {', '.join(sorted(pools))}")
+    registry = ExpertRegistry(connect(config.redis.url), namespace=config.redis.namespace)
+    return registry.seed(specs)
+
+
+def pool_options(pool: PoolConfig) -> dict[str, Any]:
+    """Serve deployment options for one expert pool."""
+    actor: dict[str, Any] = {"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus}
+    if pool.memory_gb:
+        actor["memory"] = int(pool.memory_gb * 2**30)
+    options: dict[str, Any] = {
+        "ray_actor_options": actor,
+        # A batch can only fill when that many requests may be in flight.
+        "max_ongoing_requests": max(pool.max_ongoing_requests, pool.max_batch_size),
+    }
+    if pool.autoscaling is not None:
+        options["autoscaling_config"] = pool.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = pool.num_replicas
+    return options
+
+
+def router_options(config: ConclaveConfig) -> dict[str, Any]:
+    return {
+        "ray_actor_options": {"num_cpus": 0},
+        "max_ongoing_requests": max(config.serving.max_ongoing_requests,
+                                    config.routing.batch_size),
+    }
+
+
+def gateway_options(config: ConclaveConfig) -> dict[str, Any]:
+    serving = config.serving
+    return {
+        "ray_actor_options": {"num_cpus": 0},
+        "max_ongoing_requests": serving.max_ongoing_requests,
+        "max_queued_requests": serving.max_queued_requests,
+        # Over the queue limit: 503 with Retry-After, never a hang.
+        "backpressure_config": {"status_code": 503, "retry_after_s": 1},
+    }

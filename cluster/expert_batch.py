@@ -1,0 +1,73 @@
+"""One batch of expert requests on one loaded engine: the plain logic under the pool
+deployment's ``@serve.batch`` (no Ray here, so it is unit-testable).
+
+All rows share one engine (a base model and its LoRA adapters); each row names its
+expert, whose adapter (or ``None`` for the base) is passed per row, so a mixed-adapter
+batch runs as one ``generate`` per distinct set of sampling parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from experts.engine import GenerationEngine, GenerationParams
+from experts.spec import ExpertSpec
+
+_PARAM_KEYS = ("max_new_tokens", "temperature", "top_p", "stop", "seed")
+
+
+@dataclass
+class Row:
+    """One request: which expert, what prompt, which sampling overrides."""
+
+    expert: str
+    prompt: object
+    params: dict
+
+
+def merged_params(spec: ExpertSpec, overrides: dict) -> GenerationParams:
+    """The expert's generation defaults with the request's overrides on top."""
+    base = spec.generation
+    values = {"max_new_tokens": base.max_new_tokens, "temperature": base.temperature,
+              "top_p": base.top_p, "stop": list(base.stop), "seed": None}
+    values.update({k: v for k, v in overrides.items() if k in _PARAM_KEYS and v is not None})
+    return GenerationParams(**values)
+
+
+def _group_key(params: GenerationParams) -> tuple:
+    return (params.max_new_tokens, params.temperature, params.top_p, tuple(params.stop),
+            params.seed)
+
+
+def run_batch(
+    engine: GenerationEngine,
+    rows: list[Row],
+    spec_of: Callable[[str], ExpertSpec],
+    prepare: Callable[[GenerationEngine, ExpertSpec], None],
+    adapter_of: Callable[[ExpertSpec], str | None],
+) -> list[dict]:
+    """Generate for every row; a row whose expert cannot run gets ``{"error": ...}``
+    (the caller fails it over) while the other rows still generate."""
+    results: list[dict | None] = [None] * len(rows)
+    groups: dict[tuple, list[tuple[int, str | None, GenerationParams]]] = {}
+    for i, row in enumerate(rows):
+        try:
+            spec = spec_of(row.expert)
+            prepare(engine, spec)
+            params = merged_params(spec, row.params)
+            groups.setdefault(_group_key(params), []).append((i, adapter_of(spec), params))
+        except Exception as err:  # one bad expert must not sink its batch-mates
+            results[i] = {"error": f"{type(err).__name__}: {err}"}
+    for members in groups.values():
+        index = [i for i, _, _ in members]
+        outputs = engine.generate(
+            [rows[i].prompt for i in index],
+            members[0][2],
+            adapters=[adapter for _, adapter, _ in members],
+        )
+        for i, out in zip(index, outputs, strict=True):
+            results[i] = {"text": out.text, "prompt_tokens": out.prompt_tokens,
+                          "completion_tokens": out.completion_tokens,
+                          "finish_reason": out.finish_reason}
+    return results

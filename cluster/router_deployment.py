@@ -1,0 +1,87 @@
+"""Router deployment: the encoder, the strategies' indexes and the pattern cache, behind
+``@serve.batch`` so concurrent requests are routed in one encoder pass.
+
+It follows the registry (:class:`ExpertCatalog` on ``ExpertRegistry.watch``): an added
+expert is indexed (from its stored validation outcomes, else its example questions), a
+removed one forgotten, and the pattern cache moves to the new registry version (old
+patterns are never found again); no redeploy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ray import serve
+
+from cluster.catalog import ExpertCatalog
+from cluster.config import parse_config
+from cluster.route_batch import BatchRouter, RouteItem
+from experts.redis_conn import connect
+from experts.registry import ExpertRegistry
+from routing.cache import build_pattern_cache
+from routing.encoder import build_encoder
+from routing.outcomes import OutcomeError
+from routing.profile_store import ProfileStore
+from routing.router import build_router, outcomes_from_specs
+from routing.strategies.base import RoutingError
+
+log = logging.getLogger(__name__)
+
+
+class RouterServer:
+    """Routes queries for the gateway; one decision dict per call."""
+
+    def __init__(self, config: dict):
+        cfg = parse_config(config)
+        client = connect(cfg.redis.url)
+        self.catalog = ExpertCatalog(ExpertRegistry(client, namespace=cfg.redis.namespace))
+        self.catalog.refresh()
+        self.profiles = ProfileStore(client, namespace=cfg.redis.namespace)
+        cache = build_pattern_cache(cfg.routing.cache, cfg.redis.url,
+                                    namespace=cfg.redis.namespace)
+        router = build_router(cfg, self.catalog.specs(), None, encoder=build_encoder(cfg.encoder),
+                              cache=cache, version=lambda: self.catalog.version)
+        self.batcher = BatchRouter(router)
+        self.catalog.on_change(self._apply)
+        self.catalog.start()
+        self._route_batch.set_max_batch_size(cfg.routing.batch_size)
+        self._route_batch.set_batch_wait_timeout_s(cfg.routing.batch_wait_timeout_s)
+
+    async def route(self, query: str, options: dict) -> dict:
+        """The decision for ``query``; :class:`RoutingError` for bad options."""
+        reply = await self._route_batch(RouteItem(query, options))
+        if "error" in reply:
+            raise RoutingError(reply["error"])
+        return reply
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _route_batch(self, items: list[RouteItem]) -> list[dict]:
+        return await asyncio.to_thread(self.batcher.route, items)
+
+    def experts(self) -> list[str]:
+        """The experts the router currently scores."""
+        with self.batcher.lock:
+            return list(self.batcher.router.experts)
+
+    def _apply(self, added, removed, version) -> None:
+        router = self.batcher.router
+        for spec in added:
+            try:
+                outcomes = self._outcomes(spec)
+                with self.batcher.lock:
+                    router.add_expert(spec.id, outcomes, cost=spec.cost)
+            except (RoutingError, OutcomeError, ValueError) as err:
+                log.warning("cannot index expert %s: %s", spec.id, err)
+        for expert_id in removed:
+            with self.batcher.lock:
+                if expert_id in router.experts:
+                    router.remove_expert(expert_id)
+        log.info("registry v%s: +%d -%d experts", version, len(added), len(removed))
+
+    def _outcomes(self, spec):
+        """The expert's stored validation outcomes, else its example questions."""
+        try:
+            return self.profiles.load(spec.id)
+        except OutcomeError:
+            return outcomes_from_specs([spec])
