@@ -85,3 +85,19 @@ def validate_expert(
         answers=[str(row["answer"]) for row in val_rows],
         cost={spec.id: spec.cost},
     )
+
+
+def validate_and_store(spec: ExpertSpec, val_rows: list[dict], lookup, store, **options):
+    """Load ``spec``'s engine (``lookup``: id → spec, for a LoRA expert's base), validate
+    it on ``val_rows`` and save its outcomes in ``store`` (a ProfileStore); the table."""
+    from experts.loader import ExpertLoader
+
+    loader = ExpertLoader(lookup)
+    engine = loader.load(spec.id)
+    try:
+        adapter = loader.prepare(engine, spec)
+        table = validate_expert(engine, spec, val_rows, adapter=adapter, **options)
+    finally:
+        engine.close()
+    store.save(spec.id, table)
+    return table

@@ -116,12 +116,24 @@ def list_experts(redis_url: str | None, config_path: str | None, as_json: bool) 
 @click.argument("spec_file", type=click.Path())
 @redis_option
 @config_option
-def add_experts(spec_file: str, redis_url: str | None, config_path: str | None) -> None:
+@click.option(
+    "--validate-on",
+    "val_path",
+    default=None,
+    type=click.Path(),
+    help="Validation JSONL (id, text, answer): run each expert on it, score the answers and "
+    "store its outcomes, from which every router builds its profile.",
+)
+def add_experts(
+    spec_file: str, redis_url: str | None, config_path: str | None, val_path: str | None
+) -> None:
     """Register the expert(s) in SPEC_FILE (YAML)."""
 
     def action():
         specs = read_specs(spec_file)
         registry = open_registry(redis_url, config_path)
+        if val_path:
+            _validate(specs, val_path, registry)
         return [(spec.id, registry.add(spec)) for spec in specs]
 
     for expert_id, version in run_guarded(action):
@@ -134,8 +146,36 @@ def add_experts(spec_file: str, redis_url: str | None, config_path: str | None) 
 @config_option
 def remove_expert(expert_id: str, redis_url: str | None, config_path: str | None) -> None:
     """Unregister EXPERT_ID."""
-    version = run_guarded(lambda: open_registry(redis_url, config_path).remove(expert_id))
+
+    def action():
+        from routing.profile_store import ProfileStore
+
+        registry = open_registry(redis_url, config_path)
+        version = registry.remove(expert_id)
+        ProfileStore(registry.client, registry.namespace).remove(expert_id)
+        return version
+
+    version = run_guarded(action)
     click.echo(f"removed {expert_id} (registry version {version})")
+
+
+def _validate(specs: list[ExpertSpec], val_path: str, registry) -> None:
+    """Validate each new expert before it is registered, so none joins without a profile."""
+    from routing.onboard import load_validation, validate_and_store
+    from routing.outcomes import OutcomeError
+    from routing.profile_store import ProfileStore
+    from routing.strategies.base import RoutingError
+
+    by_id = {spec.id: spec for spec in specs}
+    store = ProfileStore(registry.client, registry.namespace)
+    try:
+        rows = load_validation(val_path)
+        for spec in specs:
+            table = validate_and_store(spec, rows, lambda i: by_id.get(i) or registry.get(i), store)
+            accuracy = float(table.scores.mean())
+            click.echo(f"validated {spec.id}: {accuracy:.3f} on {len(table)} questions")
+    except (OutcomeError, RoutingError) as err:
+        raise ExpertError(str(err)) from None
 
 
 def _clip(text: str | None, width: int) -> str:

@@ -86,3 +86,27 @@ def test_validated_expert_joins_the_router(redis_url, minilm):
     options = RouteOptions(k=1, cost_weight=0.5)
     assert router.route([QUERIES["lawyer"]], options)[0].experts == ["judge"]
     assert router.route([QUERIES["mathy"]], options)[0].experts == ["mathy"]
+
+
+def test_cli_add_validate_on_stores_outcomes_and_remove_deletes_them(redis_url, tiny_lm, tmp_path):
+    from click.testing import CliRunner
+
+    from cluster.cli import main
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(f"id: tiny\nmodel: {tiny_lm}\ngeneration: {{max_new_tokens: 4}}\n")
+    val = tmp_path / "val.jsonl"
+    val.write_text("\n".join(json.dumps(row) for row in _val_rows()[:3]) + "\n")
+    runner = CliRunner()
+    result = runner.invoke(main, ["experts", "add", str(spec_file), "--validate-on", str(val),
+                                  "--redis", redis_url])
+    assert result.exit_code == 0, result.output
+    assert "validated tiny" in result.output and "on 3 questions" in result.output
+    store = ProfileStore(connect(redis_url))
+    assert store.experts() == ["tiny"] and len(store.load("tiny")) == 3
+    result = runner.invoke(main, ["experts", "remove", "tiny", "--redis", redis_url])
+    assert result.exit_code == 0, result.output
+    assert store.experts() == []
+    bad = runner.invoke(main, ["experts", "add", str(spec_file), "--validate-on",
+                               str(tmp_path / "none.jsonl"), "--redis", redis_url])
+    assert bad.exit_code != 0 and "validation file not found" in bad.output
