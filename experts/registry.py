@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 import redis
@@ -148,14 +149,17 @@ class ExpertRegistry:
     def watch(self, callback: Callable[[dict], None]) -> RegistryWatch:
         """Call ``callback(event)`` from a background thread on every change.
 
-        Returns once the subscription is live, so changes made afterwards are seen."""
+        Returns once the subscription is live, so changes made afterwards are seen. When
+        Redis goes away the watch keeps retrying; once it is back (subscription renewed)
+        it delivers ``{"op": "resync"}``, since changes may have been missed meanwhile."""
         pubsub = self.client.pubsub()
         pubsub.subscribe(**{self.channel: lambda message: _deliver(callback, message)})
         # Wait for the server's SUBSCRIBE acknowledgement: from then on no change is missed.
         if pubsub.get_message(timeout=5.0) is None:
             pubsub.close()
             raise ExpertError(f"registry: could not subscribe to {self.channel!r}")
-        thread = pubsub.run_in_thread(sleep_time=0.2, daemon=True, exception_handler=_log_error)
+        thread = pubsub.run_in_thread(sleep_time=0.2, daemon=True,
+                                      exception_handler=_Reconnect(callback))
         return RegistryWatch(pubsub, thread)
 
     def _check_kinds(self, spec: ExpertSpec) -> None:
@@ -196,6 +200,30 @@ def _deliver(callback: Callable[[dict], None], message: dict) -> None:
         log.exception("registry watch callback failed")
 
 
-def _log_error(error, pubsub, thread) -> None:
-    log.warning("registry watch stopped: %s", error)
-    thread.stop()
+class _Reconnect:
+    """The watch thread's error handler: on a lost connection, retry (the pubsub
+    resubscribes on connect) and announce a resync; on anything else, stop."""
+
+    def __init__(self, callback: Callable[[dict], None], retry_s: float = 0.5):
+        self._callback = callback
+        self._retry_s = retry_s
+        self._lost = False
+
+    def __call__(self, error, pubsub, thread) -> None:
+        if not isinstance(error, redis.ConnectionError | redis.TimeoutError | OSError):
+            log.warning("registry watch stopped: %s", error)
+            thread.stop()
+            return
+        if not self._lost:
+            log.warning("registry watch lost Redis (%s); retrying", type(error).__name__)
+            self._lost = True
+        time.sleep(self._retry_s)
+        if pubsub.connection is None:  # the watch was stopped meanwhile
+            return
+        try:
+            pubsub.connection.connect()  # runs pubsub.on_connect: subscribes again
+        except (redis.RedisError, OSError):
+            return  # still down: the thread calls get_message again and lands here
+        log.info("registry watch reconnected")
+        self._lost = False
+        _deliver(self._callback, {"data": json.dumps({"op": "resync"})})

