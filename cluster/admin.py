@@ -20,6 +20,7 @@ from experts.errors import ExpertError
 from experts.loader import ExpertLoader
 from experts.redis_conn import cache_dir
 from experts.spec import ExpertSpec
+from routing.profile_store import ProfileStore
 
 
 def allowed_roots(serving: ServingConfig) -> list[str]:
@@ -74,9 +75,11 @@ class ExpertAdmin:
         return {"added": spec.id, "version": version}
 
     def remove(self, expert_id: str) -> dict:
+        registry = self._catalog.registry
         try:
-            version = self._catalog.registry.remove(expert_id)
+            version = registry.remove(expert_id)
         except ExpertError as err:
             raise from_domain(err) from None
+        ProfileStore(registry.client, registry.namespace).remove(expert_id)
         self._catalog.refresh()
         return {"removed": expert_id, "version": version}

@@ -27,6 +27,21 @@ redis_option = click.option(
 config_option = click.option(
     "--config", "config_path", default=None, type=click.Path(), help="Conclave YAML config."
 )
+url_option = click.option(
+    "--url", default=None, help="A running server: go through its HTTP admin API instead of Redis."
+)
+token_option = click.option(
+    "--token", default=None, help="Admin bearer token for --url (default: $CONCLAVE_ADMIN_TOKEN)."
+)
+
+
+def admin_or_registry(url: str | None, token: str | None, redis_url, config_path):
+    """The HTTP admin client when ``--url`` is given, else the registry in Redis."""
+    if url:
+        from cluster.cli.admin_client import AdminClient
+
+        return AdminClient(url, token)
+    return open_registry(redis_url, config_path)
 
 
 def open_registry(redis_url: str | None, config_path: str | None):
@@ -94,10 +109,13 @@ def experts() -> None:
 @experts.command("list")
 @redis_option
 @config_option
+@url_option
+@token_option
 @click.option("--json", "as_json", is_flag=True, help="Print the specs as JSON.")
-def list_experts(redis_url: str | None, config_path: str | None, as_json: bool) -> None:
+def list_experts(redis_url: str | None, config_path: str | None, url: str | None,
+                 token: str | None, as_json: bool) -> None:
     """List registered experts."""
-    specs = run_guarded(lambda: open_registry(redis_url, config_path).list())
+    specs = run_guarded(lambda: admin_or_registry(url, token, redis_url, config_path).list())
     if as_json:
         click.echo(json.dumps([spec.model_dump() for spec in specs], indent=2))
         return
@@ -124,14 +142,19 @@ def list_experts(redis_url: str | None, config_path: str | None, as_json: bool) 
     help="Validation JSONL (id, text, answer): run each expert on it, score the answers and "
     "store its outcomes, from which every router builds its profile.",
 )
+@url_option
+@token_option
 def add_experts(
-    spec_file: str, redis_url: str | None, config_path: str | None, val_path: str | None
+    spec_file: str, redis_url: str | None, config_path: str | None, val_path: str | None,
+    url: str | None, token: str | None,
 ) -> None:
     """Register the expert(s) in SPEC_FILE (YAML)."""
 
     def action():
         specs = read_specs(spec_file)
-        registry = open_registry(redis_url, config_path)
+        if url and val_path:
+            raise ExpertError("--validate-on needs Redis access; use it without --url")
+        registry = admin_or_registry(url, token, redis_url, config_path)
         if val_path:
             _validate(specs, val_path, registry)
         return [(spec.id, registry.add(spec)) for spec in specs]
@@ -144,11 +167,17 @@ def add_experts(
 @click.argument("expert_id")
 @redis_option
 @config_option
-def remove_expert(expert_id: str, redis_url: str | None, config_path: str | None) -> None:
+@url_option
+@token_option
+def remove_expert(expert_id: str, redis_url: str | None, config_path: str | None,
+                  url: str | None, token: str | None) -> None:
     """Unregister EXPERT_ID."""
 
     def action():
         from routing.profile_store import ProfileStore
+
+        if url:
+            return admin_or_registry(url, token, None, None).remove(expert_id)
 
         registry = open_registry(redis_url, config_path)
         version = registry.remove(expert_id)

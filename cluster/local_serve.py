@@ -1,0 +1,60 @@
+"""Start and stop Conclave on Ray Serve from a Python process (the CLI, the demo, the
+benchmark): Ray (local, or the cluster at ``address``), Serve's HTTP proxy, the app."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from cluster.config import ConclaveConfig
+
+APP_NAME = "conclave"
+
+
+def start_app(config: ConclaveConfig, address: str | None = None, name: str = APP_NAME,
+              port: int | None = None) -> str:
+    """Deploy ``config`` and return the base URL once ``/v1/models`` answers.
+
+    Without ``address`` a local Ray instance is started in this process."""
+    import ray
+    from ray import serve
+
+    from cluster.app import build_app
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 namespace="conclave")
+    host, port = config.serving.host, port or config.serving.port
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(config.model_dump(mode="json")), name=name, route_prefix="/")
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    wait_ready(url)
+    return url
+
+
+def wait_ready(url: str, deadline_s: float = 120.0) -> None:
+    """Poll ``/v1/models`` until the gateway answers."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            if httpx.get(url + "/v1/models", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > end:
+            raise TimeoutError(f"Conclave at {url} did not become ready in {deadline_s:g}s")
+        time.sleep(0.5)
+
+
+def stop_app(name: str = APP_NAME, shutdown: bool = True) -> None:
+    """Delete the app; with ``shutdown`` also stop Serve and this process's Ray."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        return
+    serve.delete(name)
+    if shutdown:
+        serve.shutdown()
+        ray.shutdown()
