@@ -1,97 +1,158 @@
-"""``conclave demo``: build the offline demo pool, register it, and let every expert answer.
+"""``conclave demo``: the whole main job, offline, on one machine.
 
-One batch per base model: the LoRA experts on a base answer together in one mixed-adapter
-batch. The models are tiny and untrained, so the answers are noise; the code path (registry,
-loader, model pool, LoRA batching) is the real one.
+Starts local Ray + Serve + the embedded Redis with the demo pool (``configs/demo.yaml``),
+sends mixed-domain questions through HTTP with the stock ``openai`` client, prints who
+answered and why, adds and removes an expert live through the admin API, and shuts down.
+The demo models are tiny and untrained: answers are noise; every code path is real.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import time
-import warnings
-from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
 from cluster.cli import main
-from cluster.cli.experts import config_option, open_registry, redis_option, run_guarded
+from cluster.cli.common import fail, read_config
+from cluster.config import ConclaveConfig, ConfigError
 
-
-@dataclass
-class DemoRow:
-    """One expert's answer, for the table."""
-
-    expert: str
-    kind: str
-    base: str
-    answer: str
-    tokens: int
-    seconds: float
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+QUESTIONS = [
+    ("What is the derivative of x cubed?", "math"),
+    ("Write a Python function that checks whether a number is prime.", "code"),
+    ("The patient has a fever and a dry cough; what should be ruled out?", "medicine"),
+    ("Is a verbal contract legally binding?", "law"),
+    ("Why is the sky blue?", "science"),
+    ("What is the capital of Canada?", "general"),
+    ("Which is prime?\nA) 21\nB) 23\nC) 25", "math"),
+    ("What is the derivative of x cubed?", "math"),  # asked again: a pattern-cache hit
+]
+LIVE_EXPERT = "geology"
+LIVE_EXAMPLES = ["Which rocks are igneous: basalt or sandstone?",
+                 "How do sedimentary rocks form?", "What causes earthquakes along faults?",
+                 "Which mineral is hardest on the Mohs scale?"]
+LIVE_QUESTION = "Is granite an igneous or a sedimentary rock?"
 
 
 @main.command()
-@redis_option
-@config_option
-@click.option("--root", default=None, help="Build the demo pool here (default: cache dir).")
-def demo(redis_url: str | None, config_path: str | None, root: str | None) -> None:
-    """Build the demo experts, register them, and print one answer from each."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # library deprecation chatter
-        rows = run_guarded(lambda: run_demo(redis_url, config_path, root))
-    click.echo(
-        f"{'EXPERT':<14} {'KIND':<6} {'BASE':<14} {'ANSWER':<42} {'TOKENS':>6} {'SECONDS':>8}"
-    )
+@click.option("--config", "config_path", default=None, type=click.Path(),
+              help="Demo config (default: configs/demo.yaml).")
+@click.option("--port", default=None, type=int, help="HTTP port (default: a free one).")
+def demo(config_path: str | None, port: int | None) -> None:
+    """Serve the demo pool, route mixed questions, add/remove an expert live."""
+    from cluster.local_serve import start_app, stop_app
+
+    try:
+        config = _config(config_path)
+    except ConfigError as err:
+        fail(str(err))
+    os.environ.setdefault(config.serving.admin_token_env, secrets.token_urlsafe(16))
+    click.echo("starting Ray, Serve, embedded Redis and the demo pool…")
+    started = time.perf_counter()
+    try:
+        url = start_app(config, port=port or _free_port())
+        click.echo(f"serving at {url} ({time.perf_counter() - started:.0f}s to start)\n")
+        _run(url, os.environ[config.serving.admin_token_env])
+    except (ConfigError, ValueError, TimeoutError) as err:
+        fail(str(err))
+    finally:
+        stop_app()
+    click.echo("\nshut down cleanly. (tiny untrained demo models: answers are noise)")
+
+
+def _config(path: str | None) -> ConclaveConfig:
+    config = read_config(path or str(DEMO_CONFIG))
+    if not config.demo_pool:
+        raise ConfigError("the demo needs a config with demo_pool: true")
+    return config
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run(url: str, token: str) -> None:
+    import httpx
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+    models = [m.id for m in client.models.list()]
+    click.echo(f"models: {', '.join(models)}\n")
+    _table([_ask(client, url, q, domain) for q, domain in QUESTIONS])
+    with httpx.Client(base_url=url, timeout=60,
+                      headers={"Authorization": f"Bearer {token}"}) as admin:
+        _live_change(client, url, admin)
+
+
+def _ask(client, url: str, question: str, domain: str, model: str = "conclave") -> dict:
+    import httpx
+
+    started = time.perf_counter()
+    resp = client.chat.completions.create(
+        model=model, max_tokens=16, messages=[{"role": "user", "content": question}])
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    # The dry run comes after the answer, so the answer's cache status is its own.
+    why = httpx.post(url + "/v1/route", json={"query": question, "model": model},
+                     timeout=60).json()["decision"]
+    return {"question": question, "domain": domain, "info": resp.model_extra["conclave"],
+            "why": why, "ms": elapsed_ms}
+
+
+def _table(rows: list[dict]) -> None:
+    click.echo(f"{'QUESTION':<44} {'DOMAIN':<9} {'EXPERTS (weight)':<30} {'WHY (top scores)':<34} "
+               f"{'AGG':<9} {'CACHE':<5} {'MS':>6}")
     for row in rows:
-        click.echo(
-            f"{row.expert:<14} {row.kind:<6} {row.base:<14} {_snippet(row.answer, 42):<42} "
-            f"{row.tokens:>6} {row.seconds:>8.2f}"
-        )
-    click.echo("(tiny untrained demo models: the answers are noise; the code path is real)")
+        info, why = row["info"], row["why"]
+        experts = ", ".join(f"{e['id']} {e['weight']:.2f}" for e in info["experts"])
+        top = ", ".join(f"{n} {s:.2f}" for n, s in why["ranked"][:3] if s is not None)
+        click.echo(f"{_clip(row['question'], 44):<44} {row['domain']:<9} {_clip(experts, 30):<30} "
+                   f"{why['strategy'] + ': ' + _clip(top, 28):<34} {info['aggregation']:<9} "
+                   f"{info['cache']:<5} {row['ms']:>6.0f}")
+        for failover in info["failovers"]:
+            click.echo(f"{'':<44} failover: {failover['expert']} → {failover['replacement']}")
 
 
-def run_demo(redis_url: str | None, config_path: str | None, root: str | None) -> list[DemoRow]:
-    """Build and register the demo pool, then generate one answer per expert."""
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from experts.demo import build_demo_pool
-    from experts.loader import ExpertLoader, engine_key
-    from experts.pool import ModelPool
-
-    # Tiny models: waking several CPU threads costs more than the matrix products.
-    torch.set_num_threads(1)
-    hf_logging.disable_progress_bar()
-    specs = build_demo_pool(root)
-    registry = open_registry(redis_url, config_path)
-    registry.seed(specs)
-    loader = ExpertLoader(registry.get)
-    pool = ModelPool(loader, max_models=2)
-    groups: dict[str, list] = {}
-    for spec in specs:
-        groups.setdefault(engine_key(spec), []).append(registry.get(spec.id))
-    rows = []
-    for key, members in groups.items():
-        rows += _answer_group(pool, loader, key, members)
-    pool.clear()
-    return rows
+def _live_change(client, url: str, admin) -> None:
+    science = next(s for s in admin.get("/v1/experts").json()["data"] if s["id"] == "science")
+    spec = {"id": LIVE_EXPERT, "kind": "lora", "base": science["base"],
+            "adapter": science["adapter"], "domain": "geology",
+            "description": "Geology: rocks, minerals, earthquakes.", "examples": LIVE_EXAMPLES}
+    click.echo(f"\nbefore: {_who(client, url)}")
+    resp = admin.post("/v1/experts", json=spec)
+    if resp.status_code != 200:
+        raise ValueError(f"adding {LIVE_EXPERT} failed: {resp.json()['error']['message']}")
+    click.echo(f"added {LIVE_EXPERT} (registry version {resp.json()['version']}), no redeploy")
+    _wait_routed(url, True)
+    click.echo(f"after add: {_who(client, url)}")
+    resp = admin.delete(f"/v1/experts/{LIVE_EXPERT}")
+    click.echo(f"removed {LIVE_EXPERT} (registry version {resp.json()['version']})")
+    click.echo(f"after remove: {_who(client, url)}")
 
 
-def _answer_group(pool, loader, key: str, members: list) -> list[DemoRow]:
-    """One mixed-adapter batch: each member answers its first example question."""
-    from experts.engine import GenerationParams
-
-    engine = pool.get(key)
-    adapters = [loader.prepare(engine, spec) for spec in members]
-    params = GenerationParams(max_new_tokens=max(s.generation.max_new_tokens for s in members))
-    start = time.perf_counter()
-    answers = engine.generate([spec.examples[0] for spec in members], params, adapters)
-    seconds = time.perf_counter() - start
-    return [
-        DemoRow(spec.id, spec.kind, key, answer.text, answer.completion_tokens, seconds)
-        for spec, answer in zip(members, answers, strict=True)
-    ]
+def _who(client, url: str) -> str:
+    row = _ask(client, url, LIVE_QUESTION, "geology", model="conclave:k=1")
+    return f"{LIVE_QUESTION!r} → {row['info']['experts'][0]['id']} ({row['ms']:.0f} ms)"
 
 
-def _snippet(text: str, width: int) -> str:
-    text = "".join(ch if ch.isprintable() else " " for ch in text).strip() or "(empty)"
+def _wait_routed(url: str, present: bool, deadline_s: float = 30.0) -> None:
+    """The router learns of registry changes by notification: wait until it has."""
+    import httpx
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        decision = httpx.post(url + "/v1/route", timeout=60, json={
+            "query": LIVE_QUESTION, "model": "conclave:k=1"}).json()["decision"]
+        if (LIVE_EXPERT in decision["experts"]) == present:
+            return
+        time.sleep(0.3)
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
