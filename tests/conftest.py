@@ -78,10 +78,11 @@ def tiny_adapters(tiny_lm, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def minilm():
-    """The bundled all-MiniLM-L6-v2 encoder, loaded once per session (no disk cache)."""
+    """The bundled all-MiniLM-L6-v2 encoder, loaded once per session; its embedding cache
+    lives in the session's cache dir, so texts shared between tests are embedded once."""
     from routing.encoder import SentenceEncoder
 
-    return SentenceEncoder(cache=False)
+    return SentenceEncoder()
 
 
 # The Ray + Serve session and the deployed test app (tests/integration, tests/e2e).

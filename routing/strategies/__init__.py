@@ -15,6 +15,7 @@ from routing.strategies.base import RoutingError, RoutingStrategy, Scores
 
 _PATHS = {
     "skills": "routing.strategies.skills:SkillsStrategy",
+    "skills-paper": "routing.strategies.skills:PaperSkillsStrategy",
     "glider": "routing.strategies.glider:GliderStrategy",
     "knn": "routing.strategies.knn:KNNStrategy",
     "pilots": "routing.strategies.pilots:PilotStrategy",

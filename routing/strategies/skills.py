@@ -5,12 +5,12 @@ when none is configured); each keyword maps to its nearest vocabulary skill (cos
 expert's profile holds, per skill, +1 for each correct validation answer carrying that
 skill and −1 for each wrong one (a fractional score s counts 2s − 1).
 
-``variant="faithful"`` is the paper's rule: local score = sum of the profile over the
+``variant="faithful"`` (registered as ``skills-paper``) is the paper's rule: local score = sum of the profile over the
 query's skills; global competence = softmax over experts, temperature 0.5, of the profile
 total (divided by the number of skill-answers behind it, so totals of different sizes
 compare); weight = local × global.
 
-``variant="smoothed"`` is the measured improvement: per skill, the expert's accuracy
+``variant="smoothed"`` (the default, ``skills``) is the measured improvement: per skill, the expert's accuracy
 shrunk towards a domain prior, ``(correct + β·prior) / (answered + β)``, where the prior
 is the expert's accuracy over the domains that skill occurs in; the query's score is
 the similarity-weighted mean over its skills. Rare skills back off to the prior instead
@@ -34,12 +34,14 @@ class SkillsStrategy(RoutingStrategy):
     """Skill profiles from validation outcomes; see the module doc for the two rules."""
 
     name = "skills"
+    # Searched by cross-validation inside the train split (routing/eval/tuning.py).
+    param_grid = {"smoothing": [3.0, 10.0, 30.0]}
 
     def __init__(
         self,
         encoder,
         extractor: KeywordExtractor | None = None,
-        variant: str = "faithful",
+        variant: str = "smoothed",
         temperature: float = 0.5,
         min_support: int = 2,
         skill_floor: float = 0.5,
@@ -220,3 +222,13 @@ class SkillsStrategy(RoutingStrategy):
                 for j in top
             },
         }
+
+
+class PaperSkillsStrategy(SkillsStrategy):
+    """The paper's rule as published (``variant="faithful"``), kept for comparison."""
+
+    name = "skills-paper"
+    param_grid: dict = {}
+
+    def __init__(self, encoder, extractor: KeywordExtractor | None = None, **options):
+        super().__init__(encoder, extractor, variant="faithful", **options)
