@@ -1,0 +1,139 @@
+"""Serving throughput: the demo pool on local Ray Serve, N mixed-domain requests at
+concurrency C over HTTP, Conclave's batched path against a baseline in which every request
+is dispatched alone (router batch size 1, per-expert batch size 1, no batch wait).
+
+    python bench/serving.py [--requests 400] [--concurrency 32] [--json FILE]
+
+Prints requests/s, p50/p99 latency, errors and model loads per mode; ``--json`` writes
+``throughput_ratio`` (batched / baseline requests/s), ``p50_ms``, ``p99_ms``, ``errors``
+(of the batched path) and the per-mode figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "demo.yaml"
+
+
+def mode_config(batched: bool, namespace: str):
+    """The demo config, with batching on (as configured) or off everywhere."""
+    from cluster.config import load_config
+
+    config = load_config(CONFIG)
+    data = config.model_dump(mode="json")
+    data["redis"]["namespace"] = namespace  # a fresh pattern cache per mode
+    if not batched:
+        data["routing"].update(batch_size=1, batch_wait_timeout_s=0.0)
+        for pool in data["pools"]:
+            pool.update(max_batch_size=1, batch_wait_timeout_s=0.0)
+    return type(config).model_validate(data)
+
+
+def questions(n: int) -> list[str]:
+    """``n`` mixed-domain questions: the demo experts' examples, each asked in variants."""
+    from experts.demo import PROFILES
+
+    pool = [text for profile in PROFILES for text in profile["examples"]]
+    return [f"{pool[i % len(pool)]} (case {i // len(pool)})" for i in range(n)]
+
+
+async def load(url: str, texts: list[str], concurrency: int, max_tokens: int) -> dict:
+    """Send every text as a chat request, ``concurrency`` at a time; latencies in ms."""
+    gate = asyncio.Semaphore(concurrency)
+    latencies, errors = [], 0
+
+    async def one(client: httpx.AsyncClient, text: str) -> None:
+        nonlocal errors
+        async with gate:
+            started = time.perf_counter()
+            resp = await client.post("/v1/chat/completions", json={
+                "model": "conclave", "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": text}]})
+            latencies.append((time.perf_counter() - started) * 1000)
+            errors += resp.status_code != 200
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(one(client, text) for text in texts))
+        wall = time.perf_counter() - started
+    lat = np.array(latencies)
+    return {"requests": len(texts), "errors": errors, "seconds": wall,
+            "rps": len(texts) / wall, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99))}
+
+
+def metric_total(url: str, family: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", timeout=30).text
+    return sum(s.value for f in text_string_to_metric_families(text) if f.name == family
+               for s in f.samples if s.name.endswith("_total"))
+
+
+def run_mode(name: str, batched: bool, args) -> dict:
+    from cluster.local_serve import start_app, stop_app
+
+    config = mode_config(batched, f"bench-{name}-{os.getpid()}")
+    url = start_app(config, name=f"bench-{name}", port=args.port)
+    try:
+        asyncio.run(load(url, questions(8), 4, args.max_tokens))  # warm-up: load the models
+        figures = asyncio.run(load(url, questions(args.requests), args.concurrency,
+                                   args.max_tokens))
+        figures["model_loads"] = metric_total(url, "conclave_model_loads")
+    finally:
+        stop_app(f"bench-{name}", shutdown=False)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--json", dest="json_path", default=None)
+    args = parser.parse_args()
+    for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                       "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    try:
+        results = {"batched": run_mode("batched", True, args),
+                   "baseline": run_mode("baseline", False, args)}
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    report(results, args)
+
+
+def report(results: dict, args) -> None:
+    print(f"\n{args.requests} mixed-domain requests, concurrency {args.concurrency}, "
+          f"max_tokens {args.max_tokens} (demo pool, k from configs/demo.yaml)")
+    print(f"{'MODE':<10} {'REQ/S':>8} {'P50 MS':>9} {'P99 MS':>9} {'ERRORS':>7} {'LOADS':>6}")
+    for name, r in results.items():
+        print(f"{name:<10} {r['rps']:>8.2f} {r['p50_ms']:>9.0f} {r['p99_ms']:>9.0f} "
+              f"{r['errors']:>7} {r['model_loads']:>6.0f}")
+    ratio = results["batched"]["rps"] / results["baseline"]["rps"]
+    print(f"throughput ratio (batched / baseline): {ratio:.2f}x (goal >= 3x)")
+    if args.json_path:
+        batched = results["batched"]
+        Path(args.json_path).write_text(json.dumps({
+            "throughput_ratio": ratio, "p50_ms": batched["p50_ms"], "p99_ms": batched["p99_ms"],
+            "errors": batched["errors"] + results["baseline"]["errors"], "modes": results,
+            "requests": args.requests, "concurrency": args.concurrency}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
