@@ -66,18 +66,12 @@ def _add_openai_routes(app: FastAPI, parts: GatewayParts) -> None:
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest):
         resp = await _timed(parts, "chat", service.chat(body))
-        if body.stream:
-            return StreamingResponse(chat_stream(resp), media_type="text/event-stream",
-                                     headers=conclave_headers(resp.conclave))
-        return JSONResponse(resp.model_dump(), headers=conclave_headers(resp.conclave))
+        return _reply(resp, chat_stream if body.stream else None)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
         resp = await _timed(parts, "completions", service.completions(body))
-        if body.stream:
-            return StreamingResponse(completion_stream(resp), media_type="text/event-stream",
-                                     headers=conclave_headers(resp.conclave))
-        return JSONResponse(resp.model_dump(), headers=conclave_headers(resp.conclave))
+        return _reply(resp, completion_stream if body.stream else None)
 
     @app.post("/v1/route")
     async def route(body: RouteRequest):
@@ -114,6 +108,15 @@ def _add_ops_routes(app: FastAPI, parts: GatewayParts) -> None:
     @app.get("/metrics")
     async def metrics():
         return Response(parts.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def _reply(resp, streamer) -> Response:
+    """JSON, or server-sent events through ``streamer``; ``x-conclave-*`` headers on both."""
+    headers = conclave_headers(resp.conclave)
+    if streamer is not None:
+        return StreamingResponse(streamer(resp), media_type="text/event-stream",
+                                 headers=headers)
+    return JSONResponse(resp.model_dump(), headers=headers)
 
 
 async def _timed(parts: GatewayParts, endpoint: str, work):
