@@ -7,6 +7,10 @@ A plain class: Serve wraps it with ``serve.ingress()`` in :mod:`cluster.app`, an
 
 from __future__ import annotations
 
+import logging
+
+from ray.exceptions import RayActorError
+
 from cluster.admin import ExpertAdmin, admin_token, allowed_roots
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
@@ -16,6 +20,8 @@ from cluster.openai_serving import ConclaveService
 from experts.loader import engine_key
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
+
+log = logging.getLogger(__name__)
 
 
 class Gateway:
@@ -41,12 +47,13 @@ class Gateway:
                                            serving.request_timeout_s, serving.max_body_bytes))
 
     async def _route(self, query: str, options: dict) -> dict:
-        return await self._router.route.remote(query, options)
+        return await _retry_dead_replica(lambda: self._router.route.remote(query, options))
 
     async def _call_expert(self, expert_id: str, prompt: object, params: dict) -> dict:
         spec = self.catalog.get(expert_id)
-        reply = await self._handle(spec.pool, engine_key(spec)).generate.remote(
-            expert_id, prompt, params
+        handle = self._handle(spec.pool, engine_key(spec))
+        reply = await _retry_dead_replica(
+            lambda: handle.generate.remote(expert_id, prompt, params)
         )
         self.metrics.record_generation(spec.pool, expert_id, reply)
         return reply
@@ -58,3 +65,14 @@ class Gateway:
             handle = self._pools[pool].options(multiplexed_model_id=key)
             self._handles[(pool, key)] = handle
         return handle
+
+
+async def _retry_dead_replica(call):
+    """``await call()``, once more when the replica died under it: that is no fault of
+    the request or the expert, and Serve sends the retry to a live replica (or waits
+    for the replacement). A second failure goes to the caller (the panel fails over)."""
+    try:
+        return await call()
+    except RayActorError as err:
+        log.warning("replica died during a call (%s); retrying once", type(err).__name__)
+        return await call()
