@@ -1,12 +1,85 @@
-"""Fixtures for the reliability tests: a Redis that can be stopped and started again."""
+"""Fixtures for the reliability tests.
+
+``reliability_app``: the test app of tests/serving_fixtures.py (tiny LM, three LoRA experts,
+minus the broken one) deployed once more under ``/reliability``, this time with
+- its own password-protected Redis that tests stop and start again,
+- two expert-pool replicas (one can be killed while the other serves),
+- small gateway limits (8 ongoing, 8 queued) and a short request timeout (15 s), so
+  overload and timeouts are reached in seconds.
+The load generator keeps its concurrency at the ongoing limit, so it is never refused.
+"""
 
 from __future__ import annotations
 
+import copy
 import tempfile
+from dataclasses import dataclass
 
 import pytest
+from serving_fixtures import app_args, broken_model
 
 REDIS_PASSWORD = "rel-redis-s3cret-pw"
+ADMIN_TOKEN = "rel-admin-t0ken-9f3a"
+APP = "reliability"
+PREFIX = "/reliability"
+POOL = "pool-default"
+POOL_REPLICAS = 2
+MAX_ONGOING = 8
+MAX_QUEUED = 8
+REQUEST_TIMEOUT_S = 15
+
+
+@dataclass
+class ReliableApp:
+    url: str  # http://127.0.0.1:PORT/reliability
+    args: dict
+    redis: object  # cluster.faults.RestartableRedis
+    name: str = APP
+    token: str = ADMIN_TOKEN
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def questions(self) -> list[str]:
+        """Every example question of the configured experts (a mixed-domain set)."""
+        return [q for spec in self.args["experts"] for q in spec.get("examples", [])]
+
+
+def reliability_args(redis_url: str, base: dict) -> dict:
+    """The shared test app's args with this suite's Redis, replicas and limits."""
+    args = copy.deepcopy(base)
+    args["redis"] = {"url": redis_url, "namespace": "rel"}
+    args["experts"] = [e for e in args["experts"] if e["id"] != "broken"]
+    args["pools"] = [{"name": "default", "num_cpus": 0, "num_replicas": POOL_REPLICAS,
+                      "max_batch_size": 8, "max_resident_models": 3}]
+    args["serving"].update(admin_token=ADMIN_TOKEN, max_ongoing_requests=MAX_ONGOING,
+                           max_queued_requests=MAX_QUEUED,
+                           request_timeout_s=REQUEST_TIMEOUT_S, expert_timeout_s=30)
+    return args
+
+
+def deploy(app: ReliableApp) -> None:
+    """(Re)deploy the app from its args; returns once every replica is up."""
+    from ray import serve
+
+    from cluster.app import build_app
+
+    serve.run(build_app(app.args), name=app.name, route_prefix=PREFIX)
+    warm_up(app)
+
+
+def warm_up(app: ReliableApp, requests: int = 32) -> None:
+    """Mixed requests at full concurrency (every expert asked directly too), so both pool
+    replicas hold the base model and the adapters before a test measures anything."""
+    import asyncio
+
+    from cluster.loadgen import MixedLoad
+
+    experts = [spec["id"] for spec in app.args["experts"]]
+    load = MixedLoad(app.url, app.questions(), direct=experts, concurrency=MAX_ONGOING,
+                     max_tokens=2)
+    asyncio.run(load.run(requests=requests))
 
 
 @pytest.fixture()
@@ -18,3 +91,22 @@ def restartable_redis():
     server = RestartableRedis(tempfile.mkdtemp(prefix="crel-"), password=REDIS_PASSWORD).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def reliability_app(serve_instance, tiny_lm, tiny_adapters, tmp_path_factory):
+    """The app described above, deployed once for the session."""
+    from ray import serve
+
+    from cluster.faults import RestartableRedis
+
+    redis = RestartableRedis(tempfile.mkdtemp(prefix="crel-"), password=REDIS_PASSWORD).start()
+    base = tmp_path_factory.getbasetemp()
+    broken = broken_model(tmp_path_factory.mktemp("rel-broken"))
+    args = reliability_args(redis.url, app_args(redis.url, tiny_lm, tiny_adapters, broken,
+                                                [str(base)]))
+    app = ReliableApp(serve_instance + PREFIX, args, redis)
+    deploy(app)
+    yield app
+    serve.delete(APP)
+    redis.stop()
