@@ -5,6 +5,8 @@ then selection. Experts join and leave at runtime through every strategy at once
 ``outcomes`` table passed in; the config's ``routing.outcomes`` folder; else the experts'
 own example questions, where each example counts as a correct answer for its expert and a
 wrong one for every other expert (so an expert is recruited for questions like its own).
+With a profile store, experts with stored validation outcomes use those; an expert known
+only by its examples then also counts as wrong on the validated questions.
 """
 
 from __future__ import annotations
@@ -169,15 +171,19 @@ def outcomes_from_specs(specs: list[ExpertSpec]) -> OutcomeTable:
 
 
 def build_router(config, specs: list[ExpertSpec], outcomes: OutcomeTable | None,
-                 encoder=None, cache=None, version: Callable[[], int] = lambda: 0) -> Router:
-    """A fitted router for ``specs`` from a :class:`~cluster.config.ConclaveConfig`."""
+                 encoder=None, cache=None, version: Callable[[], int] = lambda: 0,
+                 profiles=None) -> Router:
+    """A fitted router for ``specs`` from a :class:`~cluster.config.ConclaveConfig`.
+
+    ``profiles`` (a :class:`~routing.profile_store.ProfileStore`): experts with stored
+    validation outcomes are profiled from them, the others from their examples."""
     from routing.encoder import build_encoder
 
     encoder = encoder or build_encoder(config.encoder)
     if outcomes is None and config.routing.outcomes:
         outcomes = load_outcomes(config.routing.outcomes)
     if outcomes is None:
-        outcomes = outcomes_from_specs(specs)
+        outcomes = _spec_outcomes(specs, profiles)
     elif specs:
         outcomes = _match_specs(outcomes, specs)
     strategies = {
@@ -193,6 +199,26 @@ def build_router(config, specs: list[ExpertSpec], outcomes: OutcomeTable | None,
                     costs=costs, cache=cache, version=version)
     router.fit(outcomes)
     return router
+
+
+def _spec_outcomes(specs: list[ExpertSpec], profiles) -> OutcomeTable:
+    from routing.profile_store import merge_columns
+
+    stored = set(profiles.experts()) if profiles is not None else set()
+    tables = [profiles.load(spec.id) for spec in specs if spec.id in stored]
+    rest = [spec for spec in specs if spec.id not in stored]
+    if not tables:
+        return outcomes_from_specs(specs)
+    if any(spec.examples for spec in rest):
+        tables.append(outcomes_from_specs(rest))
+    merged = merge_columns(tables)
+    # The examples rule again: an example-profiled expert counts as wrong on every question
+    # that is not one of its examples (validated experts keep NaN where they did not run).
+    for spec in rest:
+        if spec.id in merged.experts:
+            column = merged.scores[:, merged.experts.index(spec.id)]
+            column[np.isnan(column)] = 0.0
+    return merged
 
 
 def _match_specs(outcomes: OutcomeTable, specs: list[ExpertSpec]) -> OutcomeTable:

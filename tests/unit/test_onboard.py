@@ -110,3 +110,18 @@ def test_cli_add_validate_on_stores_outcomes_and_remove_deletes_them(redis_url, 
     bad = runner.invoke(main, ["experts", "add", str(spec_file), "--validate-on",
                                str(tmp_path / "none.jsonl"), "--redis", redis_url])
     assert bad.exit_code != 0 and "validation file not found" in bad.output
+
+
+def test_a_replica_starts_from_stored_profiles(redis_url, minilm):
+    from text_tables import QUESTIONS
+
+    from cluster.config import ConclaveConfig
+    from routing.router import build_router
+
+    store = ProfileStore(connect(redis_url), namespace="t")
+    store.save("judge", validate_expert(_judge_engine(), SPEC, _val_rows()))
+    specs = [SPEC, ExpertSpec(id="mathy", model="org/tiny", examples=QUESTIONS["math"])]
+    router = build_router(ConclaveConfig(), specs, None, encoder=minilm, profiles=store)
+    assert router.experts == ["judge", "mathy"]
+    decisions = router.route([QUERIES["lawyer"], QUERIES["mathy"]], RouteOptions(k=1))
+    assert [d.experts[0] for d in decisions] == ["judge", "mathy"]
