@@ -1,0 +1,150 @@
+"""``conclave eval``: fit each strategy on the train split (its options tuned by
+cross-validation inside train), score the test split, compare with the reference rows.
+
+The result is a plain dict, written as ``eval.json``::
+
+    {"strategies": {NAME: {"top1", "top3_vote", "mean_cost", ...}},
+     "reference": {"best_single", "best_per_domain", "oracle", "random", ...}, "meta": {...}}
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+
+from routing.eval.metrics import any_hits, cost_of, cost_sweep, per_domain, top1_hits, vote_hits
+from routing.eval.pools import resolve_pool
+from routing.eval.reference import reference_rows
+from routing.eval.split import make_split
+from routing.eval.tuning import tune
+from routing.outcomes import OutcomeError, OutcomeTable, load_outcomes
+
+DEFAULT_STRATEGIES = ("knn", "pilots", "hybrid")
+LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]
+
+
+def load_eval_table(data_dir: str | Path, pool: str | None) -> OutcomeTable:
+    """The outcome table restricted to ``pool`` and to questions every pool model answered."""
+    table = load_outcomes(data_dir)
+    table = table.with_experts(resolve_pool(pool, table.experts))
+    complete = table.complete_rows()
+    if len(complete) < 10:
+        raise OutcomeError(f"{data_dir}: only {len(complete)} questions have results for "
+                           "every model of the pool")
+    return table.subset(complete)
+
+
+def build(name: str, options: dict, encoder):
+    """Strategy ``name``; the encoder is passed to constructors that take one."""
+    from routing.strategies import STRATEGIES, make_strategy
+
+    cls = STRATEGIES.get(name)
+    if cls is not None and "encoder" in inspect.signature(cls).parameters:
+        options = {**options, "encoder": encoder}
+    return make_strategy(name, **options)
+
+
+def evaluate(data_dir: str | Path, pool: str | None = None,
+             strategies: tuple[str, ...] = DEFAULT_STRATEGIES, seed: int = 0,
+             encoder=None, folds: int = 3, progress: bool = True) -> dict:
+    """Run the whole offline evaluation; see the module doc for the result's shape."""
+    from routing.strategies import STRATEGIES, make_strategy
+
+    for name in strategies:
+        make_strategy(name) if name not in STRATEGIES else None  # unknown names raise here
+    table = load_eval_table(data_dir, pool)
+    train_rows, test_rows = make_split(data_dir, table, seed=seed)
+    embeddings = embed(table.texts, encoder)
+    train, test = table.subset(train_rows), table.subset(test_rows)
+    emb_train, emb_test = embeddings[train_rows], embeddings[test_rows]
+    tuned: dict[str, dict] = {}
+    rows: dict[str, dict] = {}
+    for name in strategies:
+        options, cv = _tuned_options(name, tuned, train, emb_train, encoder, folds, seed, progress)
+        strategy = build(name, options, encoder)
+        strategy.fit(train, emb_train)
+        values = strategy.score(test.texts, emb_test)
+        rows[name] = strategy_row(values, test)
+        rows[name].update(options=_plain(options), cv=cv)
+    return {
+        "strategies": rows,
+        "reference": reference_rows(train, test),
+        "meta": {"data": str(data_dir), "pool": table.experts, "seed": seed,
+                 "train": len(train), "test": len(test), "folds": folds,
+                 "cost": {e: test.cost.get(e) for e in test.experts}},
+    }
+
+
+def _tuned_options(name, tuned, train, emb_train, encoder, folds, seed, progress):
+    from routing.strategies import STRATEGIES
+
+    if name == "hybrid":
+        # The hybrid's components run with their own tuned options; its weights are fitted
+        # by CV inside HybridStrategy.fit, on train only.
+        components = ("knn", "pilots")
+        for part in components:
+            _tuned_options(part, tuned, train, emb_train, encoder, folds, seed, progress)
+        return {"components": components, "folds": folds, "seed": seed,
+                "options": {p: tuned[p]["options"] for p in components}}, None
+    if name not in tuned:
+        cls = STRATEGIES[name]
+        space = getattr(cls, "param_grid", {})
+        bar = _bar(len(_combinations(space)), f"tuning {name}", progress)
+        options, trials = tune(lambda **o: build(name, o, encoder), train, emb_train,
+                               count=folds, seed=seed, space=space, progress=bar)
+        bar.close()
+        tuned[name] = {"options": options, "cv": max((t["cv"] for t in trials), default=None)}
+    return tuned[name]["options"], tuned[name]["cv"]
+
+
+def _combinations(space: dict) -> list:
+    from routing.eval.tuning import grid
+
+    return grid(space)
+
+
+def strategy_row(scores, test: OutcomeTable) -> dict:
+    """The metrics of one strategy's scores on the test split."""
+    values = np.asarray(scores.values, dtype=np.float64)
+    columns = [scores.experts.index(e) for e in test.experts]
+    values = values[:, columns]
+    outcomes = np.nan_to_num(test.scores, nan=0.0)
+    cost = np.array([test.cost.get(e, np.nan) for e in test.experts], dtype=np.float64)
+    has_cost = bool(test.cost) and np.isfinite(cost).all()
+    hits = top1_hits(values, outcomes)
+    votes = None if test.predictions is None else vote_hits(values, outcomes, test.predictions)
+    return {
+        "top1": float(hits.mean()),
+        "top3_vote": None if votes is None else float(votes.mean()),
+        "top3_any": float(any_hits(values, outcomes).mean()),
+        "mean_cost": cost_of(values, cost) if has_cost else None,
+        "mean_cost_top3": cost_of(values, cost, k=3) if has_cost else None,
+        "per_domain": per_domain(hits, test.domains),
+        "per_domain_vote": None if votes is None else per_domain(votes, test.domains),
+        "cost_sweep": cost_sweep(values, outcomes, cost, LAMBDAS) if has_cost else [],
+    }
+
+
+def embed(texts: list[str], encoder) -> np.ndarray:
+    """Embeddings of ``texts`` (the default encoder, with its on-disk cache, when None)."""
+    if encoder is None:
+        from routing.encoder import SentenceEncoder
+
+        encoder = SentenceEncoder()
+    return encoder.encode(texts)
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
