@@ -31,7 +31,9 @@ class ExpertLoader:
 
     ``allowed_roots``: when given, local model and adapter paths must lie under one of
     them (an admin API must not load arbitrary files). ``builders`` maps a spec kind to the
-    function that builds its engine; another kind plugs in by adding an entry."""
+    function that builds its engine; another kind plugs in by adding an entry. ``embed``
+    (texts → ``[n, dim]`` array) gives mixture experts their members' instruction
+    embeddings; without it a mixture routes on its learned gates alone."""
 
     def __init__(
         self,
@@ -40,8 +42,10 @@ class ExpertLoader:
         *,
         device: str | None = None,
         dtype: str | None = None,
+        embed: Callable[[list[str]], object] | None = None,
     ):
         self.lookup = lookup
+        self.embed = embed
         self.allowed_roots = (
             None if allowed_roots is None else [_resolve(root) for root in allowed_roots]
         )
@@ -49,7 +53,7 @@ class ExpertLoader:
         self.dtype = dtype
         self.builders: dict[str, Callable[[ExpertSpec], GenerationEngine]] = {
             "model": self._load_model,
-            # "mixture": experts/mixture.py adds its builder here.
+            "mixture": self._load_mixture,
         }
 
     def __call__(self, key: str) -> GenerationEngine:
@@ -98,6 +102,13 @@ class ExpertLoader:
             device=self.device,
             trust_remote_code=spec.trust_remote_code,
         )
+
+    def _load_mixture(self, spec: ExpertSpec) -> GenerationEngine:
+        from experts.mixture_engine import load_mixture
+
+        for member in [self.lookup(spec.base), *map(self.lookup, spec.experts)]:
+            self.check_path(member, member.model or member.adapter)
+        return load_mixture(spec, self.lookup, self.embed, dtype=self.dtype, device=self.device)
 
 
 def _resolve(path: str) -> Path:

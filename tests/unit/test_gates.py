@@ -126,3 +126,38 @@ def test_bad_training_input_is_refused(tiny_lm, tiny_adapters, tmp_path):
         train_gates(tiny_lm, tiny_adapters["alpha"], ["", "  "], steps=1)
     with pytest.raises(ExpertError, match="not a peft adapter"):
         train_gates(tiny_lm, tmp_path, TEXTS, steps=1)
+
+
+def test_cli_trains_and_saves_a_registered_experts_gates(
+    redis_url, tiny_lm, tiny_adapters, tmp_path
+):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from cluster.cli import main
+    from experts.redis_conn import connect
+    from experts.registry import ExpertRegistry
+    from experts.spec import ExpertSpec
+
+    adapter = shutil.copytree(tiny_adapters["alpha"], tmp_path / "alpha")
+    registry = ExpertRegistry(connect(redis_url))
+    registry.add(ExpertSpec(id="base", model=str(tiny_lm)))
+    registry.add(ExpertSpec(id="alpha", kind="lora", base="base", adapter=str(adapter)))
+    data = tmp_path / "examples.jsonl"
+    data.write_text("\n".join(json.dumps({"text": text}) for text in TEXTS) + "\n")
+
+    def run(*args):
+        return CliRunner().invoke(main, ["experts", "train-gates", *args, "--redis", redis_url])
+
+    result = run("alpha", "--data", str(data), "--steps", "2")
+    assert result.exit_code == 0, result.output
+    assert "trained gates for alpha on 2 examples (2 steps)" in result.output
+    assert set(load_gates(adapter, load_lora(adapter))) == set(load_lora(adapter).modules)
+
+    assert "unknown expert 'ghost'" in run("ghost", "--data", str(data)).output
+    assert "gates need a lora one" in run("base", "--data", str(data)).output
+    data.write_text('{"text": "fine"}\n{"prompt": "no text"}\n')
+    bad = run("alpha", "--data", str(data))
+    assert bad.exit_code != 0 and 'examples.jsonl:2: a row needs a string "text"' in bad.output

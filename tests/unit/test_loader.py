@@ -62,5 +62,8 @@ def test_unknown_and_unsupported_kinds(specs):
     loader = ExpertLoader(lookup_in(specs))
     with pytest.raises(UnknownExpertError, match="'ghost'"):
         loader.load("ghost")
+    with pytest.raises(ExpertError, match="no trained gates"):
+        loader.load("blend")  # a mixture needs its members' PHATGOOSE gates (test_mixture)
+    del loader.builders["mixture"]
     with pytest.raises(ExpertError, match="kind 'mixture' cannot be loaded"):
         loader.load("blend")

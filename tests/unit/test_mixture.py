@@ -53,7 +53,7 @@ def _pretrain_base(path, texts) -> None:
 
     model = AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    train_lm(model, list(model.parameters()), tokenizer, texts, steps=150, lr=3e-3)
+    train_lm(model, list(model.parameters()), tokenizer, texts, steps=100, lr=3e-3)
     model.save_pretrained(path)
 
 
@@ -73,8 +73,8 @@ def pool(tmp_path_factory) -> dict:
     _pretrain_base(base, data["digits"] + data["words"] + mixed)
     paths = {"base": base}
     for name, texts in data.items():
-        paths[name] = train_lora_adapter(base, root / name, texts, steps=40, lr=1e-2)
-        save_gates(paths[name], train_gates(base, paths[name], texts, steps=40, lr=5e-2))
+        paths[name] = train_lora_adapter(base, root / name, texts, steps=30, lr=1e-2)
+        save_gates(paths[name], train_gates(base, paths[name], texts, steps=30, lr=5e-2))
     return paths
 
 
@@ -284,3 +284,16 @@ def test_load_mixture_from_specs(pool, tiny_lm, tiny_adapters):
         load_mixture(mixture("digits", "alpha"), lookup)
     with pytest.raises(ExpertError, match="not a mixture"):
         load_mixture(specs["digits"], lookup)
+
+
+def test_the_expert_loader_builds_mixtures(pool, tiny_lm, tiny_adapters, tmp_path):
+    from experts.loader import ExpertLoader
+    from experts.spec import ExpertSpec
+
+    specs = _specs(pool, tiny_lm, tiny_adapters)
+    specs["mix"] = ExpertSpec(id="mix", kind="mixture", base="base", experts=["digits", "words"])
+    engine = ExpertLoader(specs.__getitem__).load("mix")
+    assert isinstance(engine, MixtureEngine) and engine.expert_names == ["digits", "words"]
+    fenced = ExpertLoader(specs.__getitem__, allowed_roots=[str(tmp_path)])
+    with pytest.raises(ExpertError, match="outside the allowed roots"):
+        fenced.load("mix")
