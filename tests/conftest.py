@@ -20,14 +20,7 @@ os.environ.setdefault("CONCLAVE_CACHE", tempfile.mkdtemp(prefix="conclave-test-"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-TINY_TEXTS = [
-    "the quick brown fox jumps over the lazy dog",
-    "what is the derivative of x squared? it is two x",
-    "def add(a, b): return a + b",
-    "the patient presents with fever and cough",
-    "the contract is void if signed under duress",
-    "0123456789 1 + 2 = 3 and 7 * 6 = 42",
-] * 20
+from sample_texts import TINY_TEXTS  # noqa: E402,F401  (tests/ is on sys.path)
 
 
 @pytest.fixture(scope="session")

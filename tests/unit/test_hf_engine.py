@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TINY_TEXTS
+from sample_texts import TINY_TEXTS
 
 from experts.engine import GenerationParams
 from experts.errors import ExpertError
