@@ -1,12 +1,13 @@
-"""The offline demo pool and `conclave demo`."""
+"""The offline demo pool: valid specs, idempotent build, served through loader and pool."""
 
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
 
-from cluster.cli import main
 from experts.demo import build_demo_pool, demo_root
+from experts.engine import GenerationParams
+from experts.loader import ExpertLoader, engine_key
+from experts.pool import ModelPool
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from experts.spec import check_references
@@ -49,12 +50,20 @@ def test_build_is_idempotent(specs, demo_dir):
     assert not [path for path in files if path.name.endswith(".tmp")]
 
 
-def test_demo_command_registers_and_answers(specs, demo_dir, redis_url):
-    result = CliRunner().invoke(main, ["demo", "--root", str(demo_dir), "--redis", redis_url])
-    assert result.exit_code == 0, result.output
-    table = [line.split() for line in result.output.splitlines()]
-    answered = {row[0]: row for row in table if row and row[0] in {s.id for s in specs}}
-    assert len(answered) == len(specs)
-    assert answered["math"][2] == "general-base" and answered["code-base"][2] == "code-base"
+def test_demo_pool_registers_and_answers_one_batch_per_base(specs, demo_dir, redis_url):
     registry = ExpertRegistry(connect(redis_url))
-    assert [spec.id for spec in registry.list()] == [spec.id for spec in specs]
+    assert registry.seed(specs) == [spec.id for spec in specs]
+    loader = ExpertLoader(registry.get, allowed_roots=[str(demo_dir)])
+    pool = ModelPool(loader, max_models=2)
+    groups: dict[str, list] = {}
+    for spec in registry.list():
+        groups.setdefault(engine_key(spec), []).append(spec)
+    assert sorted(groups) == ["code-base", "general-base"]
+    for key, members in groups.items():
+        engine = pool.get(key)
+        adapters = [loader.prepare(engine, spec) for spec in members]
+        params = GenerationParams(max_new_tokens=6)
+        answers = engine.generate([spec.examples[0] for spec in members], params, adapters)
+        assert [a.completion_tokens for a in answers] == [6] * len(members)
+    assert pool.stats.loads == 2
+    pool.clear()
