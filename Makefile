@@ -18,8 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
+# One torch thread per process: Ray workers share the two CI cores, and oversubscribed
+# BLAS threads make tiny-model tests many times slower.
 test: setup
-	$(PY) -m pytest -q -ra tests
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -ra tests
 
 demo: setup
 	$(VENV)/bin/conclave demo
