@@ -157,7 +157,8 @@ class MixtureEngine(GenerationEngine):
         g = torch.stack([m.embedding for m in self._members.values()])
         if g.shape[1] != q.shape[1]:
             raise ExpertError(f"embeddings have dim {q.shape[1]}, the experts' have {g.shape[1]}")
-        return self.alpha * F.normalize(q, dim=-1) @ F.normalize(g, dim=-1).T
+        cosine = F.normalize(q, dim=-1) @ F.normalize(g, dim=-1).T
+        return (self.alpha * cosine).to(self._engine.device)
 
     def route(self, texts: Sequence[str], embeddings=None) -> list[list[dict]]:
         """Teacher-forced routing of ``texts`` (no chat template): per token, the experts'
