@@ -278,6 +278,25 @@ def load_mixture(
     embeddings ``g_i`` (``[n, dim]``); the experts layer does not embed text itself, so
     without it rows cannot bring a global ``q`` and routing is purely local.
     """
+    base, members = _resolve_specs(spec, lookup)
+    vectors = embed([m.task_instruction for m in members]) if embed else [None] * len(members)
+    experts = [
+        MixtureMember(m.id, m.adapter, None, vector)
+        for m, vector in zip(members, vectors, strict=True)
+    ]
+    return MixtureEngine(
+        base.model,
+        experts,
+        alpha=alpha,
+        top_k=top_k,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=base.trust_remote_code,
+    )
+
+
+def _resolve_specs(spec, lookup: Callable[[str], object]) -> tuple:
+    """The mixture's base spec and member specs, checked: a model base, lora members on it."""
     from experts.errors import IncompatibleAdapterError
 
     if spec.kind != "mixture":
@@ -293,20 +312,7 @@ def load_mixture(
             raise IncompatibleAdapterError(
                 f"mixture {spec.id!r}: {member.id!r} sits on {member.base!r}, not {spec.base!r}"
             )
-    vectors = embed([m.task_instruction for m in members]) if embed else [None] * len(members)
-    experts = [
-        MixtureMember(m.id, m.adapter, None, vector)
-        for m, vector in zip(members, vectors, strict=True)
-    ]
-    return MixtureEngine(
-        base.model,
-        experts,
-        alpha=alpha,
-        top_k=top_k,
-        dtype=dtype,
-        device=device,
-        trust_remote_code=base.trust_remote_code,
-    )
+    return base, members
 
 
 def _check_top_k(top_k: int, n_experts: int) -> None:
