@@ -99,16 +99,20 @@ def _mixture_linear_class():
                 "A": A.reshape(-1, d_in),
                 "B": B.reshape(-1, d_out),
                 "scaling": weight.new_tensor([part.scaling for part in loras]),
-                "keys": F.layer_norm(keys, (d_in,)),
+                # LN(v_i)/sqrt(d_in), precomputed once: the per-token work is one matmul.
+                "keys": F.layer_norm(keys, (d_in,)) / math.sqrt(d_in),
             }
             for name, tensor in buffers.items():  # buffers: counted in memory, moved by .to()
                 self.register_buffer(name, tensor, persistent=False)
 
         def routing_weights(self, h: torch.Tensor) -> torch.Tensor:
             """Top-k renormalised weights ``[batch, T, n]`` over this layer's experts."""
-            logits = F.layer_norm(h, (h.shape[-1],)) @ self.keys.T / math.sqrt(h.shape[-1])
-            if self.state.bias is not None:
-                logits = logits + self.state.bias[:, self.members].to(logits).unsqueeze(1)
+            logits = F.layer_norm(h, (h.shape[-1],)) @ self.keys.T
+            bias = self.state.bias
+            if bias is not None:
+                if bias.shape[-1] != len(self.members):  # this module has a subset of experts
+                    bias = bias[:, self.members]
+                logits = logits + bias.to(logits).unsqueeze(1)
             return top_k_weights(logits, self.top_k)
 
         def forward(self, h: torch.Tensor) -> torch.Tensor:
