@@ -154,15 +154,25 @@ class PlanRunner:
     def _step(self, step: Step, prompts: Mapping[Task, Prompt], progress, out: dict) -> None:
         engine = self.pool.get(step.key)
         adapters = {name: self.prepare(engine, name) for _, name in step.tasks}
-        size = self.max_batch_size or len(step.tasks) or 1
-        for start in range(0, len(step.tasks), size):
-            chunk = step.tasks[start:start + size]
+        tasks = step.tasks
+        if self.max_batch_size and len(tasks) > self.max_batch_size:
+            # Similar lengths share a chunk: less left-padding to compute over.
+            tasks = sorted(tasks, key=lambda task: _length(prompts[task]))
+        size = self.max_batch_size or len(tasks) or 1
+        for start in range(0, len(tasks), size):
+            chunk = tasks[start:start + size]
             names = [adapters[name] for _, name in chunk]
             outputs = engine.generate([prompts[task] for task in chunk], self.params,
                                       adapters=names if any(names) else None)
             out.update(zip(chunk, outputs, strict=True))
             if progress is not None:
                 progress(len(chunk))
+
+
+def _length(prompt: Prompt) -> int:
+    if isinstance(prompt, str):
+        return len(prompt)
+    return sum(len(str(message.get("content", ""))) for message in prompt)
 
 
 def spec_preparer(loader, lookup: Callable[[str], object]) -> Callable[[object, str], str | None]:

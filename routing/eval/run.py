@@ -9,7 +9,7 @@ The result is a plain dict, written as ``eval.json``::
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +18,9 @@ from routing.eval.metrics import any_hits, cost_of, cost_sweep, per_domain, top1
 from routing.eval.pools import resolve_pool
 from routing.eval.reference import reference_rows
 from routing.eval.split import make_split
-from routing.eval.tuning import tune
+from routing.eval.tuning import grid, tune
 from routing.outcomes import OutcomeError, OutcomeTable, load_outcomes
+from routing.strategies.common import build_strategy as build
 
 DEFAULT_STRATEGIES = ("knn", "pilots", "hybrid")
 LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]
@@ -36,16 +37,6 @@ def load_eval_table(data_dir: str | Path, pool: str | None) -> OutcomeTable:
     return table.subset(complete)
 
 
-def build(name: str, options: dict, encoder):
-    """Strategy ``name``; the encoder is passed to constructors that take one."""
-    from routing.strategies import STRATEGIES, make_strategy
-
-    cls = STRATEGIES.get(name)
-    if cls is not None and "encoder" in inspect.signature(cls).parameters:
-        options = {**options, "encoder": encoder}
-    return make_strategy(name, **options)
-
-
 def evaluate(data_dir: str | Path, pool: str | None = None,
              strategies: tuple[str, ...] = DEFAULT_STRATEGIES, seed: int = 0,
              encoder=None, folds: int = 3, progress: bool = True) -> dict:
@@ -58,15 +49,14 @@ def evaluate(data_dir: str | Path, pool: str | None = None,
     train_rows, test_rows = make_split(data_dir, table, seed=seed)
     embeddings = embed(table.texts, encoder)
     train, test = table.subset(train_rows), table.subset(test_rows)
-    emb_train, emb_test = embeddings[train_rows], embeddings[test_rows]
-    tuned: dict[str, dict] = {}
+    tuner = _Tuner(train, embeddings[train_rows], encoder, folds, seed, progress,
+                   parts=tuple(n for n in strategies if n != "hybrid") or ("knn", "pilots"))
     rows: dict[str, dict] = {}
-    for name in strategies:
-        options, cv = _tuned_options(name, tuned, train, emb_train, encoder, folds, seed, progress)
+    for name in _bar(strategies, "strategies", progress):
+        options, cv = tuner.options(name)
         strategy = build(name, options, encoder)
-        strategy.fit(train, emb_train)
-        values = strategy.score(test.texts, emb_test)
-        rows[name] = strategy_row(values, test)
+        strategy.fit(train, tuner.embeddings)
+        rows[name] = strategy_row(strategy.score(test.texts, embeddings[test_rows]), test)
         rows[name].update(options=_plain(options), cv=cv)
     return {
         "strategies": rows,
@@ -77,32 +67,38 @@ def evaluate(data_dir: str | Path, pool: str | None = None,
     }
 
 
-def _tuned_options(name, tuned, train, emb_train, encoder, folds, seed, progress):
-    from routing.strategies import STRATEGIES
+@dataclass
+class _Tuner:
+    """Options per strategy, tuned once by CV on train (a strategy's ``param_grid``)."""
 
-    if name == "hybrid":
-        # The hybrid's components run with their own tuned options; its weights are fitted
-        # by CV inside HybridStrategy.fit, on train only.
-        components = ("knn", "pilots")
-        for part in components:
-            _tuned_options(part, tuned, train, emb_train, encoder, folds, seed, progress)
-        return {"components": components, "folds": folds, "seed": seed,
-                "options": {p: tuned[p]["options"] for p in components}}, None
-    if name not in tuned:
-        cls = STRATEGIES[name]
-        space = getattr(cls, "param_grid", {})
-        bar = _bar(len(_combinations(space)), f"tuning {name}", progress)
-        options, trials = tune(lambda **o: build(name, o, encoder), train, emb_train,
-                               count=folds, seed=seed, space=space, progress=bar)
-        bar.close()
-        tuned[name] = {"options": options, "cv": max((t["cv"] for t in trials), default=None)}
-    return tuned[name]["options"], tuned[name]["cv"]
+    train: OutcomeTable
+    embeddings: np.ndarray
+    encoder: object
+    folds: int
+    seed: int
+    progress: bool
+    parts: tuple[str, ...]  # the hybrid's components
+    done: dict = field(default_factory=dict)
 
+    def options(self, name: str) -> tuple[dict, float | None]:
+        if name == "hybrid":
+            # Components run with their own tuned options; the weights are fitted by CV
+            # inside HybridStrategy.fit, on train only.
+            return {"components": self.parts, "folds": self.folds, "seed": self.seed,
+                    "options": {p: self.options(p)[0] for p in self.parts}}, None
+        if name not in self.done:
+            from routing.strategies import STRATEGIES
 
-def _combinations(space: dict) -> list:
-    from routing.eval.tuning import grid
-
-    return grid(space)
+            space = getattr(STRATEGIES[name], "param_grid", {})
+            if not space:
+                self.done[name] = ({}, None)
+                return self.done[name]
+            bar = _bar(None, f"tuning {name}", self.progress, total=len(grid(space)))
+            options, trials = tune(lambda **o: build(name, o, self.encoder), self.train,
+                                   self.embeddings, self.folds, self.seed, space, bar)
+            bar.close()
+            self.done[name] = (options, max(t["cv"] for t in trials))
+        return self.done[name]
 
 
 def strategy_row(scores, test: OutcomeTable) -> dict:
@@ -136,10 +132,10 @@ def embed(texts: list[str], encoder) -> np.ndarray:
     return encoder.encode(texts)
 
 
-def _bar(total: int, desc: str, enabled: bool):
+def _bar(items, desc: str, enabled: bool, total: int | None = None):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+    return tqdm(items, total=total, desc=desc, disable=not enabled, leave=False)
 
 
 def _plain(value):

@@ -44,7 +44,7 @@ class HybridStrategy(RoutingStrategy):
 
     def __init__(self, components: tuple[str, ...] = ("knn", "pilots"),
                  options: dict[str, dict] | None = None, folds: int = 3, step: float = 0.1,
-                 seed: int = 0, weights: dict[str, float] | None = None):
+                 seed: int = 0, weights: dict[str, float] | None = None, encoder=None):
         if len(components) < 1 or len(set(components)) != len(components):
             raise RoutingError(f"hybrid: components must be distinct names, got {components}")
         if "hybrid" in components:
@@ -52,6 +52,7 @@ class HybridStrategy(RoutingStrategy):
         self.components, self.options = tuple(components), dict(options or {})
         self.folds, self.step, self.seed = folds, step, seed
         self.weights = dict(weights) if weights else None  # fixed weights skip the CV fit
+        self.encoder = encoder  # for components that embed text (skills, glider)
         self.cv_trials: list[dict] = []
         self._parts: dict[str, RoutingStrategy] = {}
 
@@ -61,9 +62,9 @@ class HybridStrategy(RoutingStrategy):
         return first.experts if first is not None else []
 
     def _make(self, name: str) -> RoutingStrategy:
-        from routing.strategies import make_strategy
+        from routing.strategies.common import build_strategy
 
-        return make_strategy(name, **self.options.get(name, {}))
+        return build_strategy(name, self.options.get(name, {}), self.encoder)
 
     def fit(self, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
         if self.weights is None:

@@ -25,10 +25,10 @@ class KNNStrategy(RoutingStrategy):
 
     name = "knn"
     # Searched by cross-validation inside the train split (routing/eval/tuning.py).
-    param_grid = {"k": [25, 50, 100, 200], "temperature": [0.02, 0.05, 1.0],
-                  "prior_weight": [0.0, 0.05, 0.2]}
+    param_grid = {"k": [50, 100, 200], "temperature": [0.05, 0.2, 1.0],
+                  "prior_weight": [0.0, 0.2]}
 
-    def __init__(self, k: int = 100, temperature: float = 0.05, prior_weight: float = 0.05,
+    def __init__(self, k: int = 100, temperature: float = 0.2, prior_weight: float = 0.0,
                  explain: int = 5, index_kind: str = "flat"):
         if k < 1 or temperature <= 0 or prior_weight < 0:
             raise RoutingError("knn needs k >= 1, temperature > 0, prior_weight >= 0")

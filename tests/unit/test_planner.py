@@ -86,9 +86,11 @@ def test_runner_on_model_pool_matches_plan_and_respects_budget():
 def test_runner_chunks_but_loads_once():
     pool, calls, _ = recording_pool(max_models=1)
     plan = BatchPlanner(max_resident=1).plan([["a"]] * 5)
-    PlanRunner(pool, max_batch_size=2).run(plan.experts, {(r, "a"): "q" for r in range(5)})
-    assert [len(prompts) for _, prompts, _ in calls] == [2, 2, 1]
+    prompts = {(r, "a"): "q" * (5 - r) for r in range(5)}
+    answers = PlanRunner(pool, max_batch_size=2).run(plan.experts, prompts)
+    assert [p for _, p, _ in calls] == [["q", "qq"], ["qqq", "qqqq"], ["qqqqq"]]  # by length
     assert pool.stats.loads == 1
+    assert answers[(0, "a")].text == "a:qqqqq"  # still keyed by task
 
 
 def test_lora_experts_share_one_load_and_one_mixed_batch(tiny_lm, tiny_adapters):
