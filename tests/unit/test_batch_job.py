@@ -181,5 +181,12 @@ def test_cli_batch_end_to_end_then_resume(tmp_path, tiny_lm, tiny_adapters, redi
     assert rows[1]["mode"] == "vote" and rows[0]["mode"] == "synthesis"
     again = CliRunner().invoke(main, args)
     assert json.loads(again.output.strip().splitlines()[-1])["already_done"] == 2
+    with src.open("a") as handle:  # the same question again under a new id: routed from cache
+        handle.write(json.dumps({"id": "c", "text": "What is the derivative of x  squared?"})
+                     + "\n")
+    third = CliRunner().invoke(main, args)
+    assert json.loads(third.output.strip().splitlines()[-1])["written"] == 1
+    repeat = read(out)[-1]
+    assert repeat["id"] == "c" and repeat["cached"] and repeat["experts"] == rows[0]["experts"]
     missing = CliRunner().invoke(main, ["batch", str(tmp_path / "none.jsonl"), "-o", str(out)])
     assert missing.exit_code != 0 and "input file not found" in missing.output
