@@ -57,6 +57,7 @@ def main() -> None:
     for variant in VARIANTS:
         row = figures[variant]
         print(f"{variant:<12}{row['top1']:>8.3f}{row['fit_s']:>8.1f}{row['skills']:>8}")
+    print("(the first fit also embeds the phrase vocabulary; later fits read it from the cache)")
     if args.json_path:
         with open(args.json_path, "w") as handle:
             json.dump(figures, handle, indent=2)
