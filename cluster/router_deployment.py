@@ -40,8 +40,10 @@ class RouterServer:
         self.profiles = ProfileStore(client, namespace=cfg.redis.namespace)
         cache = build_pattern_cache(cfg.routing.cache, cfg.redis.url,
                                     namespace=cfg.redis.namespace)
+        # Stored validation outcomes too, so a restart keeps an onboarded expert's profile.
         router = build_router(cfg, self.catalog.specs(), None, encoder=build_encoder(cfg.encoder),
-                              cache=cache, version=lambda: self.catalog.version)
+                              cache=cache, version=lambda: self.catalog.version,
+                              profiles=self.profiles)
         self.batcher = BatchRouter(router)
         self.catalog.on_change(self._apply)
         self.catalog.start()

@@ -1,12 +1,13 @@
 """The router façade: one encoder pass per batch, the pattern cache, a strategy's scores,
 then selection. Experts join and leave at runtime through every strategy at once.
 
-:func:`build_router` makes one from the app config. Profiles come from, in order: the
-``outcomes`` table passed in; the config's ``routing.outcomes`` folder; else the experts'
-own example questions, where each example counts as a correct answer for its expert and a
-wrong one for every other expert (so an expert is recruited for questions like its own).
-With a profile store, experts with stored validation outcomes use those; an expert known
-only by its examples then also counts as wrong on the validated questions.
+:func:`build_router` makes one from the app config. Profiles come from the ``outcomes``
+table passed in (else the config's ``routing.outcomes`` folder), merged with the stored
+validation outcomes of a profile store (``conclave experts add --validate-on``; they
+replace an expert's column), and, for experts in neither, their own example questions,
+where each example counts as a correct answer for its expert and a wrong one for every
+other expert (so an expert is recruited for questions like its own; it then also counts
+as wrong on the validated questions).
 """
 
 from __future__ import annotations
@@ -176,16 +177,15 @@ def build_router(config, specs: list[ExpertSpec], outcomes: OutcomeTable | None,
     """A fitted router for ``specs`` from a :class:`~cluster.config.ConclaveConfig`.
 
     ``profiles`` (a :class:`~routing.profile_store.ProfileStore`): experts with stored
-    validation outcomes are profiled from them, the others from their examples."""
+    validation outcomes are profiled from them (see :func:`startup_outcomes`)."""
     from routing.encoder import build_encoder
 
     encoder = encoder or build_encoder(config.encoder)
     if outcomes is None and config.routing.outcomes:
         outcomes = load_outcomes(config.routing.outcomes)
-    if outcomes is None:
-        outcomes = _spec_outcomes(specs, profiles)
-    elif specs:
-        outcomes = _match_specs(outcomes, specs)
+    if outcomes is not None and specs:
+        _match_specs(outcomes, specs)
+    outcomes = startup_outcomes(specs, outcomes, profiles)
     strategies = {
         name: make_strategy(name, **_strategy_kwargs(cls, encoder, specs))
         for name, cls in STRATEGIES.items()
@@ -201,16 +201,27 @@ def build_router(config, specs: list[ExpertSpec], outcomes: OutcomeTable | None,
     return router
 
 
-def _spec_outcomes(specs: list[ExpertSpec], profiles) -> OutcomeTable:
+def startup_outcomes(specs: list[ExpertSpec], base: OutcomeTable | None,
+                     profiles=None) -> OutcomeTable:
+    """The table a router starts from: ``base`` (the config's outcome data), each expert's
+    stored validation outcomes in ``profiles`` (replacing its ``base`` column: they are the
+    newer), and, for experts in neither, their example questions."""
     from routing.profile_store import merge_columns
 
-    stored = set(profiles.experts()) if profiles is not None else set()
+    ids = {spec.id for spec in specs}
+    stored = set(profiles.experts()) & ids if profiles is not None else set()
     tables = [profiles.load(spec.id) for spec in specs if spec.id in stored]
-    rest = [spec for spec in specs if spec.id not in stored]
+    if base is not None:
+        keep = [name for name in base.experts if name not in stored]
+        tables[:0] = [base.with_experts(keep)] if keep else []
+    covered = {name for table in tables for name in table.experts}
+    rest = [spec for spec in specs if spec.id not in covered]
     if not tables:
         return outcomes_from_specs(specs)
     if any(spec.examples for spec in rest):
         tables.append(outcomes_from_specs(rest))
+    if len(tables) == 1:
+        return tables[0]
     merged = merge_columns(tables)
     # The examples rule again: an example-profiled expert counts as wrong on every question
     # that is not one of its examples (validated experts keep NaN where they did not run).
@@ -221,7 +232,7 @@ def _spec_outcomes(specs: list[ExpertSpec], profiles) -> OutcomeTable:
     return merged
 
 
-def _match_specs(outcomes: OutcomeTable, specs: list[ExpertSpec]) -> OutcomeTable:
+def _match_specs(outcomes: OutcomeTable, specs: list[ExpertSpec]) -> None:
     ids = [spec.id for spec in specs]
     orphans = [name for name in outcomes.experts if name not in ids]
     if orphans:
@@ -229,7 +240,6 @@ def _match_specs(outcomes: OutcomeTable, specs: list[ExpertSpec]) -> OutcomeTabl
             f"outcome data has column(s) {orphans} with no expert spec; add specs for them "
             f"or drop the columns (experts: {ids})"
         )
-    return outcomes
 
 
 def _strategy_kwargs(cls, encoder, specs: list[ExpertSpec]) -> dict:

@@ -125,3 +125,34 @@ def test_a_replica_starts_from_stored_profiles(redis_url, minilm):
     assert router.experts == ["judge", "mathy"]
     decisions = router.route([QUERIES["lawyer"], QUERIES["mathy"]], RouteOptions(k=1))
     assert [d.experts[0] for d in decisions] == ["judge", "mathy"]
+
+
+def test_startup_merges_config_outcomes_stored_profiles_and_examples(redis_url, minilm):
+    """A router (re)start: the config's outcome data, the stored validation outcomes of an
+    onboarded expert (which also replace a config column) and example-only experts."""
+    from cluster.config import ConclaveConfig
+    from routing.router import build_router, startup_outcomes
+
+    base = text_table(["mathy", "medic"])  # the config's routing.outcomes
+    store = ProfileStore(connect(redis_url), namespace="t")
+    store.save("judge", validate_expert(_judge_engine(), SPEC, _val_rows()))
+    newer = text_table(["medic"])
+    newer.scores[:] = 1.0 - newer.scores  # re-validated: now right everywhere but medicine
+    store.save("medic", newer)
+    store.save("gone", text_table(["gone"]))  # stored, but no spec any more: ignored
+    poems = ["Write a sonnet about the sea.", "Compose a haiku about autumn leaves.",
+             "Which rhyme scheme does a limerick use?"]
+    specs = [ExpertSpec(id=name, model="org/tiny") for name in ("mathy", "medic")]
+    specs += [SPEC, ExpertSpec(id="poet", model="org/tiny", examples=poems)]
+    table = startup_outcomes(specs, base, store)
+    assert sorted(table.experts) == ["judge", "mathy", "medic", "poet"]
+    medic = table.scores[:, table.experts.index("medic")]
+    law_rows = [i for i, qid in enumerate(table.ids) if qid.startswith("law")]
+    assert medic[law_rows].tolist() == [1.0] * len(law_rows)  # the stored column won
+    store.remove("medic")
+    router = build_router(ConclaveConfig(), specs, base, encoder=minilm, profiles=store)
+    assert router.experts == ["judge", "mathy", "medic", "poet"]
+    queries = [QUERIES["lawyer"], QUERIES["mathy"], QUERIES["medic"],
+               "Write a short poem with a rhyme about the moon."]
+    decisions = router.route(queries, RouteOptions(k=1))
+    assert [d.experts[0] for d in decisions] == ["judge", "mathy", "medic", "poet"]
