@@ -79,4 +79,4 @@ def minilm():
 
 
 # The Ray + Serve session and the deployed test app (tests/integration, tests/e2e).
-from serving_fixtures import conclave_server, serve_instance  # noqa: E402, F401
+from serving_fixtures import conclave_server, serve_instance, serving_redis  # noqa: E402, F401

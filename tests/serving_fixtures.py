@@ -96,18 +96,26 @@ def app_args(redis_url: str, tiny_lm: Path, adapters: dict[str, Path], broken: P
 
 
 @pytest.fixture(scope="session")
-def conclave_server(serve_instance, embedded_redis, tiny_lm, tiny_adapters,
+def serving_redis(tmp_path_factory) -> str:
+    """The app's own embedded Redis server: unit tests flush theirs between tests, and
+    must not wipe the registry of the app shared by the whole session."""
+    from experts.redis_conn import start_embedded
+
+    server = start_embedded(tmp_path_factory.mktemp("serving-redis") / "serving.rdb")
+    return f"unix://{server.socket_file}"
+
+
+@pytest.fixture(scope="session")
+def conclave_server(serve_instance, serving_redis, tiny_lm, tiny_adapters,
                     tmp_path_factory) -> ConclaveServer:
     """The Conclave app deployed once for the session."""
     from ray import serve
 
     from cluster.app import build_app
-    from experts.redis_conn import connect
 
-    connect(embedded_redis).flushall()
     base = tmp_path_factory.getbasetemp()
     broken = broken_model(tmp_path_factory.mktemp("broken-model"))
-    args = app_args(embedded_redis, tiny_lm, tiny_adapters, broken, [str(base)])
+    args = app_args(serving_redis, tiny_lm, tiny_adapters, broken, [str(base)])
     serve.run(build_app(args), name=APP, route_prefix="/")
-    yield ConclaveServer(serve_instance, ADMIN_TOKEN, embedded_redis, "itest", args)
+    yield ConclaveServer(serve_instance, ADMIN_TOKEN, serving_redis, "itest", args)
     serve.delete(APP)
