@@ -27,14 +27,14 @@ LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]
 
 
 def load_eval_table(data_dir: str | Path, pool: str | None) -> OutcomeTable:
-    """The outcome table restricted to ``pool`` and to questions every pool model answered."""
+    """The questions every model of the data set answered (so every pool is scored on the
+    same questions), restricted to the experts of ``pool``."""
     table = load_outcomes(data_dir)
-    table = table.with_experts(resolve_pool(pool, table.experts))
     complete = table.complete_rows()
     if len(complete) < 10:
         raise OutcomeError(f"{data_dir}: only {len(complete)} questions have results for "
-                           "every model of the pool")
-    return table.subset(complete)
+                           "every model")
+    return table.subset(complete).with_experts(resolve_pool(pool, table.experts))
 
 
 def evaluate(data_dir: str | Path, pool: str | None = None,
@@ -58,6 +58,8 @@ def evaluate(data_dir: str | Path, pool: str | None = None,
         strategy.fit(train, tuner.embeddings)
         rows[name] = strategy_row(strategy.score(test.texts, embeddings[test_rows]), test)
         rows[name].update(options=_plain(options), cv=cv)
+        if isinstance(getattr(strategy, "weights", None), dict):
+            rows[name]["fitted_weights"] = _plain(strategy.weights)  # the hybrid's mix
     return {
         "strategies": rows,
         "reference": reference_rows(train, test),
