@@ -3,7 +3,9 @@ deployment's ``@serve.batch`` (no Ray here, so it is unit-testable).
 
 All rows share one engine (a base model and its LoRA adapters); each row names its
 expert, whose adapter (or ``None`` for the base) is passed per row, so a mixed-adapter
-batch runs as one ``generate`` per distinct set of sampling parameters.
+batch runs as one ``generate`` per distinct set of sampling parameters. Rows of a
+``mixture`` expert also pass GLIDER's global query embedding ``q``: the embedding of the
+row's query text (its last user message), from ``embed``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def run_batch(
     spec_of: Callable[[str], ExpertSpec],
     prepare: Callable[[GenerationEngine, ExpertSpec], None],
     adapter_of: Callable[[ExpertSpec], str | None],
+    embed: Callable[[list[str]], object] | None = None,
 ) -> list[dict]:
     """Generate for every row; a row whose expert cannot run gets ``{"error": ...}``
     (the caller fails it over) while the other rows still generate."""
@@ -56,18 +59,29 @@ def run_batch(
             spec = spec_of(row.expert)
             prepare(engine, spec)
             params = merged_params(spec, row.params)
-            groups.setdefault(_group_key(params), []).append((i, adapter_of(spec), params))
+            key = (*_group_key(params), spec.kind == "mixture")
+            groups.setdefault(key, []).append((i, adapter_of(spec), params))
         except Exception as err:  # one bad expert must not sink its batch-mates
             results[i] = {"error": f"{type(err).__name__}: {err}"}
-    for members in groups.values():
+    for key, members in groups.items():
         index = [i for i, _, _ in members]
+        prompts = [rows[i].prompt for i in index]
+        extra = {}
+        if key[-1] and embed is not None:  # a mixture's rows: GLIDER's global q per row
+            extra["embeddings"] = embed([query_text(prompt) for prompt in prompts])
         outputs = engine.generate(
-            [rows[i].prompt for i in index],
-            members[0][2],
-            adapters=[adapter for _, adapter, _ in members],
+            prompts, members[0][2], adapters=[adapter for _, adapter, _ in members], **extra
         )
         for i, out in zip(index, outputs, strict=True):
             results[i] = {"text": out.text, "prompt_tokens": out.prompt_tokens,
                           "completion_tokens": out.completion_tokens,
                           "finish_reason": out.finish_reason}
     return results
+
+
+def query_text(prompt: object) -> str:
+    """The text a prompt asks about: itself, or a chat's last user message."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+    return str(users[-1]) if users else ""

@@ -43,6 +43,9 @@ class ConclaveMetrics:
         self.batch_size = Histogram("conclave_expert_batch_size",
                                     "Requests generated together per expert batch.",
                                     ["pool"], buckets=_SIZES, registry=reg)
+        self.batch_seconds = Histogram("conclave_expert_batch_seconds",
+                                       "Seconds per expert batch (checks and generation).",
+                                       ["pool"], buckets=_SLOW, registry=reg)
         self.route_batch_size = Histogram("conclave_route_batch_size",
                                           "Queries routed per encoder pass.", buckets=_SIZES,
                                           registry=reg)
@@ -66,6 +69,7 @@ class ConclaveMetrics:
         stats = reply.get("stats") or {}
         if stats.get("batch_size"):
             self.batch_size.labels(pool).observe(stats["batch_size"])
+            self.batch_seconds.labels(pool).observe(stats.get("seconds", 0.0))
         for seconds in stats.get("loads", ()):
             self.model_loads.labels(pool).inc()
             self.model_load_seconds.observe(seconds)

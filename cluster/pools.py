@@ -2,9 +2,10 @@
 
 Requests carry the expert's *engine key* as Serve's multiplexed model id (a LoRA expert's
 key is its base model's), so every expert on one base lands on replicas that already
-hold that base, and ``@serve.batch`` (whose batches Serve splits by multiplexed id)
+hold that base, and a :class:`~cluster.drain_batcher.DrainBatcher` keyed by that id
 generates concurrent requests for those experts together, adapters mixed per row: the
-online form of batching by assigned expert.
+online form of batching by assigned expert. (Not ``@serve.batch``: it closes batches on a
+timer while the engine is still busy, see :mod:`cluster.drain_batcher`.)
 
 Each reply carries ``stats`` (batch size, seconds of model loads since the last reply),
 which the gateway turns into metrics.
@@ -13,6 +14,7 @@ which the gateway turns into metrics.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import redis
@@ -21,12 +23,14 @@ from ray import serve
 from cluster.admin import allowed_roots
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
+from cluster.drain_batcher import DrainBatcher
 from cluster.expert_batch import Row, run_batch
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader, adapter_of
 from experts.pool import ModelPool
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
+from routing.encoder import build_encoder
 
 
 class ExpertPoolServer:
@@ -37,12 +41,15 @@ class ExpertPoolServer:
         self.pool = next(p for p in cfg.pools if p.name == pool_name)
         self.registry = ExpertRegistry(connect(cfg.redis.url), namespace=cfg.redis.namespace)
         self.catalog = ExpertCatalog(self.registry).start()
-        self.loader = ExpertLoader(self.catalog.get, allowed_roots(cfg.serving))
+        self.embedder = LazyEmbedder(cfg.encoder)
+        self.loader = ExpertLoader(self.catalog.get, allowed_roots(cfg.serving),
+                                   embed=self.embedder)
         self.models = ModelPool(self.loader, max_models=self.pool.max_resident_models)
         self._loads: list[float] = []
-        # Set per pool at init (the decorators' defaults are per class).
-        self._generate_batch.set_max_batch_size(self.pool.max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(self.pool.batch_wait_timeout_s)
+        self.batcher = DrainBatcher(self._generate_batch, self.pool.max_batch_size,
+                                    self.pool.batch_wait_timeout_s)
+        limit_torch_threads(self.pool.num_cpus)
+
         async def engine(key: str):  # a plain function: Serve keeps its LRU state on it
             return await self._load_engine(key)
 
@@ -53,7 +60,8 @@ class ExpertPoolServer:
     async def generate(self, expert_id: str, prompt: object, params: dict) -> dict:
         """One request for ``expert_id``; raises :class:`ExpertError` when it cannot run
         (the gateway then fails over)."""
-        reply = await self._generate_batch(Row(expert_id, prompt, params))
+        key = serve.get_multiplexed_model_id()
+        reply = await self.batcher.submit(key, Row(expert_id, prompt, params))
         if "error" in reply:
             raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
         return reply
@@ -65,19 +73,22 @@ class ExpertPoolServer:
             self._loads.append(time.perf_counter() - started)
         return engine
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def _generate_batch(self, rows: list[Row]) -> list[dict]:
-        engine = await self._engine(serve.get_multiplexed_model_id())
-        live = await asyncio.to_thread(self._live, {row.expert for row in rows})
-        results = await asyncio.to_thread(
-            run_batch, engine, rows, lambda e: self._spec(e, live), self.loader.prepare,
-            adapter_of,
-        )
+    async def _generate_batch(self, key: str, rows: list[Row]) -> list[dict]:
+        engine = await self._engine(key)
+        started = time.perf_counter()
+        results = await asyncio.to_thread(self._run_rows, engine, rows)
         loads, self._loads = self._loads, []
-        stats = {"batch_size": len(rows), "loads": loads}
+        stats = {"batch_size": len(rows), "loads": loads,
+                 "seconds": time.perf_counter() - started}
         for i, result in enumerate(results):
             result["stats"] = stats if i == 0 else {"batch_size": 0, "loads": []}
         return results
+
+    def _run_rows(self, engine, rows: list[Row]) -> list[dict]:
+        """One batch, in a worker thread (the registry check is a Redis round trip)."""
+        live = self._live({row.expert for row in rows})
+        return run_batch(engine, rows, lambda e: self._spec(e, live), self.loader.prepare,
+                         adapter_of, embed=self.embedder)
 
     def _live(self, expert_ids: set[str]) -> set[str]:
         """Experts still registered right now (a removed one gets no new work); the
@@ -97,3 +108,27 @@ class ExpertPoolServer:
     def stats(self) -> dict:
         return {"pool": self.pool.name, "resident": self.models.resident(),
                 **self.models.stats.as_dict()}
+
+
+class LazyEmbedder:
+    """``encoder.encode`` of the app's sentence encoder, loaded on first use: only replicas
+    serving a mixture expert need it (its members' ``g_i``, each row's query ``q``)."""
+
+    def __init__(self, encoder_config):
+        self.config = encoder_config
+        self._encoder = None
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: list[str]):
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = build_encoder(self.config)
+        return self._encoder.encode(list(texts))
+
+
+def limit_torch_threads(num_cpus: float) -> None:
+    """One torch thread per reserved core (one when none or a fraction is reserved): several
+    replicas sharing cores each with a full BLAS thread pool run many times slower."""
+    import torch
+
+    torch.set_num_threads(max(1, int(num_cpus)))

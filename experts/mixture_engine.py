@@ -266,12 +266,13 @@ def load_mixture(
     lookup: Callable[[str], object],
     embed: Callable[[list[str]], object] | None = None,
     *,
-    alpha: float = DEFAULT_ALPHA,
-    top_k: int = DEFAULT_TOP_K,
+    alpha: float | None = None,
+    top_k: int | None = None,
     dtype: str | None = None,
     device: str | None = None,
 ) -> MixtureEngine:
-    """A :class:`MixtureEngine` for the ``mixture`` expert ``spec``.
+    """A :class:`MixtureEngine` for the ``mixture`` expert ``spec``, mixing with the spec's
+    ``mixture`` options (``alpha``/``top_k`` given here win; else α = 3, top-2).
 
     ``lookup(id)`` returns a registered ExpertSpec (e.g. ``ExpertRegistry.get``; unknown ids
     raise :class:`UnknownExpertError`). ``embed(texts)`` gives the members' instruction
@@ -279,6 +280,11 @@ def load_mixture(
     without it rows cannot bring a global ``q`` and routing is purely local.
     """
     base, members = _resolve_specs(spec, lookup)
+    options = getattr(spec, "mixture", None)
+    if alpha is None:
+        alpha = options.alpha if options is not None else DEFAULT_ALPHA
+    if top_k is None:
+        top_k = options.top_k if options is not None else DEFAULT_TOP_K
     vectors = embed([m.task_instruction for m in members]) if embed else [None] * len(members)
     experts = [
         MixtureMember(m.id, m.adapter, None, vector)

@@ -37,6 +37,20 @@ class Resources(BaseModel):
     memory_gb: float = Field(0.0, ge=0.0, description="Approximate memory of the loaded weights.")
 
 
+class MixtureOptions(BaseModel):
+    """How a ``mixture`` expert mixes its LoRA experts per token (GLIDER)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float = Field(
+        3.0, ge=0.0, allow_inf_nan=False,
+        description="Weight of the global term α·cos(q, g_i) against the learned per-token "
+        "gates: 0 routes on the gates alone; large values (100+) follow the query's nearest "
+        "expert everywhere. The paper uses 3 to 1000.",
+    )
+    top_k: int = Field(2, ge=1, description="Experts mixed per token (at most `experts`).")
+
+
 def is_local_path(value: str) -> bool:
     """A model reference is a local path when it is spelled like one.
 
@@ -61,6 +75,9 @@ class ExpertSpec(BaseModel):
     adapter: str | None = Field(None, description="HF id or local path of the peft adapter.")
     experts: list[str] = Field(
         default_factory=list, description="LoRA expert ids mixed by a `mixture` expert."
+    )
+    mixture: MixtureOptions | None = Field(
+        None, description="Mixing options of a `mixture` expert (default: α = 3, top-2)."
     )
     description: str = Field("", description="What the expert is good at, in a sentence.")
     instruction: str | None = Field(
@@ -98,6 +115,11 @@ class ExpertSpec(BaseModel):
             raise ValueError(f"expert {self.id!r}: kind 'lora' needs `adapter`")
         if self.kind == "mixture" and not self.experts:
             raise ValueError(f"expert {self.id!r}: kind 'mixture' needs `experts`")
+        if self.mixture is not None and self.kind != "mixture":
+            raise ValueError(f"expert {self.id!r}: `mixture` options need kind 'mixture'")
+        if self.mixture is not None and self.mixture.top_k > len(self.experts):
+            raise ValueError(f"expert {self.id!r}: mixture top_k={self.mixture.top_k} is more "
+                             f"than its {len(self.experts)} experts")
         for ref in (self.model, self.adapter):
             if ref and is_local_path(ref) and not Path(ref).expanduser().exists():
                 raise ValueError(f"expert {self.id!r}: path {ref!r} does not exist")

@@ -297,3 +297,61 @@ def test_the_expert_loader_builds_mixtures(pool, tiny_lm, tiny_adapters, tmp_pat
     fenced = ExpertLoader(specs.__getitem__, allowed_roots=[str(tmp_path)])
     with pytest.raises(ExpertError, match="outside the allowed roots"):
         fenced.load("mix")
+
+
+def _crossed_embedder(asked: list[str]):
+    """Instruction embeddings by expert name; a query's embedding points at the expert its
+    text does *not* look like, so only the global term explains following that expert."""
+    crossed = {"apple": "digits", "4821 3390": "words"}
+
+    def embed(texts):
+        asked.extend(texts)
+        return np.stack([EMBED[crossed.get(text, text)] for text in texts])
+
+    return embed
+
+
+def test_a_served_mixture_row_brings_its_query_embedding(pool, tiny_lm, tiny_adapters):
+    """The pool's batch logic: a mixture expert's rows are embedded (q = the query text)
+    and, with α large, each row follows the expert nearest its q: that adapter's tokens."""
+    from cluster.expert_batch import Row, run_batch
+    from experts.hf_engine import HFEngine
+    from experts.loader import ExpertLoader, adapter_of
+    from experts.spec import ExpertSpec
+
+    specs = _specs(pool, tiny_lm, tiny_adapters)
+    specs["mix"] = ExpertSpec(id="mix", kind="mixture", base="base", experts=["digits", "words"],
+                              mixture={"alpha": 1000.0, "top_k": 1})
+    asked: list[str] = []
+    loader = ExpertLoader(specs.__getitem__, embed=_crossed_embedder(asked))
+    engine = loader.load("mix")
+    assert (engine.alpha, engine.top_k) == (1000.0, 1) and asked == ["digits", "words"]
+    prompts = [[{"role": "system", "content": "be brief"}, {"role": "user", "content": "apple"}],
+               "4821 3390"]
+    rows = [Row("mix", prompt, {"max_new_tokens": 4}) for prompt in prompts]
+    results = run_batch(engine, rows, specs.__getitem__, loader.prepare, adapter_of,
+                        embed=loader.embed)
+    assert asked[2:] == ["apple", "4821 3390"]
+    single = HFEngine(str(pool["base"]))
+    for name in ("words", "digits"):
+        single.load_adapter(name, str(pool[name]))
+    alone = single.generate(prompts, GenerationParams(max_new_tokens=4),
+                            adapters=["digits", "words"])
+    assert [r["text"] for r in results] == [out.text for out in alone]
+
+
+def test_mixture_options_in_the_spec():
+    from pydantic import ValidationError
+
+    from experts.spec import ExpertSpec
+
+    mix = ExpertSpec(id="mix", kind="mixture", base="b", experts=["x", "y"])
+    assert mix.mixture is None
+    with pytest.raises(ValidationError, match="`mixture` options need kind 'mixture'"):
+        ExpertSpec(id="m", model="org/m", mixture={"alpha": 1.0})
+    with pytest.raises(ValidationError, match="top_k=3 is more than its 2 experts"):
+        ExpertSpec(id="mix", kind="mixture", base="b", experts=["x", "y"], mixture={"top_k": 3})
+    with pytest.raises(ValidationError, match="alpha"):
+        ExpertSpec(id="mix", kind="mixture", base="b", experts=["x"], mixture={"alpha": -1})
+    with pytest.raises(ValidationError, match="extra"):
+        ExpertSpec(id="mix", kind="mixture", base="b", experts=["x"], mixture={"beta": 1})
