@@ -45,6 +45,20 @@ class ReliableApp:
         """Every example question of the configured experts (a mixed-domain set)."""
         return [q for spec in self.args["experts"] for q in spec.get("examples", [])]
 
+    def run_with_faults(self, faults: list, extra_questions: list[str] = (),
+                        requests: int = 200):
+        """``requests`` mixed requests (``general`` also asked directly) at the ongoing
+        limit, short answers, ``faults`` fired on their schedule; prints the figures."""
+        import asyncio
+
+        from cluster.loadgen import MixedLoad
+
+        load = MixedLoad(self.url, self.questions() + list(extra_questions),
+                         direct=["general"], concurrency=MAX_ONGOING, max_tokens=4)
+        report = asyncio.run(load.run(requests=requests, faults=faults))
+        print(report.table())
+        return report
+
 
 def reliability_args(redis_url: str, base: dict) -> dict:
     """The shared test app's args with this suite's Redis, replicas and limits."""
@@ -69,17 +83,10 @@ def deploy(app: ReliableApp) -> None:
     warm_up(app)
 
 
-def warm_up(app: ReliableApp, requests: int = 32) -> None:
-    """Mixed requests at full concurrency (every expert asked directly too), so both pool
-    replicas hold the base model and the adapters before a test measures anything."""
-    import asyncio
-
-    from cluster.loadgen import MixedLoad
-
-    experts = [spec["id"] for spec in app.args["experts"]]
-    load = MixedLoad(app.url, app.questions(), direct=experts, concurrency=MAX_ONGOING,
-                     max_tokens=2)
-    asyncio.run(load.run(requests=requests))
+def warm_up(app: ReliableApp) -> None:
+    """Mixed requests at full concurrency, so both pool replicas hold the base model (every
+    LoRA expert rides on its engine) before a test measures anything."""
+    app.run_with_faults([], requests=32)
 
 
 @pytest.fixture()

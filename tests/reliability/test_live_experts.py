@@ -4,14 +4,11 @@ fails, and a removed expert gets no request sent after its removal was acknowled
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 from client import lora_spec
-from conftest import MAX_ONGOING
 
-from cluster.loadgen import Fault, MixedLoad
+from cluster.loadgen import Fault
 
 pytestmark = pytest.mark.ray
 
@@ -40,13 +37,10 @@ def test_experts_added_and_removed_during_a_run(reliability_app):
         Fault("remove extra", lambda: admin_call(app, "DELETE", "/v1/experts/extra"),
               after_requests=140),
     ]
-    load = MixedLoad(app.url, app.questions() + EXTRA, direct=["general"],
-                     concurrency=MAX_ONGOING, max_tokens=4)
     try:
-        report = asyncio.run(load.run(requests=200, faults=faults))
+        report = app.run_with_faults(faults, EXTRA)
     finally:
         admin_call(app, "POST", "/v1/experts", math)  # as it was, for the next tests
-    print(report.table())
 
     added, removed_math, removed_extra = report.faults
     assert [r.error for r in report.faults] == ["", "", ""]

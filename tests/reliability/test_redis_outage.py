@@ -4,14 +4,11 @@ down, and afterwards the cache and the registry's notifications work again."""
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 from client import lora_spec, route, wait_for
-from conftest import MAX_ONGOING
 
-from cluster.loadgen import Fault, MixedLoad
+from cluster.loadgen import Fault
 
 pytestmark = pytest.mark.ray
 
@@ -21,10 +18,7 @@ LATE = ["how long should sourdough bread dough proof", "what flour is best for s
 def test_redis_outage_fails_no_request(reliability_app):
     app = reliability_app
     outage = Fault("Redis down for 3 s", lambda: app.redis.outage(3.0), after_requests=40)
-    load = MixedLoad(app.url, app.questions(), direct=["general"], concurrency=MAX_ONGOING,
-                     max_tokens=4)
-    report = asyncio.run(load.run(requests=200, faults=[outage]))
-    print(report.table())
+    report = app.run_with_faults([outage])
 
     [record] = report.faults
     assert not record.error, record.error

@@ -4,13 +4,11 @@ replica), and Serve starts a replacement."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from conftest import MAX_ONGOING, POOL, POOL_REPLICAS
+from conftest import POOL, POOL_REPLICAS
 
 from cluster.faults import kill_replica, replicas, wait_replaced
-from cluster.loadgen import Fault, MixedLoad
+from cluster.loadgen import Fault
 
 pytestmark = pytest.mark.ray
 
@@ -20,10 +18,7 @@ def test_killed_expert_replica_loses_no_request(reliability_app):
     assert len(replicas(app.name, POOL)) == POOL_REPLICAS
     kill = Fault("kill an expert-pool replica", lambda: kill_replica(app.name, POOL),
                  after_requests=60)
-    load = MixedLoad(app.url, app.questions(), direct=["general"], concurrency=MAX_ONGOING,
-                     max_tokens=4)
-    report = asyncio.run(load.run(requests=200, faults=[kill]))
-    print(report.table())
+    report = app.run_with_faults([kill])
 
     [record] = report.faults
     assert not record.error, record.error
