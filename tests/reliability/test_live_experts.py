@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from client import lora_spec
+from reliability_http import lora_spec
 
 from cluster.loadgen import Fault
 

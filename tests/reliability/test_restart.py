@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from client import lora_spec, route
 from conftest import deploy
+from reliability_http import lora_spec, route
 
 pytestmark = pytest.mark.ray
 

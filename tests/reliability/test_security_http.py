@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from client import lora_spec
 from conftest import ADMIN_TOKEN, REDIS_PASSWORD
+from reliability_http import lora_spec
 
 pytestmark = pytest.mark.ray
 
