@@ -44,10 +44,15 @@ def evaluate(data_dir: str | Path, pool: str | None = None,
     from routing.strategies import STRATEGIES, make_strategy
 
     for name in strategies:
-        make_strategy(name) if name not in STRATEGIES else None  # unknown names raise here
+        if name not in STRATEGIES:
+            make_strategy(name)  # raises RoutingError naming the valid strategies
+    if encoder is None:  # one encoder for the embeddings and the strategies that embed
+        from routing.encoder import SentenceEncoder
+
+        encoder = SentenceEncoder()
     table = load_eval_table(data_dir, pool)
     train_rows, test_rows = make_split(data_dir, table, seed=seed)
-    embeddings = embed(table.texts, encoder)
+    embeddings = encoder.encode(table.texts)
     train, test = table.subset(train_rows), table.subset(test_rows)
     tuner = _Tuner(train, embeddings[train_rows], encoder, folds, seed, progress,
                    parts=tuple(n for n in strategies if n != "hybrid") or ("knn", "pilots"))
@@ -123,15 +128,6 @@ def strategy_row(scores, test: OutcomeTable) -> dict:
         "per_domain_vote": None if votes is None else per_domain(votes, test.domains),
         "cost_sweep": cost_sweep(values, outcomes, cost, LAMBDAS) if has_cost else [],
     }
-
-
-def embed(texts: list[str], encoder) -> np.ndarray:
-    """Embeddings of ``texts`` (the default encoder, with its on-disk cache, when None)."""
-    if encoder is None:
-        from routing.encoder import SentenceEncoder
-
-        encoder = SentenceEncoder()
-    return encoder.encode(texts)
 
 
 def _bar(items, desc: str, enabled: bool, total: int | None = None):
