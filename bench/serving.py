@@ -2,11 +2,13 @@
 concurrency C over HTTP, Conclave's batched path against a baseline in which every request
 is dispatched alone (router batch size 1, per-expert batch size 1, no batch wait).
 
-    python bench/serving.py [--requests 400] [--concurrency 32] [--json FILE]
+    python bench/serving.py [--requests 400] [--concurrency 32] [--rounds 2] [--json FILE]
 
-Prints requests/s, p50/p99 latency, errors and model loads per mode; ``--json`` writes
-``throughput_ratio`` (batched / baseline requests/s), ``p50_ms``, ``p99_ms``, ``errors``
-(of the batched path) and the per-mode figures.
+Both apps run side by side; the requests go in slices to one mode then the other, in ABBA
+order, so a busy machine slows both alike. Prints requests/s, p50/p99 latency, errors,
+model loads and mean rows per expert batch (warm-up included) per mode; ``--json`` writes
+``throughput_ratio`` (batched / baseline requests/s), ``p50_ms``, ``p99_ms`` (of the
+batched path), ``errors`` (both modes) and the per-mode figures.
 """
 
 from __future__ import annotations
@@ -67,33 +69,60 @@ async def load(url: str, texts: list[str], concurrency: int, max_tokens: int) ->
         started = time.perf_counter()
         await asyncio.gather(*(one(client, text) for text in texts))
         wall = time.perf_counter() - started
-    lat = np.array(latencies)
-    return {"requests": len(texts), "errors": errors, "seconds": wall,
-            "rps": len(texts) / wall, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99))}
+    return {"latencies": latencies, "errors": errors, "seconds": wall}
 
 
-def metric_total(url: str, family: str) -> float:
+def metric_sum(url: str, family: str, suffix: str = "_total") -> float:
+    """The sum of one metric family's ``suffix`` samples (a counter's ``_total``, a
+    histogram's ``_sum`` or ``_count``) on the gateway's ``/metrics``."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(url + "/metrics", timeout=30).text
     return sum(s.value for f in text_string_to_metric_families(text) if f.name == family
-               for s in f.samples if s.name.endswith("_total"))
+               for s in f.samples if s.name.endswith(suffix))
 
 
-def run_mode(name: str, batched: bool, args) -> dict:
-    from cluster.local_serve import start_app, stop_app
+MODES = {"batched": True, "baseline": False}
 
-    config = mode_config(batched, f"bench-{name}-{os.getpid()}")
-    url = start_app(config, name=f"bench-{name}", port=args.port)
-    try:
-        asyncio.run(load(url, questions(8), 4, args.max_tokens))  # warm-up: load the models
-        figures = asyncio.run(load(url, questions(args.requests), args.concurrency,
-                                   args.max_tokens))
-        figures["model_loads"] = metric_total(url, "conclave_model_loads")
-    finally:
-        stop_app(f"bench-{name}", shutdown=False)
-    return figures
+
+def start_modes(args) -> dict[str, str]:
+    """Both apps side by side (one Serve, one port, a route prefix each), warmed up."""
+    from cluster.local_serve import start_app
+
+    urls = {}
+    for name, batched in MODES.items():
+        config = mode_config(batched, f"bench-{name}-{os.getpid()}")
+        urls[name] = start_app(config, name=f"bench-{name}", port=args.port,
+                               route_prefix=f"/{name}")
+        asyncio.run(load(urls[name], questions(8), 4, args.max_tokens))  # load the models
+    return urls
+
+
+def run_rounds(urls: dict[str, str], args) -> dict:
+    """The requests in ``args.rounds`` slices; each slice is sent to both modes in turn,
+    the order flipping every round (ABBA), so load from other jobs drifting during the run
+    weighs on both modes alike."""
+    texts = questions(args.requests)
+    size = -(-len(texts) // args.rounds)
+    raw = {name: {"latencies": [], "errors": 0, "seconds": 0.0} for name in urls}
+    for r in range(args.rounds):
+        part = texts[r * size:(r + 1) * size]
+        for name in list(urls) if r % 2 == 0 else list(urls)[::-1]:
+            out = asyncio.run(load(urls[name], part, args.concurrency, args.max_tokens))
+            for key in raw[name]:
+                raw[name][key] += out[key]
+    return {name: summarise(raw[name], urls[name]) for name in urls}
+
+
+def summarise(raw: dict, url: str) -> dict:
+    lat = np.array(raw["latencies"])
+    batches = metric_sum(url, "conclave_expert_batch_size", "_count")
+    return {"requests": len(lat), "errors": raw["errors"], "seconds": raw["seconds"],
+            "rps": len(lat) / raw["seconds"], "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)),
+            "model_loads": metric_sum(url, "conclave_model_loads"),
+            "mean_expert_batch": (metric_sum(url, "conclave_expert_batch_size", "_sum") / batches
+                                  if batches else 0.0)}
 
 
 def main() -> None:
@@ -101,6 +130,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="slices of the requests, sent to the two modes in ABBA order")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
@@ -110,8 +141,7 @@ def main() -> None:
     import ray
 
     try:
-        results = {"batched": run_mode("batched", True, args),
-                   "baseline": run_mode("baseline", False, args)}
+        results = run_rounds(start_modes(args), args)
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -119,12 +149,13 @@ def main() -> None:
 
 
 def report(results: dict, args) -> None:
-    print(f"\n{args.requests} mixed-domain requests, concurrency {args.concurrency}, "
-          f"max_tokens {args.max_tokens} (demo pool, k from configs/demo.yaml)")
-    print(f"{'MODE':<10} {'REQ/S':>8} {'P50 MS':>9} {'P99 MS':>9} {'ERRORS':>7} {'LOADS':>6}")
+    print(f"\n{args.requests} mixed-domain requests per mode, concurrency {args.concurrency}, "
+          f"max_tokens {args.max_tokens}, {args.rounds} rounds ABBA (demo pool, configs/demo.yaml)")
+    print(f"{'MODE':<10} {'REQ/S':>8} {'P50 MS':>9} {'P99 MS':>9} {'ERRORS':>7} {'LOADS':>6} "
+          f"{'ROWS/BATCH':>11}")
     for name, r in results.items():
         print(f"{name:<10} {r['rps']:>8.2f} {r['p50_ms']:>9.0f} {r['p99_ms']:>9.0f} "
-              f"{r['errors']:>7} {r['model_loads']:>6.0f}")
+              f"{r['errors']:>7} {r['model_loads']:>6.0f} {r['mean_expert_batch']:>11.1f}")
     ratio = results["batched"]["rps"] / results["baseline"]["rps"]
     print(f"throughput ratio (batched / baseline): {ratio:.2f}x (goal >= 3x)")
     if args.json_path:
@@ -132,7 +163,8 @@ def report(results: dict, args) -> None:
         Path(args.json_path).write_text(json.dumps({
             "throughput_ratio": ratio, "p50_ms": batched["p50_ms"], "p99_ms": batched["p99_ms"],
             "errors": batched["errors"] + results["baseline"]["errors"], "modes": results,
-            "requests": args.requests, "concurrency": args.concurrency}, indent=2))
+            "requests": args.requests, "concurrency": args.concurrency,
+            "rounds": args.rounds}, indent=2))
 
 
 if __name__ == "__main__":

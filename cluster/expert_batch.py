@@ -3,7 +3,8 @@ deployment's ``@serve.batch`` (no Ray here, so it is unit-testable).
 
 All rows share one engine (a base model and its LoRA adapters); each row names its
 expert, whose adapter (or ``None`` for the base) is passed per row, so a mixed-adapter
-batch runs as one ``generate`` per distinct set of sampling parameters. Rows of a
+batch runs as one ``generate`` per distinct set of sampling parameters (and per band of
+prompt lengths, see :func:`length_chunks`). Rows of a
 ``mixture`` expert also pass GLIDER's global query embedding ``q``: the embedding of the
 row's query text (its last user message), from ``embed``.
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from experts.engine import GenerationEngine, GenerationParams
 from experts.spec import ExpertSpec
 
+LENGTH_RATIO = 3.0
 _PARAM_KEYS = ("max_new_tokens", "temperature", "top_p", "stop", "seed")
 
 
@@ -64,19 +66,46 @@ def run_batch(
         except Exception as err:  # one bad expert must not sink its batch-mates
             results[i] = {"error": f"{type(err).__name__}: {err}"}
     for key, members in groups.items():
-        index = [i for i, _, _ in members]
-        prompts = [rows[i].prompt for i in index]
-        extra = {}
-        if key[-1] and embed is not None:  # a mixture's rows: GLIDER's global q per row
-            extra["embeddings"] = embed([query_text(prompt) for prompt in prompts])
-        outputs = engine.generate(
-            prompts, members[0][2], adapters=[adapter for _, adapter, _ in members], **extra
-        )
-        for i, out in zip(index, outputs, strict=True):
-            results[i] = {"text": out.text, "prompt_tokens": out.prompt_tokens,
-                          "completion_tokens": out.completion_tokens,
-                          "finish_reason": out.finish_reason}
+        for chunk in length_chunks(members, [prompt_chars(rows[i].prompt) for i, _, _ in members]):
+            _generate(engine, rows, chunk, key[-1] and embed, results)
     return results
+
+
+def _generate(engine, rows: list[Row], members: list, embed, results: list) -> None:
+    index = [i for i, _, _ in members]
+    prompts = [rows[i].prompt for i in index]
+    extra = {}
+    if embed:  # a mixture's rows: GLIDER's global q per row
+        extra["embeddings"] = embed([query_text(prompt) for prompt in prompts])
+    outputs = engine.generate(
+        prompts, members[0][2], adapters=[adapter for _, adapter, _ in members], **extra
+    )
+    for i, out in zip(index, outputs, strict=True):
+        results[i] = {"text": out.text, "prompt_tokens": out.prompt_tokens,
+                      "completion_tokens": out.completion_tokens,
+                      "finish_reason": out.finish_reason}
+
+
+def length_chunks(items: list, lengths: list[int], ratio: float = LENGTH_RATIO) -> list[list]:
+    """``items`` sorted by length and cut where a prompt is over ``ratio`` times the
+    shortest of its chunk: rows are left-padded to the longest of their batch, so one
+    long prompt (a synthesis over other answers) would make every short row pay for it."""
+    order = sorted(range(len(items)), key=lengths.__getitem__)
+    chunks: list[list] = []
+    start = None
+    for i in order:
+        if start is None or lengths[i] > ratio * max(start, 1):
+            chunks.append([])
+            start = lengths[i]
+        chunks[-1].append(items[i])
+    return chunks
+
+
+def prompt_chars(prompt: object) -> int:
+    """Characters of a prompt (a plain string or chat messages): its length, roughly."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    return sum(len(str(m.get("content", ""))) for m in prompt)
 
 
 def query_text(prompt: object) -> str:

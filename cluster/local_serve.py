@@ -13,10 +13,11 @@ APP_NAME = "conclave"
 
 
 def start_app(config: ConclaveConfig, address: str | None = None, name: str = APP_NAME,
-              port: int | None = None) -> str:
+              port: int | None = None, route_prefix: str = "/") -> str:
     """Deploy ``config`` and return the base URL once ``/v1/models`` answers.
 
-    Without ``address`` a local Ray instance is started in this process."""
+    Without ``address`` a local Ray instance is started in this process. Several apps
+    share the HTTP port under different ``route_prefix``es."""
     import ray
     from ray import serve
 
@@ -27,8 +28,9 @@ def start_app(config: ConclaveConfig, address: str | None = None, name: str = AP
                  namespace="conclave")
     host, port = config.serving.host, port or config.serving.port
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(config.model_dump(mode="json")), name=name, route_prefix="/")
+    serve.run(build_app(config.model_dump(mode="json")), name=name, route_prefix=route_prefix)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    url += route_prefix.rstrip("/")
     wait_ready(url)
     return url
 

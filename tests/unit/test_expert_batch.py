@@ -1,0 +1,58 @@
+"""The pool's batch logic without Ray: groups by sampling parameters and prompt length."""
+
+from __future__ import annotations
+
+from cluster.expert_batch import Row, length_chunks, run_batch
+from experts.engine import Generation, GenerationEngine
+from experts.loader import adapter_of
+from experts.spec import ExpertSpec
+
+SPECS = {
+    "base": ExpertSpec(id="base", model="org/base"),
+    "lora": ExpertSpec(id="lora", kind="lora", base="base", adapter="org/adapter"),
+}
+
+
+class RecordingEngine(GenerationEngine):
+    """Echoes each prompt and records every generate call's rows and adapters."""
+
+    def __init__(self):
+        self.calls: list[tuple[list, list]] = []
+
+    def generate(self, prompts, params=None, adapters=None):
+        self.calls.append((list(prompts), list(adapters or [])))
+        return [Generation(text=f"re: {p}", prompt_tokens=len(p), completion_tokens=2)
+                for p in prompts]
+
+    def memory_bytes(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def test_length_chunks_cut_where_a_prompt_outgrows_its_chunk():
+    items = ["a" * n for n in (40, 10, 200, 12, 31, 700)]
+    chunks = length_chunks(items, [len(item) for item in items])
+    assert [[len(item) for item in chunk] for chunk in chunks] == [[10, 12], [31, 40], [200],
+                                                                   [700]]
+    assert length_chunks([], []) == []
+
+
+def test_short_and_long_prompts_generate_apart_and_answers_keep_their_rows():
+    engine = RecordingEngine()
+    long = "Response 1: " + "words " * 60
+    rows = [Row("base", "short one", {}), Row("lora", long, {}), Row("lora", "short two", {}),
+            Row("base", "different params", {"max_new_tokens": 3}), Row("ghost", "x", {})]
+
+    def spec_of(expert_id):
+        return SPECS[expert_id]  # KeyError for the unknown expert: that row fails alone
+
+    results = run_batch(engine, rows, spec_of, lambda engine, spec: None, adapter_of)
+    assert [r.get("text") for r in results[:4]] == [f"re: {row.prompt}" for row in rows[:4]]
+    assert "KeyError" in results[4]["error"]
+    assert sorted(engine.calls) == sorted([
+        (["short one", "short two"], [None, "lora"]),
+        ([long], ["lora"]),
+        (["different params"], [None]),
+    ])
