@@ -52,5 +52,5 @@ class GenerationEngine(ABC):
         """Bytes held by the loaded weights (used by the model pool's budget)."""
         return 0
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a no-op default is right for engines holding nothing)
         """Free what the engine holds. Idempotent."""
