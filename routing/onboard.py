@@ -15,8 +15,7 @@ import numpy as np
 
 from experts.engine import GenerationEngine, GenerationParams
 from experts.spec import ExpertSpec
-from routing.outcomes import OutcomeError, OutcomeTable
-from routing.outcomes import _read_questions as read_questions
+from routing.outcomes import OutcomeError, OutcomeTable, read_questions
 from routing.scoring import LETTERS, score_answer
 
 PROMPT = "{question}\n\nGive your final answer after 'The answer is'.\nAnswer:"

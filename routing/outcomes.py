@@ -89,7 +89,7 @@ def load_outcomes(data_dir: str | Path) -> OutcomeTable:
     for name in ("questions.jsonl", "scores.csv"):
         if not (root / name).exists():
             raise OutcomeError(f"{root}: missing {name}")
-    questions = _read_questions(root / "questions.jsonl")
+    questions = read_questions(root / "questions.jsonl")
     experts, by_id = _read_matrix(root / "scores.csv", numeric=True)
     ids = [qid for qid in questions if qid in by_id]
     scores = np.array([by_id[qid] for qid in ids], dtype=np.float32).reshape(len(ids), -1)
@@ -114,7 +114,9 @@ def load_outcomes(data_dir: str | Path) -> OutcomeTable:
     )
 
 
-def _read_questions(path: Path) -> dict[str, dict]:
+def read_questions(path: str | Path) -> dict[str, dict]:
+    """id → row of a questions JSONL; a bad line raises :class:`OutcomeError` naming it."""
+    path = Path(path)
     questions: dict[str, dict] = {}
     with path.open() as handle:
         for lineno, line in enumerate(handle, start=1):

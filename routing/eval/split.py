@@ -7,12 +7,11 @@ in train dropped so a router cannot score a test question by remembering it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from routing.outcomes import OutcomeError, OutcomeTable
+from routing.outcomes import OutcomeError, OutcomeTable, read_questions
 
 
 def stratified_split(
@@ -51,15 +50,10 @@ def released_split(
 
 def read_split_labels(data_dir: str | Path) -> dict[str, str] | None:
     """id → split label from ``questions.jsonl``; None when the data set has no split field."""
-    labels: dict[str, str] = {}
-    with (Path(data_dir) / "questions.jsonl").open() as handle:
-        for line in handle:
-            if line.strip():
-                row = json.loads(line)
-                if "split" not in row:
-                    return None
-                labels[str(row["id"])] = str(row["split"])
-    return labels
+    rows = read_questions(Path(data_dir) / "questions.jsonl")
+    if not all("split" in row for row in rows.values()):
+        return None
+    return {qid: str(row["split"]) for qid, row in rows.items()}
 
 
 def make_split(
