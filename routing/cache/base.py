@@ -20,11 +20,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
 
+from routing.cache.nearest import PatternIndex
 from routing.decision import Decision
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ class PatternCache(ABC):
         self.similarity = similarity
         self.store_answers = store_answers
         self._stats = CacheStats()
+        self._lock = threading.Lock()  # guards the local nearest-pattern index
+        self._index = PatternIndex()
 
     # -- the contract ---------------------------------------------------------------------
     def lookup(self, text: str, embedding: np.ndarray, version) -> Decision | None:
@@ -142,9 +146,10 @@ class PatternCache(ABC):
     def _nearest(self, version: str, vector: np.ndarray) -> list[tuple[str, float]]:
         """Stored keys of this version by cosine to ``vector``, best first (a few)."""
 
-    @abstractmethod
     def _forget(self, version: str, key: str) -> None:
         """Drop a key that turned out to be gone from the nearest-pattern index."""
+        with self._lock:
+            self._index.remove(key)
 
     @abstractmethod
     def _put(self, version: str, key: str, vector: np.ndarray, data: dict) -> None:

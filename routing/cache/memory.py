@@ -5,7 +5,6 @@ Nothing is shared between processes; a version change drops every older pattern.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -23,8 +22,6 @@ class MemoryPatternCache(PatternCache):
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
         self.ttl_s = ttl_s
-        self._lock = threading.Lock()
-        self._index = PatternIndex()
         self._patterns: dict[str, tuple[float, dict]] = {}  # key -> (expires at, decision)
         self._answers: dict[str, tuple[float, str]] = {}
 
@@ -49,10 +46,6 @@ class MemoryPatternCache(PatternCache):
         with self._lock:
             self._current(version)
             return self._index.nearest(vector)
-
-    def _forget(self, version: str, key: str) -> None:
-        with self._lock:
-            self._index.remove(key)
 
     def _put(self, version: str, key: str, vector: np.ndarray, data: dict) -> None:
         with self._lock:

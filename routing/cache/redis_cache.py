@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 import time
 
 import numpy as np
@@ -57,8 +56,6 @@ class RedisPatternCache(PatternCache):
         self.namespace = namespace
         self.ttl_s = int(ttl_s)
         self.retry_s = retry_s
-        self._lock = threading.Lock()
-        self._index = PatternIndex()
         self._offset = 0  # log entries of the current version already indexed
         self._down = False
         self._retry_at = 0.0
@@ -87,10 +84,6 @@ class RedisPatternCache(PatternCache):
         with self._lock:
             self._sync(version)
             return self._index.nearest(vector)
-
-    def _forget(self, version: str, key: str) -> None:
-        with self._lock:
-            self._index.remove(key)
 
     def _put(self, version: str, key: str, vector: np.ndarray, data: dict) -> None:
         value = json.dumps({"vector": _encode(vector), "decision": data})
