@@ -86,6 +86,11 @@ class PoolConfig(_Strict):
     max_ongoing_requests: int = Field(64, ge=1, description="Per replica, before queueing.")
     autoscaling: AutoscalingConfig | None = Field(None, description="Serve autoscaling, if any.")
 
+    @property
+    def most_replicas(self) -> int:
+        """Replicas there can be at once (the autoscaling ceiling when it is on)."""
+        return self.autoscaling.max_replicas if self.autoscaling else self.num_replicas
+
 
 class ServingConfig(_Strict):
     host: str = Field("127.0.0.1", description="HTTP bind address.")

@@ -8,7 +8,12 @@ pool). Here a key's next batch is taken only when its engine is free, so under l
 holds everything that queued meanwhile (up to ``max_batch_size``), and an idle key still
 waits only ``wait_s`` for company.
 
-Plain asyncio (no Ray): the pool deployment runs one per replica; unit-tested alone.
+``concurrency`` lets up to that many batches of one key run at once (the gateway sends a
+key's batches to a pool of several replicas): a call arriving while a slot is free goes out
+at once; under load the slots stay busy and the queue forms the next batches.
+
+Plain asyncio (no Ray): the pool deployment runs one per replica, the gateway one per pool
+and one for the router; unit-tested alone.
 """
 
 from __future__ import annotations
@@ -25,21 +30,29 @@ RunBatch = Callable[[Hashable, list[Any]], Awaitable[list[Any]]]
 class DrainBatcher:
     """``await submit(key, item)`` returns ``item``'s result from one ``run(key, batch)``.
 
-    At most one batch per key runs at a time; keys run independently."""
+    At most ``concurrency`` batches per key run at a time; keys run independently."""
 
-    def __init__(self, run: RunBatch, max_batch_size: int, wait_s: float = 0.0):
+    def __init__(self, run: RunBatch, max_batch_size: int, wait_s: float = 0.0,
+                 concurrency: int = 1):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self._run = run
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
+        self.concurrency = concurrency
         self._queues: dict[Hashable, deque] = {}
         self._workers: dict[Hashable, asyncio.Task] = {}
+        self._arrived: dict[Hashable, asyncio.Event] = {}
 
     async def submit(self, key: Hashable, item: Any) -> Any:
         future = asyncio.get_running_loop().create_future()
         self._queues.setdefault(key, deque()).append((item, future))
-        if key not in self._workers:
+        if key in self._workers:
+            self._arrived[key].set()  # a free slot may take it now
+        else:
+            self._arrived[key] = asyncio.Event()
             self._workers[key] = asyncio.create_task(self._drain(key))
         return await future
 
@@ -48,16 +61,29 @@ class DrainBatcher:
         return len(self._queues.get(key, ()))
 
     async def _drain(self, key: Hashable) -> None:
-        """Run batches for ``key`` until its queue is empty (then the worker ends)."""
-        queue = self._queues[key]
+        """Run batches for ``key`` until its queue is empty and none runs (then the worker
+        ends): a batch starts whenever a slot is free and calls wait."""
+        queue, arrived = self._queues[key], self._arrived[key]
+        running: set[asyncio.Task] = set()
         try:
             if self.wait_s > 0 and len(queue) < self.max_batch_size:
                 await asyncio.sleep(self.wait_s)  # idle until now: let a batch gather
-            while queue:
-                batch = self._take(queue)
-                if batch:
-                    await self._run_one(key, batch)
+            while True:
+                while queue and len(running) < self.concurrency:
+                    batch = self._take(queue)
+                    if batch:
+                        running.add(asyncio.create_task(self._run_one(key, batch)))
+                if not running:  # and so the queue is empty
+                    break
+                arrived.clear()
+                woken = asyncio.ensure_future(arrived.wait())
+                done, _ = await asyncio.wait(running | {woken},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                running -= done
         finally:  # the queue is empty here unless cancelled (the replica is stopping)
+            for task in running:
+                task.cancel()
             del self._workers[key]
 
     def _take(self, queue: deque) -> list[tuple[Any, asyncio.Future]]:

@@ -1,6 +1,13 @@
 """Gateway deployment (the ingress): wires the router and pool handles, the live expert
 catalog, the aggregator and the metrics into :func:`cluster.http_app.build_http_app`.
 
+Calls out are coalesced: concurrent routing calls go to the router as one ``route_many``,
+concurrent generations for one pool and engine key as one ``generate_many``, formed while
+the previous batch to that target runs (:class:`~cluster.drain_batcher.DrainBatcher`). A
+Ray call costs both ends a few milliseconds of CPU whatever it carries, so one hop per
+batch instead of one per row is most of what batching saves on a CPU-bound host. With a
+batch size of 1 (the benchmark's baseline) every call goes alone.
+
 A plain class: Serve wraps it with ``serve.ingress()`` in :mod:`cluster.app`, and calls
 ``__serve_build_asgi_app__`` once the replica is constructed.
 """
@@ -14,12 +21,15 @@ from ray.exceptions import RayActorError
 from cluster.admin import ExpertAdmin, admin_token, allowed_roots
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
+from cluster.drain_batcher import DrainBatcher
 from cluster.http_app import GatewayParts, build_http_app
 from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
+from experts.errors import ExpertError
 from experts.loader import engine_key
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
+from routing.strategies.base import RoutingError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +46,9 @@ class Gateway:
         self._router = router
         self._pools = pools
         self._handles: dict[tuple[str, str], object] = {}
+        self._routes = Coalescer(self._send_routes, self.config.routing.batch_size, 1)
+        self._rows = {pool.name: Coalescer(self._sender(pool.name), pool.max_batch_size,
+                                           pool.most_replicas) for pool in self.config.pools}
         self.service = ConclaveService(self.config, self._route, self._call_expert,
                                        self.catalog, self.metrics)
         self.admin = ExpertAdmin(self.catalog, token or admin_token(self.config.serving),
@@ -47,16 +60,28 @@ class Gateway:
                                            serving.request_timeout_s, serving.max_body_bytes))
 
     async def _route(self, query: str, options: dict) -> dict:
-        return await _retry_dead_replica(lambda: self._router.route.remote(query, options))
+        reply = await self._routes("router", (query, options))
+        if "error" in reply:
+            raise RoutingError(reply["error"])
+        return reply
+
+    async def _send_routes(self, _key: str, items: list) -> list[dict]:
+        return await _retry_dead_replica(lambda: self._router.route_many.remote(items))
 
     async def _call_expert(self, expert_id: str, prompt: object, params: dict) -> dict:
         spec = self.catalog.get(expert_id)
-        handle = self._handle(spec.pool, engine_key(spec))
-        reply = await _retry_dead_replica(
-            lambda: handle.generate.remote(expert_id, prompt, params)
-        )
+        reply = await self._rows[spec.pool](engine_key(spec), (expert_id, prompt, params))
         self.metrics.record_generation(spec.pool, expert_id, reply)
+        if "error" in reply:
+            raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
         return reply
+
+    def _sender(self, pool: str):
+        async def send(key: str, rows: list) -> list[dict]:
+            handle = self._handle(pool, key)
+            return await _retry_dead_replica(lambda: handle.generate_many.remote(rows))
+
+        return send
 
     def _handle(self, pool: str, key: str):
         """The pool handle pinned to one engine key (cached: handles are not free)."""
@@ -76,3 +101,19 @@ async def _retry_dead_replica(call):
     except RayActorError as err:
         log.warning("replica died during a call (%s); retrying once", type(err).__name__)
         return await call()
+
+
+class Coalescer:
+    """``await coalescer(key, item)`` gets ``item``'s result from ``send(key, items)``,
+    a batch of up to ``max_batch_size`` concurrent items, at most ``concurrency`` batches
+    per key at once; with ``max_batch_size`` 1 every item is sent alone, unthrottled."""
+
+    def __init__(self, send, max_batch_size: int, concurrency: int):
+        self._send = send
+        self._batcher = (DrainBatcher(send, max_batch_size, concurrency=concurrency)
+                         if max_batch_size > 1 else None)
+
+    async def __call__(self, key: str, item: object):
+        if self._batcher is None:
+            return (await self._send(key, [item]))[0]
+        return await self._batcher.submit(key, item)

@@ -60,11 +60,22 @@ class ExpertPoolServer:
     async def generate(self, expert_id: str, prompt: object, params: dict) -> dict:
         """One request for ``expert_id``; raises :class:`ExpertError` when it cannot run
         (the gateway then fails over)."""
-        key = serve.get_multiplexed_model_id()
-        reply = await self.batcher.submit(key, Row(expert_id, prompt, params))
+        reply = (await self.generate_many([(expert_id, prompt, params)]))[0]
         if "error" in reply:
             raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
         return reply
+
+    async def generate_many(self, rows: list[tuple[str, object, dict]]) -> list[dict]:
+        """Several requests (expert id, prompt, params) in one call: the gateway's
+        coalesced batch for this replica's engine key. They join the key's queue together,
+        so they generate in one batch (with whatever else waits there). A row that cannot
+        run gets ``{"error": message}``; the others still answer."""
+        key = serve.get_multiplexed_model_id()
+        replies = await asyncio.gather(
+            *(self.batcher.submit(key, Row(*row)) for row in rows), return_exceptions=True
+        )
+        return [{"error": f"{type(r).__name__}: {r}"} if isinstance(r, Exception) else r
+                for r in replies]
 
     async def _load_engine(self, key: str):
         loads, started = self.models.stats.loads, time.perf_counter()

@@ -57,6 +57,11 @@ class RouterServer:
             raise RoutingError(reply["error"])
         return reply
 
+    async def route_many(self, items: list[tuple[str, dict]]) -> list[dict]:
+        """Several (query, options) in one call: the gateway's coalesced batch. One reply
+        per item, ``{"error": message}`` for one that cannot be routed."""
+        return list(await asyncio.gather(*(self._route_batch(RouteItem(q, o)) for q, o in items)))
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _route_batch(self, items: list[RouteItem]) -> list[dict]:
         return await asyncio.to_thread(self.batcher.route, items)

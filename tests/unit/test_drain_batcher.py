@@ -84,6 +84,51 @@ def test_a_failed_batch_fails_its_callers_only_and_cancelled_calls_are_skipped()
     assert [items for _, items in run.batches] == [["x"], ["boom", "y"], ["z"]]
 
 
+def test_a_free_slot_takes_a_call_at_once_and_busy_slots_let_the_queue_form_a_batch():
+    async def scenario():
+        run = Recorder()
+        batcher = DrainBatcher(run, max_batch_size=4, concurrency=2)
+        run.release.clear()
+        first = asyncio.create_task(batcher.submit("a", 0))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(batcher.submit("a", 1))  # the second slot is free
+        await asyncio.sleep(0.01)
+        snapshot = [items for _, items in run.batches]
+        rest = [asyncio.create_task(batcher.submit("a", i)) for i in range(2, 7)]
+        await asyncio.sleep(0.01)
+        queued = batcher.queued("a")
+        run.release.set()
+        return run, snapshot, queued, await asyncio.gather(first, second, *rest)
+
+    run, snapshot, queued, results = asyncio.run(scenario())
+    assert snapshot == [[0], [1]]  # two batches running side by side
+    assert queued == 5  # both slots busy: the rest waits, then fills batches
+    assert results == [f"a:{i}" for i in range(7)]
+    assert [items for _, items in run.batches][2:] == [[2, 3, 4, 5], [6]]
+    assert run.most_at_once == 2
+
+
+def test_the_worker_ends_when_every_queued_caller_gave_up():
+    async def scenario():
+        run = Recorder()
+        batcher = DrainBatcher(run, max_batch_size=4)
+        run.release.clear()
+        first = asyncio.create_task(batcher.submit("a", 0))
+        await asyncio.sleep(0)
+        gone = asyncio.create_task(batcher.submit("a", 1))
+        await asyncio.sleep(0)
+        gone.cancel()
+        run.release.set()
+        await asyncio.wait_for(first, 1)
+        await asyncio.sleep(0.01)
+        return batcher, run
+
+    batcher, run = asyncio.run(scenario())
+    assert not batcher._workers and [items for _, items in run.batches] == [[0]]
+
+
 def test_bad_size():
     with pytest.raises(ValueError, match="at least 1"):
         DrainBatcher(Recorder(), max_batch_size=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        DrainBatcher(Recorder(), max_batch_size=2, concurrency=0)
