@@ -7,15 +7,21 @@ batch runs as one ``generate`` per distinct set of sampling parameters (and per 
 prompt lengths, see :func:`length_chunks`). Rows of a
 ``mixture`` expert also pass GLIDER's global query embedding ``q``: the embedding of the
 row's query text (its last user message), from ``embed``.
+
+A row with a ``sink`` gets its text delta by delta while its chunk generates: the chunk
+then runs through ``engine.generate_streaming``, still as one batch with the other rows.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from experts.engine import GenerationEngine, GenerationParams
+from experts.engine import GenerationEngine, GenerationParams, TextSink
 from experts.spec import ExpertSpec
+
+log = logging.getLogger(__name__)
 
 LENGTH_RATIO = 3.0
 _PARAM_KEYS = ("max_new_tokens", "temperature", "top_p", "stop", "seed")
@@ -28,6 +34,7 @@ class Row:
     expert: str
     prompt: object
     params: dict
+    sink: Callable[[str], None] | None = None  # gets each delta of this row's text
 
 
 def merged_params(spec: ExpertSpec, overrides: dict) -> GenerationParams:
@@ -77,13 +84,37 @@ def _generate(engine, rows: list[Row], members: list, embed, results: list) -> N
     extra = {}
     if embed:  # a mixture's rows: GLIDER's global q per row
         extra["embeddings"] = embed([query_text(prompt) for prompt in prompts])
-    outputs = engine.generate(
-        prompts, members[0][2], adapters=[adapter for _, adapter, _ in members], **extra
-    )
+    adapters = [adapter for _, adapter, _ in members]
+    sinks = [rows[i].sink for i in index]
+    if any(sinks):
+        outputs = engine.generate_streaming(
+            prompts, members[0][2], adapters=adapters, on_text=_fan_out(sinks), **extra
+        )
+    else:
+        outputs = engine.generate(prompts, members[0][2], adapters=adapters, **extra)
     for i, out in zip(index, outputs, strict=True):
         results[i] = {"text": out.text, "prompt_tokens": out.prompt_tokens,
                       "completion_tokens": out.completion_tokens,
                       "finish_reason": out.finish_reason}
+
+
+def _fan_out(sinks: list[Callable[[str], None] | None]) -> TextSink:
+    """The chunk's one engine sink: row j's deltas go to row j's own sink, if it has one.
+
+    A sink that raises (its client went away) is dropped rather than let through: the
+    exception would abort the generate call, and with it every batch-mate's answer."""
+
+    def on_text(row: int, delta: str) -> None:
+        sink = sinks[row]
+        if sink is None:
+            return
+        try:
+            sink(delta)
+        except Exception:
+            log.warning("dropping the text sink of row %d", row, exc_info=True)
+            sinks[row] = None
+
+    return on_text
 
 
 def length_chunks(items: list, lengths: list[int], ratio: float = LENGTH_RATIO) -> list[list]:

@@ -8,10 +8,13 @@ A prompt is either plain text or a list of chat messages (``{"role", "content"}`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 Prompt = str | list[dict]
+# ``sink(row, delta)``: called from the generating thread as row ``row``'s text grows; the
+# deltas of a row, joined, are exactly that row's ``Generation.text``.
+TextSink = Callable[[int, str], None]
 
 
 @dataclass
@@ -47,6 +50,27 @@ class GenerationEngine(ABC):
         adapters: Sequence[str | None] | None = None,
     ) -> list[Generation]:
         """One output per prompt, in order. An empty list gives an empty list."""
+
+    def generate_streaming(
+        self,
+        prompts: Sequence[Prompt],
+        params: GenerationParams | None = None,
+        adapters: Sequence[str | None] | None = None,
+        on_text: TextSink | None = None,
+        **extra,
+    ) -> list[Generation]:
+        """:meth:`generate`, telling ``on_text`` each row's text as it grows.
+
+        This default cannot see tokens as they come: it sends each row's whole text once
+        the batch is done, so every engine honours the contract; engines that can stream
+        (:class:`experts.hf_engine.HFEngine`) override it. ``extra`` goes to ``generate``
+        (a mixture's ``embeddings``)."""
+        outputs = self.generate(prompts, params, adapters, **extra)
+        if on_text is not None:
+            for row, out in enumerate(outputs):
+                if out.text:
+                    on_text(row, out.text)
+        return outputs
 
     def memory_bytes(self) -> int:
         """Bytes held by the loaded weights (used by the model pool's budget)."""

@@ -2,7 +2,8 @@
 
 One ``generate`` call is one batch (left padded). Rows may each name an adapter, or
 ``None`` for the base model: peft runs such a mixed batch in one forward pass per step
-(``adapter_names``; the base rows are peft's ``"__base__"``).
+(``adapter_names``; the base rows are peft's ``"__base__"``). ``generate_streaming`` is
+the same batch with a streamer attached (:mod:`experts.streaming`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import threading
 from collections.abc import Sequence
 
 from experts.adapters import check_adapter_base
-from experts.engine import Generation, GenerationEngine, GenerationParams, Prompt
+from experts.engine import Generation, GenerationEngine, GenerationParams, Prompt, TextSink
 from experts.errors import ExpertError
+from experts.streaming import BatchTextStreamer, RowCut
 
 BASE_ROW = "__base__"  # peft's name for "no adapter" in adapter_names
 
@@ -110,6 +112,20 @@ class HFEngine(GenerationEngine):
         adapters: Sequence[str | None] | None = None,
     ) -> list[Generation]:
         """One :class:`Generation` per prompt; ``adapters[i]`` is row i's adapter or None."""
+        return self._generate(prompts, params, adapters, None)
+
+    def generate_streaming(
+        self,
+        prompts: Sequence[Prompt],
+        params: GenerationParams | None = None,
+        adapters: Sequence[str | None] | None = None,
+        on_text: TextSink | None = None,
+    ) -> list[Generation]:
+        """:meth:`generate`, with ``on_text(row, delta)`` called at each step as a row's
+        text grows: the same single batch, so streamed and other rows share it."""
+        return self._generate(prompts, params, adapters, on_text)
+
+    def _generate(self, prompts, params, adapters, on_text: TextSink | None) -> list[Generation]:
         if not prompts:
             return []
         params = params or GenerationParams()
@@ -117,17 +133,19 @@ class HFEngine(GenerationEngine):
             raise ExpertError(f"{len(adapters)} adapters for {len(prompts)} prompts")
         import torch
 
+        cut = self._row_cut(params.stop)
         rows = [self._encode(prompt) for prompt in prompts]
         batch = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt").to(self.device)
         with self._lock, torch.inference_mode():
             kwargs = self._generate_kwargs(params, adapters, len(rows))
+            if on_text is not None:  # peft's generate hands it on to the base model's
+                kwargs["streamer"] = BatchTextStreamer(cut, len(rows), on_text)
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             output = (self._peft or self.model).generate(**batch, **kwargs)
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
         return [
-            self._finish(row, len(ids), params.stop)
-            for row, ids in zip(new_tokens, rows, strict=True)
+            self._finish(row, len(ids), cut) for row, ids in zip(new_tokens, rows, strict=True)
         ]
 
     def _generate_kwargs(self, params: GenerationParams, adapters, rows: int) -> dict:
@@ -162,21 +180,20 @@ class HFEngine(GenerationEngine):
             prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
         return self.tokenizer(prompt)["input_ids"]
 
-    def _finish(self, tokens: list[int], prompt_tokens: int, stop: list[str]) -> Generation:
+    def _row_cut(self, stop: list[str]) -> RowCut:
+        """Where a row ends (EOS, trailing padding, stop strings): one rule for the final
+        text and for the streamed one."""
+        return RowCut(
+            decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+            eos=frozenset(self._eos_ids()),
+            pad=self.tokenizer.pad_token_id,
+            stop=tuple(stop),
+        )
+
+    @staticmethod
+    def _finish(tokens: list[int], prompt_tokens: int, cut: RowCut) -> Generation:
         """Cut one row at its end (EOS, stop string or trailing padding) and decode it."""
-        eos = self._eos_ids()
-        end = len(tokens)
-        while end and tokens[end - 1] == self.tokenizer.pad_token_id:
-            end -= 1  # generate() pads rows that finished early
-        stopped = end < len(tokens)
-        for index, token in enumerate(tokens[:end]):
-            if token in eos:
-                end, stopped = index + 1, True
-                break
-        text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
-        cuts = [text.find(s) for s in stop if s and s in text]
-        if cuts:
-            text, stopped = text[: min(cuts)], True
+        text, end, stopped = cut.text(tokens)
         return Generation(text, prompt_tokens, end, "stop" if stopped else "length")
 
     def _eos_ids(self) -> set[int]:

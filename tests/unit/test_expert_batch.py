@@ -56,3 +56,39 @@ def test_short_and_long_prompts_generate_apart_and_answers_keep_their_rows():
         ([long], ["lora"]),
         (["different params"], [None]),
     ])
+
+
+class StreamingRecorder(RecordingEngine):
+    """Also records which prompts went through ``generate_streaming``."""
+
+    def __init__(self):
+        super().__init__()
+        self.streamed: list[list] = []
+
+    def generate_streaming(self, prompts, params=None, adapters=None, on_text=None, **extra):
+        self.streamed.append(list(prompts))
+        return super().generate_streaming(prompts, params, adapters, on_text, **extra)
+
+
+def test_rows_with_a_sink_get_their_own_text_and_the_same_results():
+    got: dict[str, list[str]] = {"a": [], "c": []}
+
+    def broken(delta):
+        raise ConnectionError("client went away")
+
+    def rows(sinks: bool) -> list[Row]:
+        return [Row("base", "a", {}, got["a"].append if sinks else None),
+                Row("lora", "b", {}),
+                Row("base", "c", {"max_new_tokens": 3}, got["c"].append if sinks else None),
+                Row("base", "d", {"max_new_tokens": 5}, broken if sinks else None),
+                Row("lora", "e", {"max_new_tokens": 5})]
+
+    def run(engine, batch):
+        return run_batch(engine, batch, SPECS.__getitem__, lambda engine, spec: None, adapter_of)
+
+    plain, streaming = RecordingEngine(), StreamingRecorder()
+    assert run(streaming, rows(True)) == run(plain, rows(False))
+    assert got == {"a": ["re: a"], "c": ["re: c"]}
+    assert sorted(streaming.calls) == sorted(plain.calls)  # same batches either way
+    assert sorted(streaming.streamed) == [["a", "b"], ["c"], ["d", "e"]]
+    assert run(streaming, rows(False)) and len(streaming.streamed) == 3  # no sink: generate
