@@ -13,7 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cluster.openai_protocol import Failover
-from cluster.panel import Answer, ExpertCall, PanelRun, failure_reason
+from cluster.panel import (
+    Answer,
+    ExpertCall,
+    PanelRun,
+    Tap,
+    TextSink,
+    failure_reason,
+    streaming,
+)
 from routing.aggregate import Aggregator, synthesis_prompt
 from routing.decision import Decision
 
@@ -36,7 +44,8 @@ class AnswerCombiner:
         self._is_live = is_live
 
     async def combine(self, query: str, decision: Decision, run: PanelRun, mode: str,
-                      params: dict) -> Combined:
+                      params: dict, sink: TextSink | None = None) -> Combined:
+        """One answer from the panel's; with ``sink``, a synthesis streams into it."""
         answered = Decision(query=query, experts=[a.expert for a in run.answers],
                             weights=[a.weight for a in run.answers], strategy=decision.strategy,
                             ranked=decision.ranked, explanation={},
@@ -50,12 +59,15 @@ class AnswerCombiner:
         synthesiser = aggregator.aggregator_for(answered)
         if not self._is_live(synthesiser):
             synthesiser = lead.expert
+        tap = Tap(sink) if sink else None
         try:
             out = await asyncio.wait_for(
-                self._call(synthesiser, synthesis_prompt(query, responses), params),
+                self._call(synthesiser, synthesis_prompt(query, responses), params,
+                           **streaming(tap)),
                 self._timeout_s,
             )
         except Exception as err:  # the panel's answers still stand
+            run.interrupted |= tap is not None and tap.used
             reason = "synthesis: " + (f"timed out after {self._timeout_s:g}s"
                                       if isinstance(err, TimeoutError) else failure_reason(err))
             run.failovers.append(Failover(expert=synthesiser, replacement=None, reason=reason))

@@ -68,12 +68,28 @@ class Gateway:
     async def _send_routes(self, _key: str, items: list) -> list[dict]:
         return await _retry_dead_replica(lambda: self._router.route_many.remote(items))
 
-    async def _call_expert(self, expert_id: str, prompt: object, params: dict) -> dict:
+    async def _call_expert(self, expert_id: str, prompt: object, params: dict,
+                           sink=None) -> dict:
+        """One generation; with ``sink``, its text goes to ``sink`` as it is generated."""
         spec = self.catalog.get(expert_id)
-        reply = await self._rows[spec.pool](engine_key(spec), (expert_id, prompt, params))
+        if sink is None:
+            reply = await self._rows[spec.pool](engine_key(spec), (expert_id, prompt, params))
+        else:
+            reply = await self._stream(spec, prompt, params, sink)
         self.metrics.record_generation(spec.pool, expert_id, reply)
         if "error" in reply:
             raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
+        return reply
+
+    async def _stream(self, spec, prompt: object, params: dict, sink) -> dict:
+        """The reply of a streamed generation, its deltas handed to ``sink`` on the way."""
+        handle = self._handle(spec.pool, engine_key(spec)).options(stream=True)
+        reply = {"error": "the stream ended without a reply"}
+        async for chunk in handle.generate_stream.remote(spec.id, prompt, params):
+            if "delta" in chunk:
+                sink(chunk["delta"])
+            else:
+                reply = chunk["done"]
         return reply
 
     def _sender(self, pool: str):

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from cluster.admin import ExpertAdmin
 from cluster.api_errors import ApiError, from_validation, timeout_error
 from cluster.body_limit import BodyLimit
+from cluster.live_stream import chat_events, completion_events, plan_headers
 from cluster.metrics import CONTENT_TYPE, ConclaveMetrics
 from cluster.openai_protocol import (
     ChatCompletionRequest,
@@ -31,8 +32,6 @@ from cluster.openai_protocol import (
 )
 from cluster.openai_serving import (
     ConclaveService,
-    chat_stream,
-    completion_stream,
     conclave_headers,
 )
 
@@ -65,13 +64,17 @@ def _add_openai_routes(app: FastAPI, parts: GatewayParts) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest):
-        resp = await _timed(parts, "chat", service.chat(body))
-        return _reply(resp, chat_stream if body.stream else None)
+        if body.stream:  # routed first: bad input is still a 4xx, not a broken stream
+            plan = await _timed(parts, "chat", service.plan(body.query(), body.prompt(), body))
+            return _events(chat_events(service, body.model, plan, parts.timeout_s), [plan])
+        return _reply(await _timed(parts, "chat", service.chat(body)))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
-        resp = await _timed(parts, "completions", service.completions(body))
-        return _reply(resp, completion_stream if body.stream else None)
+        if body.stream:
+            plans = await _timed(parts, "completions", service.plan_completions(body))
+            return _events(completion_events(service, body, plans, parts.timeout_s), plans)
+        return _reply(await _timed(parts, "completions", service.completions(body)))
 
     @app.post("/v1/route")
     async def route(body: RouteRequest):
@@ -110,13 +113,15 @@ def _add_ops_routes(app: FastAPI, parts: GatewayParts) -> None:
         return Response(parts.metrics.render(), media_type=CONTENT_TYPE)
 
 
-def _reply(resp, streamer) -> Response:
-    """JSON, or server-sent events through ``streamer``; ``x-conclave-*`` headers on both."""
-    headers = conclave_headers(resp.conclave)
-    if streamer is not None:
-        return StreamingResponse(streamer(resp), media_type="text/event-stream",
-                                 headers=headers)
-    return JSONResponse(resp.model_dump(), headers=headers)
+def _reply(resp) -> Response:
+    """The JSON response, with the ``x-conclave-*`` headers."""
+    return JSONResponse(resp.model_dump(), headers=conclave_headers(resp.conclave))
+
+
+def _events(events, plans) -> Response:
+    """Server-sent events; the headers say what routing planned (the final event's
+    ``conclave`` field says what happened, failovers included)."""
+    return StreamingResponse(events, media_type="text/event-stream", headers=plan_headers(plans))
 
 
 async def _timed(parts: GatewayParts, endpoint: str, work):

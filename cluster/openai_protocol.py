@@ -169,7 +169,8 @@ class ChatChoice(BaseModel):
     finish_reason: str
 
 
-def _id(prefix: str) -> str:
+def new_id(prefix: str) -> str:
+    """A response id in OpenAI's style (``chatcmpl-…``, ``cmpl-…``)."""
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
@@ -178,7 +179,7 @@ def _now() -> int:
 
 
 class ChatCompletionResponse(BaseModel):
-    id: str = Field(default_factory=lambda: _id("chatcmpl"))
+    id: str = Field(default_factory=lambda: new_id("chatcmpl"))
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=_now)
     model: str
@@ -195,7 +196,7 @@ class CompletionChoice(BaseModel):
 
 
 class CompletionResponse(BaseModel):
-    id: str = Field(default_factory=lambda: _id("cmpl"))
+    id: str = Field(default_factory=lambda: new_id("cmpl"))
     object: Literal["text_completion"] = "text_completion"
     created: int = Field(default_factory=_now)
     model: str

@@ -10,7 +10,7 @@ field saying who answered and why.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cluster.aggregation import AnswerCombiner
@@ -21,13 +21,9 @@ from cluster.metrics import ConclaveMetrics
 from cluster.openai_protocol import (
     ChatChoice,
     ChatChoiceMessage,
-    ChatChunkChoice,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatDelta,
     CompletionChoice,
-    CompletionChunk,
     CompletionRequest,
     CompletionResponse,
     ConclaveInfo,
@@ -37,13 +33,26 @@ from cluster.openai_protocol import (
     RouteRequest,
     Usage,
 )
-from cluster.panel import ExpertCall, Panel
+from cluster.panel import ExpertCall, Panel, TextSink
 from routing.decision import MODEL_PREFIX, Decision, RouteOptions
 from routing.strategies.base import RoutingError
 
 # query, options → {"decision": Decision dict, "cache": "hit"|"miss"|"off", "routing_ms",
 # "batch_size"}
 RouteCall = Callable[[str, dict], Awaitable[dict]]
+
+
+@dataclass
+class Plan:
+    """One prompt, routed: who will answer and how their answers combine."""
+
+    query: str
+    prompt: object
+    params: dict
+    decision: Decision
+    cache: str  # "hit", "miss", "off" or "direct"
+    routing_ms: float
+    mode: str  # the aggregation mode asked for
 
 
 @dataclass
@@ -54,6 +63,7 @@ class Outcome:
     finish_reason: str
     usage: Usage
     info: ConclaveInfo
+    interrupted: bool = False  # streamed text went out that this answer does not continue
 
 
 class ConclaveService:
@@ -89,9 +99,13 @@ class ConclaveService:
             choices.append(CompletionChoice(index=index, text=text,
                                             finish_reason=out.finish_reason))
             infos.append(out.info)
-            usage = _add(usage, out.usage)
+            usage = add_usage(usage, out.usage)
         return CompletionResponse(model=req.model, choices=choices, usage=usage,
                                   conclave=infos)
+
+    async def plan_completions(self, req: CompletionRequest) -> list[Plan]:
+        """Every prompt of a completions request, routed."""
+        return [await self.plan(prompt, prompt, req) for prompt in req.prompts()]
 
     async def route(self, req: RouteRequest) -> dict:
         query = req.text()
@@ -126,31 +140,42 @@ class ConclaveService:
             options.update(body.model_dump(exclude_none=True))
         return options
 
-    async def _answer(self, query: str, prompt: object, req) -> Outcome:
+    async def plan(self, query: str, prompt: object, req) -> Plan:
+        """Route one prompt (or take the expert asked for directly): everything that can
+        fail on bad input happens here, before a streamed response starts."""
         params = self._params(req)
         options = self.route_options(req.model, req.conclave)
         if options is None:
             decision = Decision(query=query, experts=[req.model], weights=[1.0],
                                 strategy="direct", ranked=[(req.model, 1.0)], explanation={})
-            routed = {"cache": "direct", "routing_ms": 0.0}
-            mode = "best"
-        else:
-            routed = await self._call_router(query, options)
-            decision = Decision.from_dict(routed["decision"])
-            mode = options["aggregation"]
-        run = await self._panel.run(decision, prompt, params)
-        combined = await self._combiner.combine(query, decision, run, mode, params)
+            return Plan(query, prompt, params, decision, "direct", 0.0, "best")
+        routed = await self._call_router(query, options)
+        return Plan(query, prompt, params, Decision.from_dict(routed["decision"]),
+                    routed["cache"], routed["routing_ms"], options["aggregation"])
+
+    async def run(self, plan: Plan, sink: TextSink | None = None) -> Outcome:
+        """Ask the plan's experts and combine their answers. With ``sink``, the text of
+        the call that writes the final answer (a lone expert's, or the synthesis) goes to
+        ``sink`` as it is generated."""
+        lone = len(set(plan.decision.experts)) == 1
+        run = await self._panel.run(plan.decision, plan.prompt, plan.params,
+                                    sink if lone else None)
+        combined = await self._combiner.combine(plan.query, plan.decision, run, plan.mode,
+                                                plan.params, None if lone else sink)
         for failover in run.failovers:
             self._metrics.failovers.labels(failover.expert).inc()
-        info = ConclaveInfo(experts=run.uses(), strategy=decision.strategy,
+        info = ConclaveInfo(experts=run.uses(), strategy=plan.decision.strategy,
                             aggregation=combined.mode, aggregator=combined.aggregator,
-                            cache=routed["cache"], failovers=run.failovers,
-                            routing_ms=routed["routing_ms"])
+                            cache=plan.cache, failovers=run.failovers,
+                            routing_ms=plan.routing_ms)
         calls = run.answers + ([combined.extra] if combined.extra else [])
         usage = Usage(prompt_tokens=sum(a.prompt_tokens for a in calls),
                       completion_tokens=sum(a.completion_tokens for a in calls))
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        return Outcome(combined.text, combined.finish_reason, usage, info)
+        return Outcome(combined.text, combined.finish_reason, usage, info, run.interrupted)
+
+    async def _answer(self, query: str, prompt: object, req) -> Outcome:
+        return await self.run(await self.plan(query, prompt, req))
 
     async def _call_router(self, query: str, options: dict) -> dict:
         started = time.perf_counter()
@@ -183,49 +208,10 @@ def _unwrap(err: Exception) -> Exception:
     return cause if isinstance(cause, RoutingError | ValueError) else err
 
 
-def _add(a: Usage, b: Usage) -> Usage:
+def add_usage(a: Usage, b: Usage) -> Usage:
     return Usage(prompt_tokens=a.prompt_tokens + b.prompt_tokens,
                  completion_tokens=a.completion_tokens + b.completion_tokens,
                  total_tokens=a.total_tokens + b.total_tokens)
-
-
-def _pieces(text: str) -> list[str]:
-    """The answer cut at word boundaries, for streaming."""
-    words = text.split(" ")
-    return [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)] if text else []
-
-
-def _sse(model: object) -> str:
-    return f"data: {model.model_dump_json()}\n\n"
-
-
-async def chat_stream(resp: ChatCompletionResponse) -> AsyncIterator[str]:
-    """Server-sent events for a finished chat answer (the panel answers as a whole; the
-    aggregated text is then streamed piece by piece)."""
-    choice = resp.choices[0]
-    common = {"id": resp.id, "model": resp.model, "created": resp.created}
-    yield _sse(ChatCompletionChunk(**common, choices=[
-        ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))]))
-    for piece in _pieces(choice.message.content):
-        yield _sse(ChatCompletionChunk(**common, choices=[
-            ChatChunkChoice(delta=ChatDelta(content=piece))]))
-    yield _sse(ChatCompletionChunk(**common, usage=resp.usage, conclave=resp.conclave,
-                                   choices=[ChatChunkChoice(delta=ChatDelta(),
-                                                            finish_reason=choice.finish_reason)]))
-    yield "data: [DONE]\n\n"
-
-
-async def completion_stream(resp: CompletionResponse) -> AsyncIterator[str]:
-    """Server-sent events for finished completions, one choice after another."""
-    common = {"id": resp.id, "model": resp.model, "created": resp.created}
-    for choice in resp.choices:
-        for piece in _pieces(choice.text):
-            yield _sse(CompletionChunk(**common, choices=[
-                CompletionChoice(index=choice.index, text=piece, finish_reason=None)]))
-        yield _sse(CompletionChunk(**common, choices=[CompletionChoice(
-            index=choice.index, text="", finish_reason=choice.finish_reason)]))
-    yield _sse(CompletionChunk(**common, choices=[], usage=resp.usage, conclave=resp.conclave))
-    yield "data: [DONE]\n\n"
 
 
 def conclave_headers(info: ConclaveInfo | list[ConclaveInfo] | None) -> dict[str, str]:

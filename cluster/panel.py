@@ -1,5 +1,9 @@
 """Run one routing decision: ask its experts concurrently, fail over, return their answers.
 
+A ``sink`` (streaming, a one-expert panel) gets the expert's text as it is generated;
+a stand-in streams too unless the failed expert had already sent text (which cannot be
+taken back: the final answer then differs from what was streamed, and the stream says so).
+
 Failover: when an expert call raises or passes ``expert_timeout_s``, its share (weight)
 goes to the next-best expert of the same decision (``Decision.ranked``) that is neither
 used nor failed, and the switch is recorded. The user sees an error only when nobody in
@@ -21,8 +25,10 @@ from routing.decision import Decision
 
 log = logging.getLogger(__name__)
 
-# expert id, prompt, sampling params -> {"text", "prompt_tokens", "completion_tokens", ...}
-ExpertCall = Callable[[str, object, dict], Awaitable[dict]]
+# expert id, prompt, sampling params[, sink=TextSink] -> {"text", "prompt_tokens",
+# "completion_tokens", ...}; with a sink, the text also goes there as it is generated
+ExpertCall = Callable[..., Awaitable[dict]]
+TextSink = Callable[[str], None]
 
 
 @dataclass
@@ -42,6 +48,7 @@ class Answer:
 class PanelRun:
     answers: list[Answer]
     failovers: list[Failover] = field(default_factory=list)
+    interrupted: bool = False  # a streamed call failed after sending text
 
     def uses(self) -> list[ExpertUse]:
         return [
@@ -60,12 +67,15 @@ class Panel:
         self._timeout_s = timeout_s
         self._is_live = is_live
 
-    async def run(self, decision: Decision, prompt: object, params: dict) -> PanelRun:
+    async def run(self, decision: Decision, prompt: object, params: dict,
+                  sink: TextSink | None = None) -> PanelRun:
         run = PanelRun(answers=[])
         tried: set[str] = set(decision.experts)
+        shares = _merge(decision.experts, decision.weights)
+        tap = Tap(sink) if sink is not None and len(shares) == 1 else None
         slots = [
-            self._slot(decision, expert, weight, prompt, params, run, tried)
-            for expert, weight in _merge(decision.experts, decision.weights)
+            self._slot(decision, expert, weight, (prompt, params, tap), run, tried)
+            for expert, weight in shares
         ]
         answers = await asyncio.gather(*slots)
         run.answers = [a for a in answers if a is not None]
@@ -75,8 +85,9 @@ class Panel:
                            type="api_error", code="experts_unavailable")
         return run
 
-    async def _slot(self, decision, expert, weight, prompt, params, run, tried) -> Answer | None:
+    async def _slot(self, decision, expert, weight, request, run, tried) -> Answer | None:
         """One expert's share: the expert itself, else successive stand-ins."""
+        prompt, params, tap = request
         current, replaces = expert, None
         while current is not None:
             reason = None
@@ -85,19 +96,37 @@ class Panel:
             else:
                 try:
                     out = await asyncio.wait_for(
-                        self._call(current, prompt, params), self._timeout_s
+                        self._call(current, prompt, params, **streaming(tap)), self._timeout_s
                     )
                     return _answer(current, weight, out, replaces)
                 except TimeoutError:
                     reason = f"timed out after {self._timeout_s:g}s"
                 except Exception as err:  # any expert failure is failed over, not surfaced
                     reason = failure_reason(err)
+            run.interrupted |= tap is not None and tap.used
             nxt = _next_candidate(decision, tried, self._is_live)
             log.warning("expert %s failed (%s); failover to %s", current, reason, nxt)
             run.failovers.append(Failover(expert=current, replacement=nxt, reason=reason))
             replaces = replaces or expert
             current = nxt
         return None
+
+
+class Tap:
+    """A sink that remembers whether anything went through it."""
+
+    def __init__(self, sink: TextSink):
+        self.sink = sink
+        self.used = False
+
+    def __call__(self, text: str) -> None:
+        self.used = True
+        self.sink(text)
+
+
+def streaming(tap: Tap | None) -> dict:
+    """The call's ``sink`` argument: none without a tap, or once text has gone out."""
+    return {"sink": tap} if tap is not None and not tap.used else {}
 
 
 def _merge(experts: list[str], weights: list[float]) -> list[tuple[str, float]]:

@@ -65,8 +65,8 @@ class ExpertPoolServer:
             raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
         return reply
 
-    async def generate_many(self, rows: list[tuple[str, object, dict]]) -> list[dict]:
-        """Several requests (expert id, prompt, params) in one call: the gateway's
+    async def generate_many(self, rows: list[tuple]) -> list[dict]:
+        """Several requests (expert id, prompt, params[, sink]) in one call: the gateway's
         coalesced batch for this replica's engine key. They join the key's queue together,
         so they generate in one batch (with whatever else waits there). A row that cannot
         run gets ``{"error": message}``; the others still answer."""
@@ -76,6 +76,26 @@ class ExpertPoolServer:
         )
         return [{"error": f"{type(r).__name__}: {r}"} if isinstance(r, Exception) else r
                 for r in replies]
+
+    async def generate_stream(self, expert_id: str, prompt: object, params: dict):
+        """One request whose text comes back as it is generated: ``{"delta": text}``
+        chunks, then ``{"done": reply}`` (``reply`` as from :meth:`generate_many`, which
+        may be an error). The row still joins its key's batch; only its text is live."""
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue = asyncio.Queue()
+
+        def sink(text: str) -> None:  # called from the generating thread
+            loop.call_soon_threadsafe(deltas.put_nowait, text)
+
+        reply = asyncio.ensure_future(self.generate_many([(expert_id, prompt, params, sink)]))
+        # Queued after every delta (the thread hands over the result after its last one).
+        reply.add_done_callback(lambda _: deltas.put_nowait(None))
+        try:
+            while (text := await deltas.get()) is not None:
+                yield {"delta": text}
+            yield {"done": reply.result()[0]}
+        finally:
+            reply.cancel()  # the caller went away: its row is skipped if not started
 
     async def _load_engine(self, key: str):
         loads, started = self.models.stats.loads, time.perf_counter()

@@ -97,3 +97,15 @@ def test_unknown_model_and_bad_options_are_client_errors(client):
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="conclave", max_tokens=10_000,
                                        messages=[{"role": "user", "content": "hi"}])
+
+
+def test_streaming_one_expert_sends_token_deltas_as_they_are_generated(client):
+    stream = client.chat.completions.create(
+        model="math", messages=[{"role": "user", "content": MATH}], max_tokens=16,
+        temperature=0, stream=True)
+    chunks = list(stream)
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    text = "".join(deltas)
+    assert chunks[-1].usage.completion_tokens >= len(deltas) > 1
+    # Token pieces from the pool, not the finished text cut at spaces afterwards.
+    assert len(deltas) > len(text.split(" "))

@@ -3,78 +3,17 @@ Redis, and plain async functions standing in for the router and the expert pools
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
-from fastapi.testclient import TestClient
+from gateway_fakes import AUTH, TOKEN, gateway_client
 from prometheus_client.parser import text_string_to_metric_families
-
-from cluster.admin import ExpertAdmin
-from cluster.catalog import ExpertCatalog
-from cluster.config import parse_config
-from cluster.http_app import GatewayParts, build_http_app
-from cluster.metrics import ConclaveMetrics
-from cluster.openai_serving import ConclaveService
-from experts.redis_conn import connect
-from experts.registry import ExpertRegistry
-from experts.spec import ExpertSpec
-from routing.decision import Decision
-
-TOKEN = "s3cret-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-class FakeBackends:
-    """Router and experts: a fixed ranking, scripted failures, a hang on demand."""
-
-    def __init__(self):
-        self.failing: set[str] = set()
-        self.hang = False
-        self.fail_prompts_with: str | None = None
-        self.calls: list[str] = []
-
-    async def route(self, query: str, options: dict) -> dict:
-        ranked = [("alpha", 0.9), ("beta", 0.8), ("gamma", 0.5)]
-        k = options["k"]
-        decision = Decision(query=query, experts=[n for n, _ in ranked[:k]],
-                            weights=[1.0 / k] * k, strategy=options["strategy"] or "knn",
-                            ranked=ranked, explanation={"why": "test"})
-        return {"decision": decision.to_dict(), "cache": "miss", "routing_ms": 1.0,
-                "batch_size": 1}
-
-    async def call(self, expert: str, prompt, params: dict) -> dict:
-        self.calls.append(expert)
-        if self.fail_prompts_with and self.fail_prompts_with in json.dumps(prompt):
-            raise RuntimeError("synthesis exploded")
-        if self.hang:
-            await asyncio.Event().wait()
-        if expert in self.failing:
-            raise RuntimeError(f"{expert} exploded")
-        return {"text": f"answer from {expert}", "prompt_tokens": 3, "completion_tokens": 4,
-                "finish_reason": "stop", "stats": {"batch_size": 2, "loads": [0.5]}}
 
 
 @pytest.fixture()
 def setup(redis_url):
-    config = parse_config({
-        "redis": {"url": redis_url},
-        "routing": {"k": 2},
-        "serving": {"max_body_bytes": 4096, "max_tokens_limit": 100,
-                    "request_timeout_s": 0.5, "expert_timeout_s": 5},
-    })
-    registry = ExpertRegistry(connect(redis_url))
-    for name in ("alpha", "beta", "gamma"):
-        registry.add(ExpertSpec(id=name, model="org/" + name, description=f"{name} expert"))
-    catalog = ExpertCatalog(registry).start()
-    backends = FakeBackends()
-    metrics = ConclaveMetrics()
-    service = ConclaveService(config, backends.route, backends.call, catalog, metrics)
-    admin = ExpertAdmin(catalog, TOKEN, ["/nonexistent-root"])
-    app = build_http_app(GatewayParts(service, admin, metrics, 0.5, 4096))
-    with TestClient(app) as client:
-        yield client, backends, catalog
-    catalog.stop()
+    with gateway_client(redis_url) as parts:
+        yield parts
 
 
 def chat(client, model="conclave", **extra):

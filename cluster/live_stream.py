@@ -1,0 +1,148 @@
+"""Server-sent events that carry an answer while it is being generated.
+
+The prompt is routed before the response starts (:meth:`ConclaveService.plan`), so bad
+input still gets a 4xx. Then the panel runs with a sink: when one call writes the final
+answer (a lone expert, or the synthesis over the panel's answers) its tokens reach the
+client as the pool generates them, inside the same batch as everyone else's rows. An
+answer that is picked rather than written (a vote, or the fallback after a failed
+synthesis) exists only once the panel is done, and is then sent in word-sized pieces.
+
+Failures after the response started cannot change its status any more: they arrive as
+an OpenAI-style ``{"error": {...}}`` event, then ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from cluster.api_errors import ApiError, timeout_error
+from cluster.openai_protocol import (
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatDelta,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionRequest,
+    ErrorBody,
+    ErrorResponse,
+    Usage,
+    new_id,
+)
+from cluster.openai_serving import ConclaveService, Outcome, Plan, add_usage
+from cluster.panel import TextSink
+
+DONE = "data: [DONE]\n\n"
+
+
+class StreamBroken(Exception):
+    """Text went out that the final answer does not continue (an expert failed mid-way
+    and a stand-in answered instead): what the client has cannot be corrected."""
+
+
+async def live_text(run: Callable[[TextSink], Awaitable[Outcome]]) -> AsyncIterator[str | Outcome]:
+    """Yield each text delta as ``run``'s sink receives it, then whatever of the final
+    text was not streamed, then the :class:`Outcome` itself."""
+    queue: asyncio.Queue = asyncio.Queue()
+    task = asyncio.ensure_future(run(queue.put_nowait))
+    task.add_done_callback(lambda _: queue.put_nowait(None))
+    sent: list[str] = []
+    try:
+        while (delta := await queue.get()) is not None:
+            sent.append(delta)
+            yield delta
+        outcome = task.result()
+    finally:
+        task.cancel()  # the client left: stop waiting for the panel
+    emitted = "".join(sent)
+    if outcome.interrupted:
+        raise StreamBroken("an expert failed mid-answer; the text above is incomplete")
+    if outcome.text.startswith(emitted):
+        for piece in pieces(outcome.text[len(emitted):]):
+            yield piece
+    elif not emitted.endswith(outcome.text):  # a reasoning model's <think> part is fine
+        raise StreamBroken("an expert failed mid-answer; the text above is incomplete")
+    yield outcome
+
+
+def pieces(text: str) -> list[str]:
+    """``text`` cut after each space, for streaming an answer that is already whole."""
+    words = text.split(" ")
+    return [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)] if text else []
+
+
+def sse(model: object) -> str:
+    return f"data: {model.model_dump_json()}\n\n"
+
+
+def error_event(err: Exception, timeout_s: float) -> str:
+    if isinstance(err, ApiError):
+        body = err.body()
+    elif isinstance(err, TimeoutError):
+        body = timeout_error(timeout_s).body()
+    else:
+        body = ErrorResponse(error=ErrorBody(message=str(err), type="api_error",
+                                             code="stream_broken")).model_dump()
+    return "data: " + ErrorResponse.model_validate(body).model_dump_json() + "\n\n"
+
+
+async def chat_events(service: ConclaveService, model: str, plan: Plan,
+                      timeout_s: float) -> AsyncIterator[str]:
+    """A streamed chat completion: the role, live content deltas, then the finish reason
+    with usage and the ``conclave`` field, then ``[DONE]``."""
+    common = {"id": new_id("chatcmpl"), "model": model, "created": int(time.time())}
+    yield sse(ChatCompletionChunk(**common, choices=[
+        ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))]))
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for item in live_text(lambda sink: service.run(plan, sink)):
+                if isinstance(item, str):
+                    yield sse(ChatCompletionChunk(**common, choices=[
+                        ChatChunkChoice(delta=ChatDelta(content=item))]))
+                else:
+                    yield sse(ChatCompletionChunk(
+                        **common, usage=item.usage, conclave=item.info,
+                        choices=[ChatChunkChoice(delta=ChatDelta(),
+                                                 finish_reason=item.finish_reason)]))
+    except (ApiError, StreamBroken, TimeoutError) as err:
+        yield error_event(err, timeout_s)
+    yield DONE
+
+
+async def completion_events(service: ConclaveService, req: CompletionRequest,
+                            plans: list[Plan], timeout_s: float) -> AsyncIterator[str]:
+    """Streamed completions, one prompt after another, each live; the last event carries
+    the summed usage and every prompt's ``conclave`` field."""
+    common = {"id": new_id("cmpl"), "model": req.model, "created": int(time.time())}
+    infos, usage = [], Usage()
+    try:
+        async with asyncio.timeout(timeout_s):
+            for index, plan in enumerate(plans):
+                if req.echo:
+                    yield sse(CompletionChunk(**common, choices=[
+                        CompletionChoice(index=index, text=plan.query)]))
+                async for item in live_text(lambda sink, p=plan: service.run(p, sink)):
+                    if isinstance(item, str):
+                        yield sse(CompletionChunk(**common, choices=[
+                            CompletionChoice(index=index, text=item)]))
+                        continue
+                    infos.append(item.info)
+                    usage = add_usage(usage, item.usage)
+                    yield sse(CompletionChunk(**common, choices=[CompletionChoice(
+                        index=index, text="", finish_reason=item.finish_reason)]))
+    except (ApiError, StreamBroken, TimeoutError) as err:
+        yield error_event(err, timeout_s)
+        yield DONE
+        return
+    yield sse(CompletionChunk(**common, choices=[], usage=usage, conclave=infos))
+    yield DONE
+
+
+def plan_headers(plans: list[Plan]) -> dict[str, str]:
+    """``x-conclave-*`` headers known before a stream starts: the routing's plan."""
+    return {
+        "x-conclave-experts": ",".join(e for p in plans for e in dict.fromkeys(p.decision.experts)),
+        "x-conclave-strategy": plans[0].decision.strategy if plans else "",
+        "x-conclave-cache": ",".join(p.cache for p in plans),
+    }
