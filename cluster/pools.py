@@ -14,6 +14,7 @@ which the gateway turns into metrics.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
@@ -26,11 +27,13 @@ from cluster.config import parse_config
 from cluster.drain_batcher import DrainBatcher
 from cluster.expert_batch import Row, run_batch
 from experts.errors import ExpertError
-from experts.loader import ExpertLoader, adapter_of
+from experts.loader import ExpertLoader, adapter_of, engine_key
 from experts.pool import ModelPool
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from routing.encoder import build_encoder
+
+log = logging.getLogger(__name__)
 
 
 class ExpertPoolServer:
@@ -56,6 +59,19 @@ class ExpertPoolServer:
         self._engine = serve.multiplexed(
             max_num_models_per_replica=self.pool.max_resident_models
         )(engine)
+        self._warming = warm_up_soon(self._warm_up) if self.pool.preload else None
+
+    async def _warm_up(self) -> None:
+        """Load the pool's first ``max_resident_models`` engines, so the first requests
+        find them loaded, and Serve's multiplexed routing, which sends a model's requests
+        only to replicas that report it until those are saturated, spreads them over every
+        replica instead of piling them on whichever happened to load it first."""
+        keys = dict.fromkeys(engine_key(s) for s in self.catalog.specs() if s.pool == self.pool.name)
+        for key in list(keys)[: self.pool.max_resident_models]:
+            try:
+                await self._engine(key)
+            except Exception as err:  # a bad expert must not stop the replica; calls report it
+                log.warning("pool %s: cannot preload %s: %s", self.pool.name, key, err)
 
     async def generate(self, expert_id: str, prompt: object, params: dict) -> dict:
         """One request for ``expert_id``; raises :class:`ExpertError` when it cannot run
@@ -155,6 +171,15 @@ class LazyEmbedder:
             if self._encoder is None:
                 self._encoder = build_encoder(self.config)
         return self._encoder.encode(list(texts))
+
+
+def warm_up_soon(warm_up) -> asyncio.Task | None:
+    """Start ``warm_up()`` on the running event loop (the replica's, in Serve); None when
+    there is no loop to run it on."""
+    try:
+        return asyncio.get_running_loop().create_task(warm_up())
+    except RuntimeError:
+        return None
 
 
 def limit_torch_threads(num_cpus: float) -> None:
