@@ -6,7 +6,8 @@ is dispatched alone (router batch size 1, per-expert batch size 1, no batch wait
 
 Both apps run side by side; the requests go in slices to one mode then the other, in ABBA
 order, so a busy machine slows both alike. Prints requests/s, p50/p99 latency, errors,
-model loads and mean rows per expert batch (warm-up included) per mode; ``--json`` writes
+model loads, mean rows per expert batch (warm-up included) and the CPU milliseconds each
+request cost per deployment (gateway, router, pools, HTTP proxy) per mode; ``--json`` writes
 ``throughput_ratio`` (batched / baseline requests/s), ``p50_ms``, ``p99_ms`` (of the
 batched path), ``errors`` (both modes) and the per-mode figures.
 """
@@ -104,20 +105,43 @@ def run_rounds(urls: dict[str, str], args) -> dict:
     weighs on both modes alike."""
     texts = questions(args.requests)
     size = -(-len(texts) // args.rounds)
-    raw = {name: {"latencies": [], "errors": 0, "seconds": 0.0} for name in urls}
+    raw = {name: {"latencies": [], "errors": 0, "seconds": 0.0, "cpu": {}} for name in urls}
     for r in range(args.rounds):
         part = texts[r * size:(r + 1) * size]
         for name in list(urls) if r % 2 == 0 else list(urls)[::-1]:
+            before = cpu_seconds(name)
             out = asyncio.run(load(urls[name], part, args.concurrency, args.max_tokens))
-            for key in raw[name]:
+            for role, seconds in cpu_seconds(name).items():
+                raw[name]["cpu"][role] = (raw[name]["cpu"].get(role, 0.0) + seconds
+                                          - before.get(role, 0.0))
+            for key in ("latencies", "errors", "seconds"):
                 raw[name][key] += out[key]
     return {name: summarise(raw[name], urls[name]) for name in urls}
+
+
+def cpu_seconds(mode: str) -> dict[str, float]:
+    """CPU seconds so far of the mode's Serve replicas, by deployment, and of Serve's HTTP
+    proxy (shared by both modes, but only one mode has requests in flight at a time)."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        prefix = f"ray::ServeReplica:bench-{mode}:"
+        role = (line[len(prefix):].split()[0] if line.startswith(prefix)
+                else "proxy" if line.startswith("ray::ProxyActor") else None)
+        if role and proc.info["cpu_times"]:
+            times = proc.info["cpu_times"]
+            out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
 
 
 def summarise(raw: dict, url: str) -> dict:
     lat = np.array(raw["latencies"])
     batches = metric_sum(url, "conclave_expert_batch_size", "_count")
+    cpu_ms = {role: 1000 * sec / len(lat) for role, sec in sorted(raw["cpu"].items())}
     return {"requests": len(lat), "errors": raw["errors"], "seconds": raw["seconds"],
+            "cpu_ms_per_request": cpu_ms, "cpu_ms_total": sum(cpu_ms.values()),
             "rps": len(lat) / raw["seconds"], "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99)),
             "model_loads": metric_sum(url, "conclave_model_loads"),
@@ -156,6 +180,10 @@ def report(results: dict, args) -> None:
     for name, r in results.items():
         print(f"{name:<10} {r['rps']:>8.2f} {r['p50_ms']:>9.0f} {r['p99_ms']:>9.0f} "
               f"{r['errors']:>7} {r['model_loads']:>6.0f} {r['mean_expert_batch']:>11.1f}")
+    print("CPU ms per request (Serve replicas and the HTTP proxy):")
+    for name, r in results.items():
+        parts = ", ".join(f"{role} {ms:.1f}" for role, ms in r["cpu_ms_per_request"].items())
+        print(f"  {name:<10} {r['cpu_ms_total']:6.1f}  ({parts})")
     ratio = results["batched"]["rps"] / results["baseline"]["rps"]
     print(f"throughput ratio (batched / baseline): {ratio:.2f}x (goal >= 3x)")
     if args.json_path:

@@ -1,5 +1,5 @@
 """One batch of expert requests on one loaded engine: the plain logic under the pool
-deployment's ``@serve.batch`` (no Ray here, so it is unit-testable).
+deployment's batcher (no Ray here, so it is unit-testable).
 
 All rows share one engine (a base model and its LoRA adapters); each row names its
 expert, whose adapter (or ``None`` for the base) is passed per row, so a mixed-adapter

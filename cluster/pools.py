@@ -5,7 +5,9 @@ key is its base model's), so every expert on one base lands on replicas that alr
 hold that base, and a :class:`~cluster.drain_batcher.DrainBatcher` keyed by that id
 generates concurrent requests for those experts together, adapters mixed per row: the
 online form of batching by assigned expert. (Not ``@serve.batch``: it closes batches on a
-timer while the engine is still busy, see :mod:`cluster.drain_batcher`.)
+timer while the engine is still busy, see :mod:`cluster.drain_batcher`.) The gateway sends
+its coalesced rows as one ``generate_many`` call; ``generate_stream`` returns one row's text
+as it is generated (the row still generates in the shared batch).
 
 Each reply carries ``stats`` (batch size, seconds of model loads since the last reply),
 which the gateway turns into metrics.
