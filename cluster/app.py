@@ -91,6 +91,7 @@ def pool_options(pool: PoolConfig) -> dict[str, Any]:
 
 def router_options(config: ConclaveConfig) -> dict[str, Any]:
     return {
+        "num_replicas": config.routing.num_replicas,
         "ray_actor_options": {"num_cpus": 0},
         "max_ongoing_requests": max(config.serving.max_ongoing_requests,
                                     config.routing.batch_size),

@@ -66,12 +66,18 @@ class RoutingConfig(_Strict):
         32, ge=1, description="Concurrent queries routed in one encoder pass (1: no batching)."
     )
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="Wait to fill a routing batch.")
+    num_replicas: int = Field(
+        1, ge=1, description="Router replicas; with 2 or more, a call to one that dies is "
+        "retried on another at once instead of waiting for its replacement.")
 
 
 class AutoscalingConfig(_Strict):
     min_replicas: int = Field(1, ge=0, description="Fewest replicas.")
     max_replicas: int = Field(1, ge=1, description="Most replicas.")
-    target_ongoing_requests: float = Field(8, gt=0, description="Scale up above this per replica.")
+    target_ongoing_requests: float = Field(
+        1, gt=0, description="Scale up above this many calls in flight per replica. The "
+        "gateway sends a pool batches, at most one per replica (of max_replicas) per engine at "
+        "once, so 1 means every replica busy; queued rows wait at the gateway.")
 
 
 class PoolConfig(_Strict):

@@ -54,6 +54,20 @@ def kill_replica(app: str, deployment: str) -> Replica:
     return victim
 
 
+def crash_replica(app: str, deployment: str, stall_s: float = 1.0) -> Replica:
+    """Freeze one replica process for ``stall_s`` (calls routed to it pile up unanswered),
+    then SIGKILL it: a crash with work in flight, which those calls see as the actor
+    dying under them. Serve replaces the replica."""
+    live = [r for r in replicas(app, deployment) if r.pid > 0]
+    if not live:
+        raise LookupError(f"no live replica of {app}/{deployment}")
+    victim = live[0]
+    os.kill(victim.pid, signal.SIGSTOP)
+    time.sleep(stall_s)
+    os.kill(victim.pid, signal.SIGKILL)
+    return victim
+
+
 def running_replicas(app: str, deployment: str) -> int:
     """How many replicas Serve reports RUNNING for ``deployment``."""
     status = serve.status().applications.get(app)

@@ -19,6 +19,7 @@ import logging
 from ray.exceptions import RayActorError
 
 from cluster.admin import ExpertAdmin, admin_token, allowed_roots
+from cluster.api_errors import ApiError
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.drain_batcher import DrainBatcher
@@ -46,7 +47,8 @@ class Gateway:
         self._router = router
         self._pools = pools
         self._handles: dict[tuple[str, str], object] = {}
-        self._routes = Coalescer(self._send_routes, self.config.routing.batch_size, 1)
+        routing = self.config.routing
+        self._routes = Coalescer(self._send_routes, routing.batch_size, routing.num_replicas)
         self._rows = {pool.name: Coalescer(self._sender(pool.name), pool.max_batch_size,
                                            pool.most_replicas) for pool in self.config.pools}
         self.service = ConclaveService(self.config, self._route, self._call_expert,
@@ -60,13 +62,17 @@ class Gateway:
                                            serving.request_timeout_s, serving.max_body_bytes))
 
     async def _route(self, query: str, options: dict) -> dict:
-        reply = await self._routes("router", (query, options))
+        try:
+            reply = await self._routes("router", (query, options))
+        except RayActorError:  # died twice: no live router replica right now
+            raise ApiError(503, "the router is restarting; retry shortly", type="api_error",
+                           code="router_unavailable", headers={"Retry-After": "2"}) from None
         if "error" in reply:
             raise RoutingError(reply["error"])
         return reply
 
     async def _send_routes(self, _key: str, items: list) -> list[dict]:
-        return await _retry_dead_replica(lambda: self._router.route_many.remote(items))
+        return await self._retrying("router", lambda: self._router.route_many.remote(items))
 
     async def _call_expert(self, expert_id: str, prompt: object, params: dict,
                            sink=None) -> dict:
@@ -95,7 +101,8 @@ class Gateway:
     def _sender(self, pool: str):
         async def send(key: str, rows: list) -> list[dict]:
             handle = self._handle(pool, key)
-            return await _retry_dead_replica(lambda: handle.generate_many.remote(rows))
+            return await self._retrying(f"pool-{pool}",
+                                        lambda: handle.generate_many.remote(rows))
 
         return send
 
@@ -107,16 +114,18 @@ class Gateway:
             self._handles[(pool, key)] = handle
         return handle
 
-
-async def _retry_dead_replica(call):
-    """``await call()``, once more when the replica died under it: that is no fault of
-    the request or the expert, and Serve sends the retry to a live replica (or waits
-    for the replacement). A second failure goes to the caller (the panel fails over)."""
-    try:
-        return await call()
-    except RayActorError as err:
-        log.warning("replica died during a call (%s); retrying once", type(err).__name__)
-        return await call()
+    async def _retrying(self, deployment: str, call):
+        """``await call()``, once more when the replica died under it: that is no fault of
+        the request or the expert, and Serve sends the retry to a live replica (or waits
+        for the replacement). A second failure goes to the caller (the panel fails over).
+        Retries are counted in ``conclave_replica_retries``."""
+        try:
+            return await call()
+        except RayActorError as err:
+            log.warning("%s replica died during a call (%s); retrying once", deployment,
+                        type(err).__name__)
+            self.metrics.replica_retries.labels(deployment).inc()
+            return await call()
 
 
 class Coalescer:

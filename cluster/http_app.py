@@ -36,7 +36,7 @@ from cluster.openai_serving import (
 )
 
 log = logging.getLogger(__name__)
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 502, 504)}
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 502, 503, 504)}
 
 
 @dataclass

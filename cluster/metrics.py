@@ -53,6 +53,9 @@ class ConclaveMetrics:
                               ["expert"], registry=reg)
         self.failovers = Counter("conclave_failovers", "Expert calls failed over, by expert.",
                                  ["expert"], registry=reg)
+        self.replica_retries = Counter("conclave_replica_retries",
+                                       "Calls sent again because the replica died under them, "
+                                       "by deployment.", ["deployment"], registry=reg)
 
     def record_route(self, seconds: float, cache: str, batch_size: int,
                      experts: list[str]) -> None:

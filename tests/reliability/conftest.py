@@ -3,7 +3,8 @@
 ``reliability_app``: the test app of tests/serving_fixtures.py (tiny LM, three LoRA experts,
 minus the broken one) deployed once more under ``/reliability``, this time with
 - its own password-protected Redis that tests stop and start again,
-- two expert-pool replicas (one can be killed while the other serves),
+- two expert-pool replicas and two router replicas (one can be killed while the other
+  serves),
 - small gateway limits (8 ongoing, 8 queued) and a short request timeout (15 s), so
   overload and timeouts are reached in seconds.
 The load generator keeps its concurrency at the ongoing limit, so it is never refused.
@@ -24,6 +25,7 @@ APP = "reliability"
 PREFIX = "/reliability"
 POOL = "pool-default"
 POOL_REPLICAS = 2
+ROUTER_REPLICAS = 2
 MAX_ONGOING = 8
 MAX_QUEUED = 8
 REQUEST_TIMEOUT_S = 15
@@ -67,6 +69,7 @@ def reliability_args(redis_url: str, base: dict) -> dict:
     args["experts"] = [e for e in args["experts"] if e["id"] != "broken"]
     args["pools"] = [{"name": "default", "num_cpus": 0, "num_replicas": POOL_REPLICAS,
                       "max_batch_size": 8, "max_resident_models": 3}]
+    args["routing"]["num_replicas"] = ROUTER_REPLICAS
     args["serving"].update(admin_token=ADMIN_TOKEN, max_ongoing_requests=MAX_ONGOING,
                            max_queued_requests=MAX_QUEUED,
                            request_timeout_s=REQUEST_TIMEOUT_S, expert_timeout_s=30)
