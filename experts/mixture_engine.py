@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from experts.engine import Generation, GenerationEngine, GenerationParams, Prompt
+from experts.engine import Generation, GenerationEngine, GenerationParams, Prompt, TextSink
 from experts.errors import ExpertError, ExpertExistsError, UnknownExpertError
 from experts.mixture import RoutingState, install_mixture_layers
 
@@ -231,6 +231,22 @@ class MixtureEngine(GenerationEngine):
         """Like every engine; ``embeddings`` is the per-row ``q`` ``[rows, dim]``; with
         ``trace``, each Generation's ``trace`` lists, per generated token, the routing
         (same fields as :meth:`route`, without ``token``)."""
+        return self._run(prompts, params, adapters, embeddings, trace, None)
+
+    def generate_streaming(
+        self,
+        prompts: Sequence[Prompt],
+        params: GenerationParams | None = None,
+        adapters: Sequence[str | None] | None = None,
+        on_text: TextSink | None = None,
+        embeddings=None,
+    ) -> list[Generation]:
+        """:meth:`generate` with each row's text going to ``on_text`` as it is generated
+        (the wrapped HF engine streams; the mixing is the same)."""
+        return self._run(prompts, params, adapters, embeddings, False, on_text)
+
+    def _run(self, prompts, params, adapters, embeddings, trace: bool,
+             on_text: TextSink | None) -> list[Generation]:
         if adapters is not None and any(name is not None for name in adapters):
             raise ExpertError("a mixture picks its own experts: per-row adapters must be None")
         if not prompts:
@@ -239,7 +255,7 @@ class MixtureEngine(GenerationEngine):
             self._begin(embeddings, len(prompts), per_call=trace)
             self._state.recording = trace
             try:
-                outputs = self._engine.generate(prompts, params)
+                outputs = self._engine.generate_streaming(prompts, params, on_text=on_text)
                 steps = self._steps
             finally:
                 self._end()

@@ -132,6 +132,18 @@ def test_trace_has_one_entry_per_generated_token(local):
             assert sum(step["picked"].values()) == 2 * step["layers"]  # k = 2 per layer
 
 
+def test_a_mixture_streams_each_rows_text_as_it_is_generated(local):
+    params = GenerationParams(max_new_tokens=6)
+    plain = local.generate(PROMPTS, params)
+    deltas: dict[int, list[str]] = {}
+    streamed = local.generate_streaming(
+        PROMPTS, params, on_text=lambda row, text: deltas.setdefault(row, []).append(text))
+    assert [g.text for g in streamed] == [g.text for g in plain]  # streaming changes nothing
+    assert {row: "".join(parts) for row, parts in deltas.items()} == {
+        row: g.text for row, g in enumerate(plain) if g.text}
+    assert any(len(parts) > 1 for parts in deltas.values())  # token by token, not at the end
+
+
 def test_top_k_keeps_k_and_renormalises():
     import torch
 
