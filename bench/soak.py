@@ -3,9 +3,10 @@ injected on a schedule; did every request still get its answer?
 
     python bench/soak.py [--minutes 3] [--fault-every 20] [--concurrency 8] [--json FILE]
 
-The app runs with two expert-pool replicas and its own password-protected Redis. Every
+The app runs with two expert-pool and two router replicas and its own password-protected Redis. Every
 ``--fault-every`` seconds the next fault of the cycle fires: kill an expert-pool replica,
-stop Redis for a few seconds and start it again, add an expert, remove it. Load goes to
+stop Redis for a few seconds and start it again, add an expert, remove it, crash a router
+replica. Load goes to
 127.0.0.1 only. Prints requests, successes, failovers, errors, p50/p99 and the faults;
 ``--json`` writes those figures with top-level keys ``requests``, ``lost``, ``errors_5xx``,
 ``failovers``, ``p99_ms`` (and more).
@@ -33,13 +34,15 @@ EXTRA_EXAMPLES = ["how long should sourdough bread dough proof",
 
 
 def soak_config(redis_url: str, token: str, port: int):
-    """The demo config with this run's Redis, two pool replicas and an admin token."""
+    """The demo config with this run's Redis, two pool and two router replicas and an
+    admin token."""
     from cluster.config import load_config
 
     config = load_config(CONFIG)
     data = config.model_dump(mode="json")
     data["redis"] = {"url": redis_url, "namespace": "soak"}
     data["pools"][0].update(num_replicas=2)
+    data["routing"].update(num_replicas=2)
     data["serving"].update(admin_token=token, port=port)
     return type(config).model_validate(data)
 
@@ -61,7 +64,7 @@ def extra_spec() -> dict:
 
 def fault_cycle(url: str, token: str, redis) -> list[tuple[str, object]]:
     """(name, action) of each fault, in the order they fire (then again from the top)."""
-    from cluster.faults import kill_replica
+    from cluster.faults import crash_replica, kill_replica
 
     auth = {"Authorization": f"Bearer {token}"}
 
@@ -75,6 +78,8 @@ def fault_cycle(url: str, token: str, redis) -> list[tuple[str, object]]:
         ("Redis down for 3 s", lambda: redis.outage(3.0)),
         (f"add expert {EXTRA_ID}", lambda: admin("POST", "/v1/experts", extra_spec())),
         (f"remove expert {EXTRA_ID}", lambda: admin("DELETE", f"/v1/experts/{EXTRA_ID}")),
+        ("crash a router replica (frozen 1 s, then SIGKILL)",
+         lambda: crash_replica(APP, "router", stall_s=1.0).name),
     ]
 
 
