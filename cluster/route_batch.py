@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from routing.aggregator_store import Chooser, apply_chooser
 from routing.decision import RouteOptions
 from routing.strategies.base import RoutingError
 
@@ -34,10 +36,13 @@ def route_options(options: dict) -> RouteOptions:
 class BatchRouter:
     """Routes batches with one shared :class:`routing.router.Router`.
 
-    ``lock`` guards the router against expert changes arriving from the registry thread."""
+    ``lock`` guards the router against expert changes arriving from the registry thread.
+    ``aggregators``: called once per batch, returns the chooser that sets each decision's
+    ``aggregator`` (e.g. :meth:`routing.aggregator_store.StoredAggregators.current`)."""
 
-    def __init__(self, router):
+    def __init__(self, router, aggregators: Callable[[], Chooser] | None = None):
         self.router = router
+        self.aggregators = aggregators
         self.lock = threading.Lock()
 
     def route(self, items: list[RouteItem]) -> list[dict]:
@@ -51,8 +56,9 @@ class BatchRouter:
                 replies[i] = {"error": "the query is empty"}
             else:
                 groups.setdefault(_options_key(item.options), []).append(i)
+        choose = self.aggregators() if groups and self.aggregators else None
         for members in groups.values():
-            self._route_group(items, members, replies)
+            self._route_group(items, members, replies, choose)
         elapsed_ms = (time.perf_counter() - started) * 1000
         for reply in replies:
             if "error" not in reply:
@@ -60,7 +66,7 @@ class BatchRouter:
         return replies
 
     def _route_group(self, items: list[RouteItem], members: list[int],
-                     replies: list[dict]) -> None:
+                     replies: list[dict], choose: Chooser | None) -> None:
         try:
             options = route_options(items[members[0]].options)
             with self.lock:
@@ -70,6 +76,8 @@ class BatchRouter:
             for i in members:
                 replies[i] = {"error": str(err)}
             return
+        if choose is not None:
+            apply_chooser(decisions, choose)
         for i, decision in zip(members, decisions, strict=True):
             status = "hit" if decision.cached else "miss" if cached else "off"
             replies[i] = {"decision": decision.to_dict(), "cache": status}

@@ -4,7 +4,9 @@
 It follows the registry (:class:`ExpertCatalog` on ``ExpertRegistry.watch``): an added
 expert is indexed (from its stored validation outcomes, else its example questions), a
 removed one forgotten, and the pattern cache moves to the new registry version (old
-patterns are never found again); no redeploy.
+patterns are never found again); no redeploy. Each batch also reads the aggregator choice
+stored by ``conclave aggregators select`` and sets every decision's ``aggregator`` from it
+(:mod:`routing.aggregator_store`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from cluster.config import parse_config
 from cluster.route_batch import BatchRouter, RouteItem
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
+from routing.aggregator_store import AggregatorStore, StoredAggregators, spec_domain
 from routing.cache import build_pattern_cache
 from routing.encoder import build_encoder
 from routing.outcomes import OutcomeError
@@ -44,7 +47,9 @@ class RouterServer:
         router = build_router(cfg, self.catalog.specs(), None, encoder=build_encoder(cfg.encoder),
                               cache=cache, version=lambda: self.catalog.version,
                               profiles=self.profiles)
-        self.batcher = BatchRouter(router)
+        aggregators = StoredAggregators(AggregatorStore(client, namespace=cfg.redis.namespace),
+                                        spec_domain(self.catalog.get), self.catalog.is_live)
+        self.batcher = BatchRouter(router, aggregators=aggregators.current)
         self.catalog.on_change(self._apply)
         self.catalog.start()
         self._route_batch.set_max_batch_size(cfg.routing.batch_size)

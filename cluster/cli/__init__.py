@@ -16,6 +16,7 @@ def main() -> None:
 
 def _register() -> None:
     # Each command module adds itself here (imports are light: heavy ones stay inside commands).
+    from cluster.cli import aggregators as _aggregators  # noqa: F401
     from cluster.cli import batch as _batch  # noqa: F401
     from cluster.cli import demo as _demo  # noqa: F401
     from cluster.cli import deploy as _deploy  # noqa: F401

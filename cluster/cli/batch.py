@@ -54,36 +54,33 @@ def batch(in_path: str, out_path: str, config_path: str | None, chunk_size: int,
 
 def build_batch_job(config, *, chunk_size: int = 256, max_tokens: int = 64, cache: bool = True,
                     progress: bool = True):
-    """A :class:`~routing.batch.BatchJob` over the config's experts (and the demo pool)."""
-    from experts.engine import GenerationParams
-    from experts.loader import ExpertLoader, engine_key
-    from experts.pool import ModelPool
+    """A :class:`~routing.batch.BatchJob` over the config's experts (and the demo pool).
+    The aggregator choice stored by ``conclave aggregators select``, when there is one,
+    picks each row's aggregator (:func:`routing.aggregator_store.choose_aggregator`);
+    otherwise, as when it names no configured expert, the most competent expert does."""
+    from experts.loader import engine_key
     from routing.aggregate import Aggregator
     from routing.batch import BatchJob
     from routing.cache import build_pattern_cache
     from routing.decision import RouteOptions
-    from routing.planner import BatchPlanner, PlanRunner, spec_preparer
+    from routing.planner import BatchPlanner
     from routing.router import build_router
 
     specs = _specs(config)
     by_id = {spec.id: spec for spec in specs}
     version = specs_version(specs)
+    url = os.environ.get(REDIS_ENV) or config.redis.url
     patterns = None
     if cache:
-        url = os.environ.get(REDIS_ENV) or config.redis.url
         patterns = build_pattern_cache(config.routing.cache, url,
                                        namespace=config.redis.namespace)
     router = build_router(config, specs, None, cache=patterns, version=lambda: version)
     pool_cfg = config.pools[0]
-    loader = ExpertLoader(by_id.__getitem__)
-    pool = ModelPool(loader, max_models=pool_cfg.max_resident_models)
     routing = config.routing
     return BatchJob(
-        router,
+        _with_stored_aggregators(router, url, config.redis.namespace, by_id),
         BatchPlanner(lambda e: engine_key(by_id[e]), max_resident=pool_cfg.max_resident_models),
-        PlanRunner(pool, spec_preparer(loader, by_id.__getitem__),
-                   GenerationParams(max_new_tokens=max_tokens),
-                   max_batch_size=pool_cfg.max_batch_size),
+        expert_runner(specs, pool_cfg, max_tokens),
         Aggregator(mode=routing.aggregation, fallback=_most_competent(router.prior)),
         options=RouteOptions(k=routing.k, cost_weight=routing.cost_weight,
                              sample=routing.sample, seed=routing.seed),
@@ -91,12 +88,61 @@ def build_batch_job(config, *, chunk_size: int = 256, max_tokens: int = 64, cach
     )
 
 
-def _specs(config) -> list:
+def expert_runner(specs, pool_cfg, max_tokens: int):
+    """A :class:`~routing.planner.PlanRunner` loading ``specs`` into one model pool sized by
+    ``pool_cfg``, each generating at most ``max_tokens``."""
+    from experts.engine import GenerationParams
+    from experts.loader import ExpertLoader
+    from experts.pool import ModelPool
+    from routing.planner import PlanRunner, spec_preparer
+
+    lookup = {spec.id: spec for spec in specs}.__getitem__
+    loader = ExpertLoader(lookup)
+    return PlanRunner(ModelPool(loader, max_models=pool_cfg.max_resident_models),
+                      spec_preparer(loader, lookup), GenerationParams(max_new_tokens=max_tokens),
+                      max_batch_size=pool_cfg.max_batch_size)
+
+
+def _with_stored_aggregators(router, url: str, namespace: str, by_id: dict):
+    """``router`` whose decisions carry the stored aggregator choice; ``router`` itself
+    when none is stored (or Redis cannot be read: one line says so)."""
+    from functools import partial
+
+    import redis
+
+    from experts.redis_conn import connect, redact
+    from routing.aggregator_store import (
+        AggregatorStore,
+        ChoosingRouter,
+        choose_aggregator,
+        spec_domain,
+    )
+
+    try:
+        choice = AggregatorStore(connect(url), namespace=namespace).load()
+    except (redis.RedisError, OSError) as err:
+        click.echo(f"aggregator choice not read from {redact(url)} ({type(err).__name__}); "
+                   "the most competent expert aggregates", err=True)
+        return router
+    if choice is None:
+        return router
+    return ChoosingRouter(router, partial(choose_aggregator, choice=choice,
+                                          domain_of=spec_domain(by_id.__getitem__),
+                                          is_live=by_id.__contains__))
+
+
+def config_specs(config) -> list:
+    """The config's experts, then the demo pool's when ``demo_pool`` is on."""
     specs = list(config.experts)
     if config.demo_pool:
         from experts.demo import build_demo_pool
 
         specs += build_demo_pool()
+    return specs
+
+
+def _specs(config) -> list:
+    specs = config_specs(config)
     if not specs:
         fail("no experts: list some under `experts:` in --config or set `demo_pool: true`")
     return specs

@@ -149,3 +149,21 @@ def test_bad_input_gets_a_4xx_openai_error(http, body, status):
 def test_healthz(http):
     body = http.get("/healthz").json()
     assert body["status"] == "ok" and body["experts"] >= 4
+
+
+def test_stored_aggregator_choice_applies_per_query_without_redeploy(http, conclave_server):
+    from experts.redis_conn import connect
+    from routing.aggregator_store import AggregatorChoice, AggregatorStore
+
+    store = AggregatorStore(connect(conclave_server.redis_url),
+                            namespace=conclave_server.namespace)
+    query = "the patient presents with fever and a rash"
+    try:
+        store.save(AggregatorChoice(by_domain={"medicine": "math"}, fallback="code"))
+        decision = route(http, query)["decision"]
+        assert decision["experts"][0] == "medicine" and decision["aggregator"] == "math"
+        store.save(AggregatorChoice(by_domain={"medicine": "gone"}, fallback="code"))
+        assert route(http, query)["decision"]["aggregator"] == "code"  # cached decision too
+    finally:
+        store.clear()
+    assert route(http, query)["decision"]["aggregator"] is None
