@@ -15,6 +15,7 @@ Plain asyncio: the expert call is injected, so this runs without Ray in unit tes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class Panel:
     async def run(self, decision: Decision, prompt: object, params: dict,
                   sink: TextSink | None = None) -> PanelRun:
         run = PanelRun(answers=[])
+        decision = live_decision(decision, self._is_live)
         tried: set[str] = set(decision.experts)
         shares = _merge(decision.experts, decision.weights)
         tap = Tap(sink) if sink is not None and len(shares) == 1 else None
@@ -127,6 +129,26 @@ class Tap:
 def streaming(tap: Tap | None) -> dict:
     """The call's ``sink`` argument: none without a tap, or once text has gone out."""
     return {"sink": tap} if tap is not None and not tap.used else {}
+
+
+def live_decision(decision: Decision, is_live: Callable[[str], bool]) -> Decision:
+    """``decision`` without the experts removed since it was made (the router hears of a
+    removal a moment after the gateway that acknowledged it): each one's share goes to the
+    next live candidate of the ranking, as in a failover, but no call was tried, so none is
+    recorded and the removed expert is never asked."""
+    if all(is_live(e) for e in decision.experts):
+        return decision
+    used = {e for e in decision.experts if is_live(e)}
+    experts, weights = [], []
+    for expert, weight in zip(decision.experts, decision.weights, strict=True):
+        if not is_live(expert):
+            expert = next((n for n, _ in decision.ranked if n not in used and is_live(n)), None)
+            if expert is None:
+                continue
+            used.add(expert)
+        experts.append(expert)
+        weights.append(weight)
+    return dataclasses.replace(decision, experts=experts, weights=weights)
 
 
 def _merge(experts: list[str], weights: list[float]) -> list[tuple[str, float]]:

@@ -185,7 +185,9 @@ def test_removed_expert_gets_no_new_work(setup):
     backends.calls.clear()
     resp = chat(client)  # the (fake) router still ranks beta second
     assert "beta" not in backends.calls
-    assert [e["id"] for e in resp.json()["conclave"]["experts"]] == ["alpha", "gamma"]
+    info = resp.json()["conclave"]
+    assert [e["id"] for e in info["experts"]] == ["alpha", "gamma"]
+    assert info["failovers"] == []  # a stale decision is not a failed call: beta never tried
 
 
 def test_metrics_parse_as_prometheus_text(setup):
