@@ -9,9 +9,10 @@
 - ``auto``: ``vote`` when the question lists lettered options, else ``synthesis``.
 - One distinct expert (k=1) skips aggregation whatever the mode.
 
-The aggregator of a row is, in order: the decision's own ``aggregator``, the one chosen for
-the row's domain by the probe (:func:`select_aggregators`), the fallback (highest global
-competence), else the row's highest-weighted expert.
+The aggregator of a row is, in order: the decision's own ``aggregator`` (set by the router
+and the batch job from the probe's stored choice, :mod:`routing.aggregator_store`), the one
+chosen for the row's domain, the fallback (highest global competence), else the row's
+highest-weighted expert.
 """
 
 from __future__ import annotations
