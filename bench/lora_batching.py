@@ -1,12 +1,15 @@
-"""LoRA batching: 8 adapters on one base, 64 prompts mixed across them, three ways.
+"""LoRA batching: 8 adapters on one base, 64 prompts mixed across them, four ways.
 
-- mixed:        one batch of 64 rows, each row with its own adapter (peft ``adapter_names``)
+- mixed:        one batch of 64 rows, each row with its own adapter, through the gathered
+                LoRA kernel (``experts/gathered_lora.py``, the engine's default)
+- mixed_peft:   the same batch through peft's own mixed path (a loop over the adapters)
 - per_adapter:  one batch per adapter (8 batches of 8)
 - single:       one prompt at a time (64 calls)
 
 Greedy decoding, a fixed number of new tokens; best of ``--repeats`` runs per mode (the
 machine may be shared). Prints a table; ``--json FILE`` writes the figures, the goal's
-ratio under the top-level key ``mixed_vs_per_adapter``.
+ratio under the top-level key ``mixed_vs_per_adapter`` and the kernel's gain under
+``gathered_vs_peft_mixed``. The outputs must be the same in every mode.
 
     .venv/bin/python bench/lora_batching.py --json lora.json
 """
@@ -21,6 +24,13 @@ from pathlib import Path
 
 ADAPTERS = 8
 PROMPTS = 64
+# mode → (the engine's lora_kernel, how the workload is batched)
+MODES = {
+    "mixed": ("gathered", "mixed"),
+    "mixed_peft": ("peft", "mixed"),
+    "per_adapter": ("gathered", "per_adapter"),
+    "single": ("gathered", "single"),
+}
 
 
 def build_models(root: Path, hidden: int, layers: int) -> tuple[Path, list[Path]]:
@@ -46,12 +56,12 @@ def workload() -> tuple[list[str], list[str]]:
     return prompts, [f"lora-{i % ADAPTERS}" for i in range(PROMPTS)]
 
 
-def run_mode(engine, mode: str, prompts, names, params) -> tuple[float, list]:
-    """Seconds and outputs (in prompt order) of one way of serving the workload."""
+def run_mode(engine, batching: str, prompts, names, params) -> tuple[float, list]:
+    """Seconds and outputs (in prompt order) of one way of batching the workload."""
     start = time.perf_counter()
-    if mode == "mixed":
+    if batching == "mixed":
         outputs = engine.generate(prompts, params, names)
-    elif mode == "per_adapter":
+    elif batching == "per_adapter":
         outputs = [None] * len(prompts)
         for adapter in sorted(set(names)):
             rows = [i for i, name in enumerate(names) if name == adapter]
@@ -65,28 +75,39 @@ def run_mode(engine, mode: str, prompts, names, params) -> tuple[float, list]:
     return time.perf_counter() - start, outputs
 
 
+def load_engines(base: Path, adapters: list[Path], device: str | None, params) -> dict:
+    """One engine per LoRA kernel, each holding every adapter, warmed up."""
+    from experts.hf_engine import HFEngine
+
+    prompts, names = workload()
+    engines = {}
+    for kernel in sorted({kernel for kernel, _ in MODES.values()}):
+        engine = engines[kernel] = HFEngine(str(base), device=device, lora_kernel=kernel)
+        for path in adapters:
+            engine.load_adapter(path.name, str(path))
+        engine.generate(prompts[:4], params, names[:4])
+    return engines
+
+
 def measure(args) -> dict:
     import torch
 
     from experts.engine import GenerationParams
-    from experts.hf_engine import HFEngine
 
     torch.set_num_threads(args.threads)
+    params = GenerationParams(max_new_tokens=args.new_tokens)
+    prompts, names = workload()
+    best: dict[str, float] = {}
+    outputs: dict[str, list] = {}
     with tempfile.TemporaryDirectory(prefix="lora-bench-") as tmp:
         base, adapters = build_models(Path(tmp), args.hidden, args.layers)
-        engine = HFEngine(str(base), device=args.device)
-        for path in adapters:
-            engine.load_adapter(path.name, str(path))
-        prompts, names = workload()
-        params = GenerationParams(max_new_tokens=args.new_tokens)
-        engine.generate(prompts[:4], params, names[:4])  # warm-up
-        best: dict[str, float] = {}
-        outputs: dict[str, list] = {}
+        engines = load_engines(base, adapters, args.device, params)
         for _ in range(args.repeats):
-            for mode in ("mixed", "per_adapter", "single"):
-                seconds, outputs[mode] = run_mode(engine, mode, prompts, names, params)
+            for mode, (kernel, batching) in MODES.items():
+                seconds, outputs[mode] = run_mode(engines[kernel], batching, prompts, names, params)
                 best[mode] = min(best.get(mode, seconds), seconds)
-        engine.close()
+        for engine in engines.values():
+            engine.close()
     return summarise(args, best, outputs)
 
 
@@ -96,12 +117,13 @@ def summarise(args, best: dict[str, float], outputs: dict[str, list]) -> dict:
     texts = {mode: [o.text for o in outs] for mode, outs in outputs.items()}
     return {
         "mixed_vs_per_adapter": rate["mixed"] / rate["per_adapter"],
+        "gathered_vs_peft_mixed": rate["mixed"] / rate["mixed_peft"],
         "mixed_vs_single": rate["mixed"] / rate["single"],
         "per_adapter_vs_single": rate["per_adapter"] / rate["single"],
         "tokens_per_s": rate,
         "seconds": best,
         "tokens": tokens,
-        "outputs_match": texts["mixed"] == texts["per_adapter"] == texts["single"],
+        "outputs_match": all(texts[mode] == texts["single"] for mode in texts),
         "setup": {
             "adapters": ADAPTERS,
             "prompts": PROMPTS,
@@ -117,12 +139,13 @@ def summarise(args, best: dict[str, float], outputs: dict[str, list]) -> dict:
 
 def print_table(figures: dict) -> None:
     print(f"{'mode':<12} {'seconds':>8} {'tokens':>7} {'tokens/s':>9}")
-    for mode in ("mixed", "per_adapter", "single"):
+    for mode in MODES:
         print(
             f"{mode:<12} {figures['seconds'][mode]:>8.3f} {figures['tokens'][mode]:>7} "
             f"{figures['tokens_per_s'][mode]:>9.1f}"
         )
     print(f"mixed / per_adapter: {figures['mixed_vs_per_adapter']:.2f}x   (goal >= 3x)")
+    print(f"mixed / mixed_peft:  {figures['gathered_vs_peft_mixed']:.2f}x   (gathered kernel)")
     print(f"mixed / single:      {figures['mixed_vs_single']:.2f}x")
     print(f"outputs identical across modes (greedy): {figures['outputs_match']}")
 

@@ -2,8 +2,10 @@
 
 One ``generate`` call is one batch (left padded). Rows may each name an adapter, or
 ``None`` for the base model: peft runs such a mixed batch in one forward pass per step
-(``adapter_names``; the base rows are peft's ``"__base__"``). ``generate_streaming`` is
-the same batch with a streamer attached (:mod:`experts.streaming`).
+(``adapter_names``; the base rows are peft's ``"__base__"``). By default each LoRA layer
+serves all the rows with one gathered matmul pair (:mod:`experts.gathered_lora`) instead of
+peft's loop over the adapters; ``lora_kernel="peft"`` keeps peft's own path.
+``generate_streaming`` is the same batch with a streamer attached (:mod:`experts.streaming`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from collections.abc import Sequence
 from experts.adapters import check_adapter_base
 from experts.engine import Generation, GenerationEngine, GenerationParams, Prompt, TextSink
 from experts.errors import ExpertError
+from experts.gathered_lora import GatheredLoRA
 from experts.streaming import BatchTextStreamer, RowCut
 
 BASE_ROW = "__base__"  # peft's name for "no adapter" in adapter_names
+LORA_KERNELS = ("gathered", "peft")  # how a mixed-adapter batch runs in each LoRA layer
 
 
 class HFEngine(GenerationEngine):
@@ -30,7 +34,10 @@ class HFEngine(GenerationEngine):
         dtype: str | None = None,
         device: str | None = None,
         trust_remote_code: bool = False,
+        lora_kernel: str = "gathered",
     ):
+        if lora_kernel not in LORA_KERNELS:
+            raise ExpertError(f"lora_kernel {lora_kernel!r} is not one of {LORA_KERNELS}")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -54,6 +61,7 @@ class HFEngine(GenerationEngine):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._peft = None  # the PeftModel wrapping self.model, once an adapter is loaded
         self._adapters: dict[str, str] = {}
+        self._gathered = GatheredLoRA() if lora_kernel == "gathered" else None
         self._lock = threading.RLock()
 
     # -- adapters -------------------------------------------------------------------------
@@ -74,6 +82,7 @@ class HFEngine(GenerationEngine):
             if name == BASE_ROW:
                 raise ExpertError(f"adapter name {BASE_ROW!r} is reserved")
             check_adapter_base(path, self.model_name)
+            self._stacks_stale()  # also when the load fails half way through
             try:
                 self._attach(name, path)
             except (OSError, ValueError, KeyError, RuntimeError) as err:
@@ -95,6 +104,7 @@ class HFEngine(GenerationEngine):
             if name not in self._adapters:
                 raise ExpertError(f"adapter {name!r} is not loaded")
             del self._adapters[name]
+            self._stacks_stale()
             if self._adapters:
                 if name in self._peft.active_adapters:
                     self._peft.set_adapter(next(iter(self._adapters)))
@@ -102,6 +112,11 @@ class HFEngine(GenerationEngine):
             else:  # last one: take the LoRA layers out, back to the plain base model
                 self.model = self._peft.unload()
                 self._peft = None
+
+    def _stacks_stale(self) -> None:
+        """The gathered kernel's stacks no longer match the adapters: rebuilt on next use."""
+        if self._gathered is not None:
+            self._gathered.invalidate()
 
     # -- generation -----------------------------------------------------------------------
 
@@ -142,6 +157,8 @@ class HFEngine(GenerationEngine):
                 kwargs["streamer"] = BatchTextStreamer(cut, len(rows), on_text)
             if params.seed is not None:
                 torch.manual_seed(params.seed)
+            if self._peft is not None and self._gathered is not None:
+                self._gathered.prepare(self._peft)
             output = (self._peft or self.model).generate(**batch, **kwargs)
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
         return [
@@ -210,11 +227,13 @@ class HFEngine(GenerationEngine):
         if module is None:
             return 0
         tensors = list(module.parameters()) + list(module.buffers())
-        return sum(t.numel() * t.element_size() for t in tensors)
+        stacks = self._gathered.memory_bytes() if self._gathered is not None else 0
+        return stacks + sum(t.numel() * t.element_size() for t in tensors)
 
     def close(self) -> None:
         """Release the model; empties the CUDA cache on GPU. Idempotent."""
         with self._lock:
+            self._stacks_stale()  # the stacks hold copies of the adapters' weights
             self._peft = None
             self.model = None
             self._adapters.clear()
