@@ -31,6 +31,7 @@ QUESTIONS = [
     ("Which is prime?\nA) 21\nB) 23\nC) 25", "math"),
     ("What is the derivative of x cubed?", "math"),  # asked again: a pattern-cache hit
 ]
+STREAM_QUESTION = "Explain how a vaccine trains the immune system."
 LIVE_EXPERT = "geology"
 LIVE_EXAMPLES = ["Which rocks are igneous: basalt or sandstone?",
                  "How do sedimentary rocks form?", "What causes earthquakes along faults?",
@@ -85,6 +86,7 @@ def _run(url: str, token: str) -> None:
     models = [m.id for m in client.models.list()]
     click.echo(f"models: {', '.join(models)}\n")
     _table([_ask(client, url, q, domain) for q, domain in QUESTIONS])
+    _stream(client)
     with httpx.Client(base_url=url, timeout=60,
                       headers={"Authorization": f"Bearer {token}"}) as admin:
         _live_change(client, url, admin)
@@ -116,6 +118,25 @@ def _table(rows: list[dict]) -> None:
                    f"{info['cache']:<5} {row['ms']:>6.0f}")
         for failover in info["failovers"]:
             click.echo(f"{'':<44} failover: {failover['expert']} → {failover['replacement']}")
+
+
+def _stream(client) -> None:
+    """One answer streamed (``stream: true``): its tokens leave the pool as they are
+    generated, so the first arrive well before the last."""
+    started, first, chunks, info = time.perf_counter(), None, 0, {}
+    stream = client.chat.completions.create(
+        model="conclave:k=1", max_tokens=48, stream=True,
+        messages=[{"role": "user", "content": STREAM_QUESTION}])
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            chunks += 1
+            first = first or time.perf_counter()
+        info = (chunk.model_extra or {}).get("conclave") or info
+    last = time.perf_counter()
+    who = info["experts"][0]["id"] if info.get("experts") else "?"
+    click.echo(f"\nstreamed {STREAM_QUESTION!r} from {who}: {chunks} chunks, first after "
+               f"{((first or last) - started) * 1000:.0f} ms, last after "
+               f"{(last - started) * 1000:.0f} ms")
 
 
 def _live_change(client, url: str, admin) -> None:
