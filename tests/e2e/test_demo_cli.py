@@ -1,0 +1,28 @@
+"""`make demo`'s main job, `conclave demo`, end to end in its own process (its own local Ray,
+Serve, embedded Redis and the offline demo pool), as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+
+def test_conclave_demo_runs_the_main_job_and_shuts_down_cleanly(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", "from cluster.cli import main; main()", "demo"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    out = done.stdout
+    assert done.returncode == 0, (out + done.stderr)[-3000:]
+    assert "QUESTION" in out and "EXPERTS (weight)" in out
+    rows = [line for line in out.splitlines() if " miss " in line or " hit " in line]
+    assert len(rows) >= 8  # every demo question answered; the repeated one from the cache
+    assert any(" hit " in line for line in rows)
+    assert "streamed 'Explain how a vaccine" in out and " chunks, first after " in out
+    assert "after add: 'Is granite an igneous or a sedimentary rock?' → geology" in out
+    assert "after remove: 'Is granite an igneous or a sedimentary rock?' → science" in out
+    assert "shut down cleanly" in out
