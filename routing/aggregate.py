@@ -120,7 +120,7 @@ class Aggregator:
             return decision.aggregator
         if domain is not None and domain in self.by_domain:
             return self.by_domain[domain]
-        return self.fallback or _best_weighted(decision)
+        return self.fallback or best_weighted(decision)
 
     def assign(self, questions: Sequence[str], decisions: Sequence[Decision],
                domains: Sequence[str | None] | None = None) -> list[str | None]:
@@ -144,7 +144,8 @@ class Aggregator:
                           else "best", None)
 
 
-def _best_weighted(decision: Decision) -> str:
+def best_weighted(decision: Decision) -> str:
+    """The expert with the largest weight in ``decision`` (the first of equals)."""
     return decision.experts[int(np.argmax(decision.weights))]
 
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
-import numpy as np
 import redis
 
-from routing.aggregate import Aggregator
+from experts.redis_breaker import RedisBreaker, RedisUnavailable
+from routing.aggregate import Aggregator, best_weighted
 from routing.decision import Decision
 from routing.strategies.base import RoutingError
 
@@ -89,7 +88,7 @@ class AggregatorStore:
 
 def task_of(decision: Decision, domain_of: Callable[[str], str]) -> str:
     """The task of a decision: the domain of its best-weighted expert."""
-    return domain_of(decision.experts[int(np.argmax(decision.weights))])
+    return domain_of(best_weighted(decision))
 
 
 def choose_aggregator(decision: Decision, choice: AggregatorChoice | None,
@@ -123,30 +122,20 @@ class StoredAggregators:
     def __init__(self, store: AggregatorStore, domain_of: Callable[[str], str],
                  is_live: Callable[[str], bool], retry_s: float = 5.0):
         self.store, self.domain_of, self.is_live = store, domain_of, is_live
-        self.retry_s = retry_s
         self.choice: AggregatorChoice | None = None
-        self._failing = False
-        self._retry_at = 0.0
+        self._breaker = RedisBreaker(
+            log, "cannot read the aggregator choice, keeping the last one: %s",
+            "aggregator choice readable again", retry_s=retry_s,
+            errors=(redis.RedisError, OSError, RoutingError))
 
     def current(self) -> Chooser:
         """The chooser under the choice stored now (or the last one read)."""
-        if not self._failing or time.monotonic() >= self._retry_at:
-            self._read()
+        try:
+            self.choice = self._breaker.call(self.store.load)
+        except (RedisUnavailable, *self._breaker.errors):
+            pass  # the last good choice stays
         return partial(choose_aggregator, choice=self.choice, domain_of=self.domain_of,
                        is_live=self.is_live)
-
-    def _read(self) -> None:
-        try:
-            self.choice = self.store.load()
-        except (redis.RedisError, OSError, RoutingError) as err:
-            self._retry_at = time.monotonic() + self.retry_s
-            if not self._failing:
-                log.warning("cannot read the aggregator choice, keeping the last one: %s", err)
-            self._failing = True
-            return
-        if self._failing:
-            log.warning("aggregator choice readable again")
-        self._failing = False
 
 
 def spec_domain(lookup: Callable[[str], object]) -> Callable[[str], str]:

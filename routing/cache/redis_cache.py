@@ -21,21 +21,17 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import time
 
 import numpy as np
 import redis
 
+from experts.redis_breaker import RedisBreaker, RedisUnavailable
 from experts.redis_conn import connect, redact
 from routing.cache.base import PatternCache
 from routing.cache.nearest import PatternIndex
 
 log = logging.getLogger(__name__)
 _STAT_FIELDS = ("hits", "misses", "near_hits")
-
-
-class CacheUnavailable(RuntimeError):
-    """Redis is known to be down; the call was not attempted."""
 
 
 class RedisPatternCache(PatternCache):
@@ -55,11 +51,13 @@ class RedisPatternCache(PatternCache):
         self.client = client_or_url
         self.namespace = namespace
         self.ttl_s = int(ttl_s)
-        self.retry_s = retry_s
         self._offset = 0  # log entries of the current version already indexed
-        self._down = False
-        self._retry_at = 0.0
         self._stale = False  # set when Redis comes back: the local index may be wrong
+        where = self.where.replace("%", "%%")
+        self._breaker = RedisBreaker(
+            log, f"pattern cache: Redis at {where} unreachable (%s); routing carries on "
+            "uncached until it is back", f"pattern cache: Redis at {where} is back; caching "
+            "resumed", retry_s=retry_s, on_back=self._mark_stale)
 
     # -- keys ---------------------------------------------------------------------------------
     def _pattern(self, version: str, key: str) -> str:
@@ -118,7 +116,7 @@ class RedisPatternCache(PatternCache):
 
         try:
             self._redis(bump)
-        except (CacheUnavailable, redis.RedisError, OSError) as err:
+        except (RedisUnavailable, redis.RedisError, OSError) as err:
             self._failed("count", err)
 
     # -- shared state -------------------------------------------------------------------------
@@ -162,23 +160,11 @@ class RedisPatternCache(PatternCache):
         self._offset = length
 
     def _redis(self, operation):
-        """Run ``operation(client)``; track Redis going away and coming back."""
-        if self._down and time.monotonic() < self._retry_at:
-            raise CacheUnavailable(f"Redis at {self.where} is unreachable")
-        try:
-            result = operation(self.client)
-        except (redis.RedisError, OSError) as err:
-            self._retry_at = time.monotonic() + self.retry_s
-            if not self._down:
-                self._down = True
-                log.warning("pattern cache: Redis at %s unreachable (%s); routing carries on "
-                            "uncached until it is back", self.where, err)
-            raise
-        if self._down:
-            self._down = False
-            log.warning("pattern cache: Redis at %s is back; caching resumed", self.where)
-            self._stale = True
-        return result
+        """Run ``operation(client)`` through the breaker (see module doc)."""
+        return self._breaker.call(lambda: operation(self.client))
+
+    def _mark_stale(self) -> None:
+        self._stale = True
 
 
 def _encode(vector: np.ndarray) -> str:
