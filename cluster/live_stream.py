@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 
 from cluster.api_errors import ApiError, timeout_error
 from cluster.openai_protocol import (
@@ -32,6 +33,7 @@ from cluster.openai_protocol import (
 )
 from cluster.openai_serving import ConclaveService, Outcome, Plan, add_usage
 from cluster.panel import TextSink
+from cluster.sink_stream import Finished, sink_stream
 
 DONE = "data: [DONE]\n\n"
 
@@ -44,17 +46,14 @@ class StreamBroken(Exception):
 async def live_text(run: Callable[[TextSink], Awaitable[Outcome]]) -> AsyncIterator[str | Outcome]:
     """Yield each text delta as ``run``'s sink receives it, then whatever of the final
     text was not streamed, then the :class:`Outcome` itself."""
-    queue: asyncio.Queue = asyncio.Queue()
-    task = asyncio.ensure_future(run(queue.put_nowait))
-    task.add_done_callback(lambda _: queue.put_nowait(None))
     sent: list[str] = []
-    try:
-        while (delta := await queue.get()) is not None:
-            sent.append(delta)
-            yield delta
-        outcome = task.result()
-    finally:
-        task.cancel()  # the client left: stop waiting for the panel
+    async with aclosing(sink_stream(run)) as items:  # closing it stops the panel's work
+        async for item in items:
+            if isinstance(item, Finished):
+                outcome = item.result
+            else:
+                sent.append(item)
+                yield item
     emitted = "".join(sent)
     if outcome.interrupted:
         raise StreamBroken("an expert failed mid-answer; the text above is incomplete")

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import threading
 import time
+from contextlib import aclosing
 
 import redis
 from ray import serve
@@ -28,6 +29,7 @@ from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.drain_batcher import DrainBatcher
 from cluster.expert_batch import Row, run_batch
+from cluster.sink_stream import Finished, sink_stream
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader, adapter_of, engine_key
 from experts.pool import ModelPool
@@ -61,6 +63,7 @@ class ExpertPoolServer:
         self._engine = serve.multiplexed(
             max_num_models_per_replica=self.pool.max_resident_models
         )(engine)
+        # Kept: the event loop holds tasks only weakly.
         self._warming = warm_up_soon(self._warm_up) if self.pool.preload else None
 
     async def _warm_up(self) -> None:
@@ -99,21 +102,13 @@ class ExpertPoolServer:
         """One request whose text comes back as it is generated: ``{"delta": text}``
         chunks, then ``{"done": reply}`` (``reply`` as from :meth:`generate_many`, which
         may be an error). The row still joins its key's batch; only its text is live."""
-        loop = asyncio.get_running_loop()
-        deltas: asyncio.Queue = asyncio.Queue()
 
-        def sink(text: str) -> None:  # called from the generating thread
-            loop.call_soon_threadsafe(deltas.put_nowait, text)
+        def call(sink):
+            return self.generate_many([(expert_id, prompt, params, sink)])
 
-        reply = asyncio.ensure_future(self.generate_many([(expert_id, prompt, params, sink)]))
-        # Queued after every delta (the thread hands over the result after its last one).
-        reply.add_done_callback(lambda _: deltas.put_nowait(None))
-        try:
-            while (text := await deltas.get()) is not None:
-                yield {"delta": text}
-            yield {"done": reply.result()[0]}
-        finally:
-            reply.cancel()  # the caller went away: its row is skipped if not started
+        async with aclosing(sink_stream(call)) as items:  # the caller left: row skipped
+            async for item in items:
+                yield {"done": item.result[0]} if isinstance(item, Finished) else {"delta": item}
 
     async def _load_engine(self, key: str):
         loads, started = self.models.stats.loads, time.perf_counter()
