@@ -159,9 +159,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
-    for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                       "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}.items():
-        os.environ.setdefault(key, value)
+    from cluster.local_serve import offline_defaults
+
+    offline_defaults()
     import ray
 
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import tempfile
 from pathlib import Path
@@ -127,9 +126,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
-    for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                       "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}.items():
-        os.environ.setdefault(key, value)
+    from cluster.local_serve import offline_defaults
+
+    offline_defaults()
     figures = soak(args)
     if args.json_path:
         figures.update(minutes=args.minutes, concurrency=args.concurrency,

@@ -3,6 +3,7 @@ benchmark): Ray (local, or the cluster at ``address``), Serve's HTTP proxy, the 
 
 from __future__ import annotations
 
+import os
 import time
 
 import httpx
@@ -10,6 +11,16 @@ import httpx
 from cluster.config import ConclaveConfig
 
 APP_NAME = "conclave"
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def offline_defaults() -> None:
+    """What ``make`` exports, for scripts run directly (the benchmarks): no model hub, no
+    tokenizer threads, no Ray usage stats; values already set win. Before Ray starts, so
+    its workers inherit them."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def start_app(config: ConclaveConfig, address: str | None = None, name: str = APP_NAME,

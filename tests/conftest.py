@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from cluster.local_serve import offline_defaults
+
+offline_defaults()
 # One cache dir per test session, so tests never see a user's models or Redis file.
 os.environ.setdefault("CONCLAVE_CACHE", tempfile.mkdtemp(prefix="conclave-test-"))
 
