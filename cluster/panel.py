@@ -142,10 +142,9 @@ def live_decision(decision: Decision, is_live: Callable[[str], bool]) -> Decisio
     experts, weights = [], []
     for expert, weight in zip(decision.experts, decision.weights, strict=True):
         if not is_live(expert):
-            expert = next((n for n, _ in decision.ranked if n not in used and is_live(n)), None)
+            expert = _next_candidate(decision, used, is_live)
             if expert is None:
                 continue
-            used.add(expert)
         experts.append(expert)
         weights.append(weight)
     return dataclasses.replace(decision, experts=experts, weights=weights)
