@@ -14,6 +14,7 @@ an OpenAI-style ``{"error": {...}}`` event, then ``[DONE]``.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -55,13 +56,13 @@ async def live_text(run: Callable[[TextSink], Awaitable[Outcome]]) -> AsyncItera
                 sent.append(item)
                 yield item
     emitted = "".join(sent)
-    if outcome.interrupted:
+    continues = outcome.text.startswith(emitted)
+    # A reasoning model's streamed <think> part, cut from the final text, is fine.
+    if outcome.interrupted or not (continues or emitted.endswith(outcome.text)):
         raise StreamBroken("an expert failed mid-answer; the text above is incomplete")
-    if outcome.text.startswith(emitted):
+    if continues:
         for piece in pieces(outcome.text[len(emitted):]):
             yield piece
-    elif not emitted.endswith(outcome.text):  # a reasoning model's <think> part is fine
-        raise StreamBroken("an expert failed mid-answer; the text above is incomplete")
     yield outcome
 
 
@@ -83,7 +84,7 @@ def error_event(err: Exception, timeout_s: float) -> str:
     else:
         body = ErrorResponse(error=ErrorBody(message=str(err), type="api_error",
                                              code="stream_broken")).model_dump()
-    return "data: " + ErrorResponse.model_validate(body).model_dump_json() + "\n\n"
+    return f"data: {json.dumps(body)}\n\n"
 
 
 async def chat_events(service: ConclaveService, model: str, plan: Plan,
@@ -93,9 +94,10 @@ async def chat_events(service: ConclaveService, model: str, plan: Plan,
     common = {"id": new_id("chatcmpl"), "model": model, "created": int(time.time())}
     yield sse(ChatCompletionChunk(**common, choices=[
         ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))]))
+    answer = live_text(lambda sink: service.run(plan, sink))
     try:
-        async with asyncio.timeout(timeout_s):
-            async for item in live_text(lambda sink: service.run(plan, sink)):
+        async with asyncio.timeout(timeout_s), aclosing(answer):
+            async for item in answer:
                 if isinstance(item, str):
                     yield sse(ChatCompletionChunk(**common, choices=[
                         ChatChunkChoice(delta=ChatDelta(content=item))]))
@@ -121,15 +123,17 @@ async def completion_events(service: ConclaveService, req: CompletionRequest,
                 if req.echo:
                     yield sse(CompletionChunk(**common, choices=[
                         CompletionChoice(index=index, text=plan.query)]))
-                async for item in live_text(lambda sink, p=plan: service.run(p, sink)):
-                    if isinstance(item, str):
-                        yield sse(CompletionChunk(**common, choices=[
-                            CompletionChoice(index=index, text=item)]))
-                        continue
-                    infos.append(item.info)
-                    usage = add_usage(usage, item.usage)
-                    yield sse(CompletionChunk(**common, choices=[CompletionChoice(
-                        index=index, text="", finish_reason=item.finish_reason)]))
+                answer = live_text(lambda sink, p=plan: service.run(p, sink))
+                async with aclosing(answer):
+                    async for item in answer:
+                        if isinstance(item, str):
+                            yield sse(CompletionChunk(**common, choices=[
+                                CompletionChoice(index=index, text=item)]))
+                            continue
+                        infos.append(item.info)
+                        usage = add_usage(usage, item.usage)
+                        yield sse(CompletionChunk(**common, choices=[CompletionChoice(
+                            index=index, text="", finish_reason=item.finish_reason)]))
     except (ApiError, StreamBroken, TimeoutError) as err:
         yield error_event(err, timeout_s)
         yield DONE
