@@ -58,11 +58,7 @@ def runtime_config(config: ConclaveConfig) -> ConclaveConfig:
 
 def seed_registry(config: ConclaveConfig) -> list[str]:
     """Add the config's experts (and the demo pool) that are not registered yet."""
-    specs = list(config.experts)
-    if config.demo_pool:
-        from experts.demo import build_demo_pool
-
-        specs += build_demo_pool()
+    specs = config.start_specs()
     pools = {pool.name for pool in config.pools}
     for spec in specs:
         if spec.pool not in pools:

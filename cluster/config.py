@@ -146,6 +146,16 @@ class ConclaveConfig(_Strict):
                 raise ValueError(f"expert {spec.id!r}: unknown pool {spec.pool!r}")
         return self
 
+    def start_specs(self) -> list[ExpertSpec]:
+        """The experts to start with: the config's, then the demo pool's when ``demo_pool``
+        is on (built offline on first use)."""
+        specs = list(self.experts)
+        if self.demo_pool:
+            from experts.demo import build_demo_pool
+
+            specs += build_demo_pool()
+        return specs
+
 
 class ConfigError(ValueError):
     """A config that does not validate; the message names the offending key."""

@@ -104,9 +104,7 @@ def _load_outcomes(path: str):
 
 def _known_specs(config_path: str | None, registry) -> dict:
     """Expert specs by id: the config's (and the demo pool's), then the registry's."""
-    from cluster.cli.batch import config_specs
-
-    specs = {spec.id: spec for spec in config_specs(read_config(config_path))}
+    specs = {spec.id: spec for spec in read_config(config_path).start_specs()}
     for spec in registry.list():
         specs.setdefault(spec.id, spec)
     return specs

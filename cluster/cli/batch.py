@@ -131,18 +131,8 @@ def _with_stored_aggregators(router, url: str, namespace: str, by_id: dict):
                                           is_live=by_id.__contains__))
 
 
-def config_specs(config) -> list:
-    """The config's experts, then the demo pool's when ``demo_pool`` is on."""
-    specs = list(config.experts)
-    if config.demo_pool:
-        from experts.demo import build_demo_pool
-
-        specs += build_demo_pool()
-    return specs
-
-
 def _specs(config) -> list:
-    specs = config_specs(config)
+    specs = config.start_specs()
     if not specs:
         fail("no experts: list some under `experts:` in --config or set `demo_pool: true`")
     return specs
