@@ -30,13 +30,20 @@ class Recorder:
         return [f"{key}:{item}" for item in items]
 
 
+async def first_batch_held(first_item, **options) -> tuple:
+    """A batcher whose batch function blocks until ``run.release`` is set, with one call
+    (``first_item`` for key "a") already running alone."""
+    run = Recorder()
+    batcher = DrainBatcher(run, **options)
+    run.release.clear()
+    first = asyncio.create_task(batcher.submit("a", first_item))
+    await asyncio.sleep(0)  # batch [first_item] starts and blocks
+    return run, batcher, first
+
+
 def test_calls_queued_while_a_batch_runs_form_the_next_batch():
     async def scenario():
-        run = Recorder()
-        batcher = DrainBatcher(run, max_batch_size=4)
-        run.release.clear()
-        first = asyncio.create_task(batcher.submit("a", 0))
-        await asyncio.sleep(0)  # batch [0] starts and blocks
+        run, batcher, first = await first_batch_held(0, max_batch_size=4)
         rest = [asyncio.create_task(batcher.submit("a", i)) for i in range(1, 7)]
         await asyncio.sleep(0)
         assert batcher.queued("a") == 6
@@ -64,11 +71,7 @@ def test_keys_batch_apart_and_an_idle_key_waits_for_company():
 
 def test_a_failed_batch_fails_its_callers_only_and_cancelled_calls_are_skipped():
     async def scenario():
-        run = Recorder()
-        batcher = DrainBatcher(run, max_batch_size=2)
-        run.release.clear()
-        first = asyncio.create_task(batcher.submit("a", "x"))
-        await asyncio.sleep(0)
+        run, batcher, first = await first_batch_held("x", max_batch_size=2)
         gone = asyncio.create_task(batcher.submit("a", "gone"))
         bad = [asyncio.create_task(batcher.submit("a", item)) for item in ("boom", "y")]
         good = asyncio.create_task(batcher.submit("a", "z"))
@@ -86,11 +89,7 @@ def test_a_failed_batch_fails_its_callers_only_and_cancelled_calls_are_skipped()
 
 def test_a_free_slot_takes_a_call_at_once_and_busy_slots_let_the_queue_form_a_batch():
     async def scenario():
-        run = Recorder()
-        batcher = DrainBatcher(run, max_batch_size=4, concurrency=2)
-        run.release.clear()
-        first = asyncio.create_task(batcher.submit("a", 0))
-        await asyncio.sleep(0)
+        run, batcher, first = await first_batch_held(0, max_batch_size=4, concurrency=2)
         second = asyncio.create_task(batcher.submit("a", 1))  # the second slot is free
         await asyncio.sleep(0.01)
         snapshot = [items for _, items in run.batches]
@@ -110,11 +109,7 @@ def test_a_free_slot_takes_a_call_at_once_and_busy_slots_let_the_queue_form_a_ba
 
 def test_the_worker_ends_when_every_queued_caller_gave_up():
     async def scenario():
-        run = Recorder()
-        batcher = DrainBatcher(run, max_batch_size=4)
-        run.release.clear()
-        first = asyncio.create_task(batcher.submit("a", 0))
-        await asyncio.sleep(0)
+        run, batcher, first = await first_batch_held(0, max_batch_size=4)
         gone = asyncio.create_task(batcher.submit("a", 1))
         await asyncio.sleep(0)
         gone.cancel()
