@@ -82,6 +82,12 @@ class AutoscalingConfig(_Strict):
 
 class PoolConfig(_Strict):
     name: str = Field(description="Pool deployment name; experts join it by their `pool` field.")
+    engine: Literal["auto", "vllm", "hf"] = Field(
+        "auto", description="Engine for the pool's model experts (an expert's `engine` wins): "
+        "auto is vllm where vLLM is installed, else hf.")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="Engine arguments for every model expert of the pool "
+        "(for vllm: AsyncEngineArgs fields, e.g. max_model_len, enable_prefix_caching).")
     num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is off.")
     num_cpus: float = Field(0.0, ge=0.0, description="CPUs reserved per replica.")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs reserved per replica.")

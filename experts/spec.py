@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# What generates an expert's tokens: vLLM (the default where it is installed), transformers
+# (mixtures, and a fallback), or recorded answers (replay).
+EngineName = Literal["vllm", "hf", "replay"]
 
 
 class GenerationDefaults(BaseModel):
@@ -97,6 +100,15 @@ class ExpertSpec(BaseModel):
     trust_remote_code: bool = Field(
         False, description="Allow the model repo's own Python code. Off unless you trust it."
     )
+    engine: EngineName | None = Field(
+        None, description="Engine serving a `model` expert (and its LoRA experts): vllm, hf or "
+        "replay; default: its pool's. Mixtures always run on hf.",
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra engine arguments for a `model` expert (for vllm: AsyncEngineArgs "
+        "fields), over its pool's `engine_args`.",
+    )
 
     @field_validator("id")
     @classmethod
@@ -115,6 +127,9 @@ class ExpertSpec(BaseModel):
             raise ValueError(f"expert {self.id!r}: kind 'lora' needs `adapter`")
         if self.kind == "mixture" and not self.experts:
             raise ValueError(f"expert {self.id!r}: kind 'mixture' needs `experts`")
+        if (self.engine is not None or self.engine_args) and self.kind != "model":
+            raise ValueError(f"expert {self.id!r}: `engine` and `engine_args` are set on the "
+                             "model expert; LoRA experts and mixtures use their base's")
         if self.mixture is not None and self.kind != "mixture":
             raise ValueError(f"expert {self.id!r}: `mixture` options need kind 'mixture'")
         if self.mixture is not None and self.mixture.top_k > len(self.experts):
