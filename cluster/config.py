@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from experts.loader import EngineChoice, ExpertLoader, resolve_engine
 from experts.spec import ExpertSpec, check_references
 
 
@@ -88,6 +96,10 @@ class PoolConfig(_Strict):
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Engine arguments for every model expert of the pool "
         "(for vllm: AsyncEngineArgs fields, e.g. max_model_len, enable_prefix_caching).")
+    max_loras: int = Field(8, ge=1, description="vLLM: LoRA adapters in one running batch.")
+    max_lora_rank: int = Field(
+        16, ge=1, description="vLLM: largest LoRA rank served; a LoRA expert above it is "
+        "refused when registered.")
     num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is off.")
     num_cpus: float = Field(0.0, ge=0.0, description="CPUs reserved per replica.")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs reserved per replica.")
@@ -100,6 +112,24 @@ class PoolConfig(_Strict):
     batch_wait_timeout_s: float = Field(0.02, ge=0.0, description="Wait to fill a batch.")
     max_ongoing_requests: int = Field(64, ge=1, description="Per replica, before queueing.")
     autoscaling: AutoscalingConfig | None = Field(None, description="Serve autoscaling, if any.")
+
+    @field_validator("engine_args")
+    @classmethod
+    def _known_engine_args(cls, value: dict) -> dict:
+        from experts.vllm_engine import check_engine_args
+
+        check_engine_args(value)
+        return value
+
+    def engine_choice(self) -> EngineChoice:
+        """The pool's engine settings, for an :class:`~experts.loader.ExpertLoader`."""
+        return EngineChoice(engine=self.engine, engine_args=dict(self.engine_args),
+                            max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
+                            num_cpus=self.num_cpus)
+
+    def resolved_engine(self) -> str:
+        """The pool's engine with ``auto`` resolved (vllm where vLLM is installed)."""
+        return resolve_engine(self.engine)
 
     @property
     def most_replicas(self) -> int:
@@ -150,6 +180,10 @@ class ConclaveConfig(_Strict):
         for spec in self.experts:
             if spec.pool not in names:
                 raise ValueError(f"expert {spec.id!r}: unknown pool {spec.pool!r}")
+        checks = ExpertLoader({s.id: s for s in self.experts}.__getitem__,
+                              engines={pool.name: pool.engine_choice() for pool in self.pools})
+        for spec in self.experts:
+            checks.check_adapter(spec)
         return self
 
     def start_specs(self) -> list[ExpertSpec]:

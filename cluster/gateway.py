@@ -50,11 +50,12 @@ class Gateway:
         routing = self.config.routing
         self._routes = Coalescer(self._send_routes, routing.batch_size, routing.num_replicas)
         self._rows = {pool.name: Coalescer(self._sender(pool.name), pool.max_batch_size,
-                                           pool.most_replicas) for pool in self.config.pools}
+                                           calls_in_flight(pool)) for pool in self.config.pools}
         self.service = ConclaveService(self.config, self._route, self._call_expert,
                                        self.catalog, self.metrics)
         self.admin = ExpertAdmin(self.catalog, token or admin_token(self.config.serving),
-                                 allowed_roots(self.config.serving))
+                                 allowed_roots(self.config.serving),
+                                 {pool.name: pool.engine_choice() for pool in self.config.pools})
 
     def __serve_build_asgi_app__(self):
         serving = self.config.serving
@@ -83,6 +84,8 @@ class Gateway:
         else:
             reply = await self._stream(spec, prompt, params, sink)
         self.metrics.record_generation(spec.pool, expert_id, reply)
+        if "client_error" in reply:  # the request's fault (e.g. too long): not a failover
+            raise ApiError(400, reply["client_error"], code="invalid_request")
         if "error" in reply:
             raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
         return reply
@@ -126,6 +129,16 @@ class Gateway:
                         type(err).__name__)
             self.metrics.replica_retries.labels(deployment).inc()
             return await call()
+
+
+def calls_in_flight(pool) -> int:
+    """How many ``generate_many`` calls per engine key the gateway keeps in flight to a
+    pool. A batch engine (hf) runs one batch at a time per replica, so rows queue here and
+    form the next batch meanwhile; a vLLM engine batches by itself, so calls go out as they
+    come (rows arriving together still share one call)."""
+    if pool.resolved_engine() == "vllm":
+        return pool.max_ongoing_requests * pool.most_replicas
+    return pool.most_replicas
 
 
 class Coalescer:

@@ -103,6 +103,8 @@ class Panel:
                     return _answer(current, weight, out, replaces)
                 except TimeoutError:
                     reason = f"timed out after {self._timeout_s:g}s"
+                except ApiError:  # the request's own fault (400): no other expert would do
+                    raise
                 except Exception as err:  # any expert failure is failed over, not surfaced
                     reason = failure_reason(err)
             run.interrupted |= tap is not None and tap.used

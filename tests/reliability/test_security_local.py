@@ -11,7 +11,7 @@ import pytest
 from conftest import REDIS_PASSWORD
 
 from experts.errors import ExpertError
-from experts.loader import ExpertLoader
+from experts.loader import EngineChoice, ExpertLoader
 from experts.redis_conn import redact
 from experts.spec import ExpertSpec
 
@@ -47,7 +47,7 @@ def remote_code_model(tiny_lm, tmp_path):
 def test_remote_code_runs_only_when_the_spec_says_so(remote_code_model, tmp_path, trusted):
     folder, marker = remote_code_model
     spec = ExpertSpec(id="probe", model=str(folder), trust_remote_code=trusted)
-    loader = ExpertLoader(lambda _id: spec, [str(tmp_path)])
+    loader = ExpertLoader(lambda _id: spec, [str(tmp_path)], engines=EngineChoice(engine="hf"))
     if trusted:
         engine = loader.load("probe")
         assert type(engine.model).__name__ == "ProbeForCausalLM"
