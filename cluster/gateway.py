@@ -30,7 +30,7 @@ from experts.errors import ExpertError
 from experts.loader import engine_key
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
-from routing.strategies.base import RoutingError
+from routing.errors import RoutingError
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from cluster.openai_protocol import (
 )
 from cluster.panel import ExpertCall, Panel, TextSink
 from routing.decision import MODEL_PREFIX, Decision, RouteOptions
-from routing.strategies.base import RoutingError
+from routing.errors import RoutingError
 
 # query, options → {"decision": Decision dict, "cache": "hit"|"miss"|"off", "routing_ms",
 # "batch_size"}

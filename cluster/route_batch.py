@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from routing.aggregator_store import Chooser, apply_chooser
 from routing.decision import RouteOptions
-from routing.strategies.base import RoutingError
+from routing.errors import RoutingError
 
 ROUTE_FIELDS = ("k", "strategy", "cost_weight", "sample", "seed")
 

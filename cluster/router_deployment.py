@@ -24,10 +24,10 @@ from experts.registry import ExpertRegistry
 from routing.aggregator_store import AggregatorStore, StoredAggregators, spec_domain
 from routing.cache import build_pattern_cache
 from routing.encoder import build_encoder
+from routing.errors import RoutingError
 from routing.outcomes import OutcomeError
 from routing.profile_store import ProfileStore
 from routing.router import build_router, outcomes_from_specs
-from routing.strategies.base import RoutingError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import redis
 from experts.redis_breaker import RedisBreaker, RedisUnavailable
 from routing.aggregate import Aggregator, best_weighted
 from routing.decision import Decision
-from routing.strategies.base import RoutingError
+from routing.errors import RoutingError
 
 log = logging.getLogger(__name__)
 

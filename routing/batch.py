@@ -24,8 +24,8 @@ from pathlib import Path
 
 from routing.aggregate import Aggregator, synthesis_prompt, texts_by_row
 from routing.decision import Decision, RouteOptions
+from routing.errors import RoutingError
 from routing.planner import BatchPlanner, PlanRunner, Step
-from routing.strategies.base import RoutingError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from routing.strategies.base import RoutingError
+from routing.errors import RoutingError
 
 MODEL_PREFIX = "conclave"
 # Model-string key → RouteOptions field.

@@ -20,10 +20,11 @@ import numpy as np
 
 from experts.spec import ExpertSpec
 from routing.decision import Decision, RouteOptions
+from routing.errors import RoutingError
 from routing.outcomes import OutcomeTable, load_outcomes
 from routing.selection import select
 from routing.strategies import STRATEGIES, make_strategy
-from routing.strategies.base import RoutingError, RoutingStrategy
+from routing.strategies.base import RoutingStrategy
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ import hashlib
 import numpy as np
 
 from routing.decision import Decision, RouteOptions
-from routing.strategies.base import RoutingError, Scores
+from routing.errors import RoutingError
+from routing.strategies.base import Scores
 
 
 def select(

@@ -32,7 +32,7 @@ def batch(in_path: str, out_path: str, config_path: str | None, chunk_size: int,
     from cluster.config import ConfigError
     from experts.errors import ExpertError
     from routing.batch import pending
-    from routing.strategies.base import RoutingError
+    from routing.errors import RoutingError
 
     if not os.path.isfile(in_path):
         fail(f"input file not found: {in_path}")

@@ -3,7 +3,7 @@ validation and CLI choices. Unknown names raise and list the valid ones.
 
 Register a strategy with one line in ``_PATHS`` (``name: "module:Class"``). Classes are
 imported on first access, so this package never imports its strategies (or their
-dependencies: the encoder, the index) just because someone needs ``RoutingError``.
+dependencies: the encoder, the index) just because someone needs the registry's names.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator, Mapping
 
-from routing.strategies.base import RoutingError, RoutingStrategy, Scores
+from routing.errors import RoutingError
+from routing.strategies.base import RoutingStrategy, Scores
 
 _PATHS = {
     "skills": "routing.strategies.skills:SkillsStrategy",
@@ -55,4 +56,4 @@ def make_strategy(name: str, **kwargs) -> RoutingStrategy:
         raise RoutingError(f"strategy {name!r}: bad options: {err}") from None
 
 
-__all__ = ["STRATEGIES", "RoutingError", "RoutingStrategy", "Scores", "make_strategy"]
+__all__ = ["STRATEGIES", "RoutingStrategy", "Scores", "make_strategy"]

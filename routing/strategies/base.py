@@ -19,10 +19,6 @@ import numpy as np
 from routing.outcomes import OutcomeTable
 
 
-class RoutingError(ValueError):
-    """Bad routing input (empty query, unknown strategy or expert); maps to HTTP 400."""
-
-
 @dataclass
 class Scores:
     """``values[i, j]``: query i's score for ``experts[j]``; NaN where the strategy has no

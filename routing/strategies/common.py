@@ -6,8 +6,8 @@ import inspect
 
 import numpy as np
 
+from routing.errors import RoutingError
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingError
 
 
 def column_means(scores: np.ndarray) -> np.ndarray:

@@ -13,8 +13,9 @@ import numpy as np
 
 from experts.engine import GenerationEngine, GenerationParams
 from routing.encoder import normalise
+from routing.errors import RoutingError
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingError, RoutingStrategy, Scores
+from routing.strategies.base import RoutingStrategy, Scores
 
 INSTRUCTION_PROMPT = (
     "State, in one sentence, the task this request asks for (the kind of problem and the "

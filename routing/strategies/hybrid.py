@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from routing.errors import RoutingError
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingError, RoutingStrategy, Scores
+from routing.strategies.base import RoutingStrategy, Scores
 
 
 def standardise(values: np.ndarray) -> np.ndarray:

@@ -23,9 +23,10 @@ from collections import Counter
 
 import numpy as np
 
+from routing.errors import RoutingError
 from routing.keywords import EmbeddingKeywordExtractor, KeywordExtractor
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingError, RoutingStrategy, Scores
+from routing.strategies.base import RoutingStrategy, Scores
 
 VARIANTS = ("faithful", "smoothed")
 

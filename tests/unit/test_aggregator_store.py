@@ -19,8 +19,8 @@ from routing.aggregator_store import (
 )
 from routing.cache.memory import MemoryPatternCache
 from routing.decision import Decision
+from routing.errors import RoutingError
 from routing.router import Router
-from routing.strategies.base import RoutingError
 from routing.strategies.skills import SkillsStrategy
 
 CHOICE = AggregatorChoice(by_domain={"math": "mathy", "law": "lawyer"}, fallback="medic",

@@ -12,8 +12,8 @@ from routing.aggregate import Aggregator
 from routing.batch import BatchJob, done_ids
 from routing.cache.memory import MemoryPatternCache
 from routing.decision import Decision
+from routing.errors import RoutingError
 from routing.planner import BatchPlanner, PlanRunner
-from routing.strategies.base import RoutingError
 
 MC = "Which is prime?\nA) 4\nB) 7"
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from strategy_tables import newcomer, queries, two_cluster_table
 
+from routing.errors import RoutingError
 from routing.strategies import make_strategy
-from routing.strategies.base import RoutingError
 from routing.strategies.hybrid import HybridStrategy, simplex, standardise
 
 

@@ -11,8 +11,8 @@ from cluster.config import ConclaveConfig
 from experts.spec import ExpertSpec
 from routing.cache.memory import MemoryPatternCache
 from routing.decision import RouteOptions
+from routing.errors import RoutingError
 from routing.router import Router, build_router, outcomes_from_specs
-from routing.strategies.base import RoutingError
 from routing.strategies.glider import GliderStrategy
 from routing.strategies.skills import SkillsStrategy
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from routing.decision import Decision, RouteOptions
+from routing.errors import RoutingError
 from routing.selection import select
-from routing.strategies.base import RoutingError, Scores
+from routing.strategies.base import Scores
 
 EXPERTS = ["big", "mid", "small"]
 

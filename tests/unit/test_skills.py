@@ -7,10 +7,10 @@ import pytest
 from text_tables import QUERIES, text_table
 
 from experts.engine import Generation, GenerationEngine
+from routing.errors import RoutingError
 from routing.keywords import EmbeddingKeywordExtractor, LLMKeywordExtractor, candidate_phrases
 from routing.outcomes import OutcomeTable
 from routing.strategies import make_strategy
-from routing.strategies.base import RoutingError
 from routing.strategies.skills import SkillsStrategy
 
 
