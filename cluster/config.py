@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from experts.spec import ExpertSpec, check_references
+from routing.options import RouteOptionFields
 
 
 class _Strict(BaseModel):
@@ -47,19 +48,18 @@ class PatternCacheConfig(_Strict):
     store_answers: bool = Field(False, description="Also cache final answers (may go stale).")
 
 
-class RoutingConfig(_Strict):
-    strategy: str = Field("knn", description="Default strategy: skills, pilots, knn, glider, hybrid.")
-    k: int = Field(3, ge=1, le=16, description="Experts recruited per query.")
-    cost_weight: float = Field(0.0, ge=0.0, description="λ: score − λ·cost. Per request too.")
-    sample: bool = Field(False, description="Sample k experts by weight instead of top-k.")
-    seed: int = Field(0, description="Seed for sampling.")
+class RoutingConfig(RouteOptionFields):
+    """The routing defaults every request starts from (k, cost_weight, sample, seed,
+    aggregation: the fields of :class:`routing.options.RouteOptions`, defined there once),
+    and how the router runs."""
+
+    strategy: str = Field(
+        "knn", description="Default strategy (the request's `strategy` overrides it): "
+        "skills, skills-paper, pilots, knn, glider, hybrid.")
     outcomes: str | None = Field(
         None,
         description="Outcome data dir (questions.jsonl + scores.csv) to build profiles from; "
         "default: the experts' example questions.",
-    )
-    aggregation: Literal["auto", "vote", "synthesis", "best"] = Field(
-        "auto", description="How k answers become one: vote for multiple choice, else synthesis."
     )
     cache: PatternCacheConfig = Field(default_factory=PatternCacheConfig, description="Cache.")
     batch_size: int = Field(

@@ -31,6 +31,7 @@ from experts.loader import engine_key
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from routing.errors import RoutingError
+from routing.options import RouteOptions
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Gateway:
         return build_http_app(GatewayParts(self.service, self.admin, self.metrics,
                                            serving.request_timeout_s, serving.max_body_bytes))
 
-    async def _route(self, query: str, options: dict) -> dict:
+    async def _route(self, query: str, options: RouteOptions) -> dict:
         try:
             reply = await self._routes("router", (query, options))
         except RayActorError:  # died twice: no live router replica right now

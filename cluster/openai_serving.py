@@ -27,19 +27,19 @@ from cluster.openai_protocol import (
     CompletionRequest,
     CompletionResponse,
     ConclaveInfo,
-    ConclaveOptions,
     ModelCard,
     ModelList,
     RouteRequest,
     Usage,
 )
 from cluster.panel import ExpertCall, Panel, TextSink
-from routing.decision import MODEL_PREFIX, Decision, RouteOptions
+from routing.decision import Decision
 from routing.errors import RoutingError
+from routing.options import MODEL_PREFIX, RouteOptions
 
 # query, options → {"decision": Decision dict, "cache": "hit"|"miss"|"off", "routing_ms",
 # "batch_size"}
-RouteCall = Callable[[str, dict], Awaitable[dict]]
+RouteCall = Callable[[str, RouteOptions], Awaitable[dict]]
 
 
 @dataclass
@@ -117,11 +117,11 @@ class ConclaveService:
                            param="model")
         routed = await self._call_router(query, options)
         return {"decision": routed["decision"], "cache": routed["cache"],
-                "routing_ms": routed["routing_ms"], "options": options}
+                "routing_ms": routed["routing_ms"], "options": options.model_dump()}
 
-    def route_options(self, model: str, body: ConclaveOptions | None) -> dict | None:
-        """Routing options from config defaults, the model string, then the body;
-        None when ``model`` names one expert. Unknown models → 404."""
+    def route_options(self, model: str, body: RouteOptions | None) -> RouteOptions | None:
+        """Routing options: the config's defaults, under the model string's, under the
+        body's; None when ``model`` names one expert. Unknown models → 404."""
         if model != MODEL_PREFIX and not model.startswith(MODEL_PREFIX + ":"):
             if model in self._catalog:
                 return None
@@ -129,16 +129,10 @@ class ConclaveService:
                            f"'{MODEL_PREFIX}' and every expert", param="model",
                            code="model_not_found")
         try:
-            parsed = RouteOptions.parse_model_string(model)
+            options = RouteOptions.parse_model_string(model).over(self.config.routing)
         except RoutingError as err:
             raise ApiError(400, str(err), param="model", code="invalid_value") from None
-        cfg = self.config.routing
-        options = {"k": cfg.k, "strategy": cfg.strategy, "cost_weight": cfg.cost_weight,
-                   "sample": cfg.sample, "seed": cfg.seed, "aggregation": cfg.aggregation}
-        options.update({key: getattr(parsed, key) for key in parsed.model_fields_set})
-        if body is not None:
-            options.update(body.model_dump(exclude_none=True))
-        return options
+        return body.over(options) if body is not None else options
 
     async def plan(self, query: str, prompt: object, req) -> Plan:
         """Route one prompt (or take the expert asked for directly): everything that can
@@ -151,7 +145,7 @@ class ConclaveService:
             return Plan(query, prompt, params, decision, "direct", 0.0, "best")
         routed = await self._call_router(query, options)
         return Plan(query, prompt, params, Decision.from_dict(routed["decision"]),
-                    routed["cache"], routed["routing_ms"], options["aggregation"])
+                    routed["cache"], routed["routing_ms"], options.aggregation)
 
     async def run(self, plan: Plan, sink: TextSink | None = None) -> Outcome:
         """Ask the plan's experts and combine their answers. With ``sink``, the text of
@@ -177,7 +171,7 @@ class ConclaveService:
     async def _answer(self, query: str, prompt: object, req) -> Outcome:
         return await self.run(await self.plan(query, prompt, req))
 
-    async def _call_router(self, query: str, options: dict) -> dict:
+    async def _call_router(self, query: str, options: RouteOptions) -> dict:
         started = time.perf_counter()
         try:
             routed = await self._route(query, options)

@@ -6,31 +6,20 @@ Plain Python under the router deployment's ``@serve.batch``; unit-testable witho
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from routing.aggregator_store import Chooser, apply_chooser
-from routing.decision import RouteOptions
 from routing.errors import RoutingError
-
-ROUTE_FIELDS = ("k", "strategy", "cost_weight", "sample", "seed")
+from routing.options import RouteOptions
 
 
 @dataclass
 class RouteItem:
     query: str
-    options: dict  # RouteOptions fields; other keys (e.g. "aggregation") are ignored
-
-
-def route_options(options: dict) -> RouteOptions:
-    """The :class:`RouteOptions` in ``options``; :class:`RoutingError` when invalid."""
-    try:
-        return RouteOptions(**{k: options[k] for k in ROUTE_FIELDS if k in options})
-    except ValueError as err:
-        raise RoutingError(f"bad routing options: {err}") from None
+    options: RouteOptions
 
 
 class BatchRouter:
@@ -50,12 +39,12 @@ class BatchRouter:
         ``{"error": message}`` for an item that cannot be routed."""
         started = time.perf_counter()
         replies: list[dict] = [{} for _ in items]
-        groups: dict[str, list[int]] = {}
+        groups: dict[str, list[int]] = {}  # by the options a decision depends on
         for i, item in enumerate(items):
             if not isinstance(item.query, str) or not item.query.strip():
                 replies[i] = {"error": "the query is empty"}
             else:
-                groups.setdefault(_options_key(item.options), []).append(i)
+                groups.setdefault(item.options.decision_key(), []).append(i)
         choose = self.aggregators() if groups and self.aggregators else None
         for members in groups.values():
             self._route_group(items, members, replies, choose)
@@ -67,8 +56,8 @@ class BatchRouter:
 
     def _route_group(self, items: list[RouteItem], members: list[int],
                      replies: list[dict], choose: Chooser | None) -> None:
+        options = items[members[0]].options
         try:
-            options = route_options(items[members[0]].options)
             with self.lock:
                 decisions = self.router.route([items[i].query for i in members], options)
                 cached = self.router.cache is not None
@@ -82,6 +71,3 @@ class BatchRouter:
             status = "hit" if decision.cached else "miss" if cached else "off"
             replies[i] = {"decision": decision.to_dict(), "cache": status}
 
-
-def _options_key(options: dict) -> str:
-    return json.dumps({k: options.get(k) for k in ROUTE_FIELDS}, sort_keys=True)

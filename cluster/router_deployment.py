@@ -25,6 +25,7 @@ from routing.aggregator_store import AggregatorStore, StoredAggregators, spec_do
 from routing.cache import build_pattern_cache
 from routing.encoder import build_encoder
 from routing.errors import RoutingError
+from routing.options import RouteOptions
 from routing.outcomes import OutcomeError
 from routing.profile_store import ProfileStore
 from routing.router import build_router, outcomes_from_specs
@@ -55,14 +56,14 @@ class RouterServer:
         self._route_batch.set_max_batch_size(cfg.routing.batch_size)
         self._route_batch.set_batch_wait_timeout_s(cfg.routing.batch_wait_timeout_s)
 
-    async def route(self, query: str, options: dict) -> dict:
+    async def route(self, query: str, options: RouteOptions) -> dict:
         """The decision for ``query``; :class:`RoutingError` for bad options."""
         reply = await self._route_batch(RouteItem(query, options))
         if "error" in reply:
             raise RoutingError(reply["error"])
         return reply
 
-    async def route_many(self, items: list[tuple[str, dict]]) -> list[dict]:
+    async def route_many(self, items: list[tuple[str, RouteOptions]]) -> list[dict]:
         """Several (query, options) in one call: the gateway's coalesced batch. One reply
         per item, ``{"error": message}`` for one that cannot be routed."""
         return list(await asyncio.gather(*(self._route_batch(RouteItem(q, o)) for q, o in items)))

@@ -19,8 +19,9 @@ from collections.abc import Callable
 import numpy as np
 
 from experts.spec import ExpertSpec
-from routing.decision import Decision, RouteOptions
+from routing.decision import Decision
 from routing.errors import RoutingError
+from routing.options import RouteOptions
 from routing.outcomes import OutcomeTable, load_outcomes
 from routing.selection import select
 from routing.strategies import STRATEGIES, make_strategy
@@ -88,11 +89,12 @@ class Router:
             )
         if not queries:
             return []
+        options = options.with_strategy(name)  # the cache keys on the strategy that decides
         embeddings = self.encoder.encode(list(queries))  # raises on an empty query
         version = self.version()
         decisions: list[Decision | None] = [
-            self._cached(q, e, version, name, options) for q, e in zip(queries, embeddings,
-                                                                         strict=True)
+            self._cached(q, e, version, options) for q, e in zip(queries, embeddings,
+                                                                 strict=True)
         ]
         todo = [i for i, d in enumerate(decisions) if d is None]
         if todo:
@@ -102,7 +104,7 @@ class Router:
             for i, decision in zip(todo, fresh, strict=True):
                 decisions[i] = decision
                 if self.cache is not None:
-                    self.cache.store(queries[i], embeddings[i], version, decision)
+                    self.cache.store(queries[i], embeddings[i], version, options, decision)
         return decisions
 
     def add_expert(self, expert_id: str, outcomes: OutcomeTable, cost: float = 0.0) -> None:
@@ -128,16 +130,12 @@ class Router:
         self.costs.pop(expert_id, None)
         self.prior.pop(expert_id, None)
 
-    def _cached(self, query, embedding, version, name, options) -> Decision | None:
+    def _cached(self, query, embedding, version, options: RouteOptions) -> Decision | None:
         if self.cache is None:
             return None
-        decision = self.cache.lookup(query, embedding, version)
-        # The cache keys on text only: reuse a decision made under the same options.
-        if decision is None or decision.strategy != name or (
-            decision.explanation.get("options") != options.model_dump()
-        ):
-            return None
-        decision.query = query  # a near hit was decided for a neighbour's text
+        decision = self.cache.lookup(query, embedding, version, options)
+        if decision is not None:
+            decision.query = query  # a near hit was decided for a neighbour's text
         return decision
 
 

@@ -62,7 +62,7 @@ def build_batch_job(config, *, chunk_size: int = 256, max_tokens: int = 64, cach
     from routing.aggregate import Aggregator
     from routing.batch import BatchJob
     from routing.cache import build_pattern_cache
-    from routing.decision import RouteOptions
+    from routing.options import RouteOptions
     from routing.planner import BatchPlanner
     from routing.router import build_router
 
@@ -82,8 +82,7 @@ def build_batch_job(config, *, chunk_size: int = 256, max_tokens: int = 64, cach
         BatchPlanner(lambda e: engine_key(by_id[e]), max_resident=pool_cfg.max_resident_models),
         expert_runner(specs, pool_cfg, max_tokens),
         Aggregator(mode=routing.aggregation, fallback=_most_competent(router.prior)),
-        options=RouteOptions(k=routing.k, cost_weight=routing.cost_weight,
-                             sample=routing.sample, seed=routing.seed),
+        options=RouteOptions().over(routing),
         answers=patterns, version=lambda: version, chunk_size=chunk_size, progress=progress,
     )
 

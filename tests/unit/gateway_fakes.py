@@ -21,6 +21,7 @@ from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from experts.spec import ExpertSpec
 from routing.decision import Decision
+from routing.options import RouteOptions
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -40,11 +41,11 @@ class FakeBackends:
         self.streamed: list[str] = []  # experts called with a sink
         self.held = threading.Event()
 
-    async def route(self, query: str, options: dict) -> dict:
+    async def route(self, query: str, options: RouteOptions) -> dict:
         ranked = [("alpha", 0.9), ("beta", 0.8), ("gamma", 0.5)]
-        k = options["k"]
+        k = options.k
         decision = Decision(query=query, experts=[n for n, _ in ranked[:k]],
-                            weights=[1.0 / k] * k, strategy=options["strategy"] or "knn",
+                            weights=[1.0 / k] * k, strategy=options.strategy or "knn",
                             ranked=ranked, explanation={"why": "test"})
         return {"decision": decision.to_dict(), "cache": "miss", "routing_ms": 1.0,
                 "batch_size": 1}

@@ -20,6 +20,7 @@ from routing.aggregator_store import (
 from routing.cache.memory import MemoryPatternCache
 from routing.decision import Decision
 from routing.errors import RoutingError
+from routing.options import RouteOptions
 from routing.router import Router
 from routing.strategies.skills import SkillsStrategy
 
@@ -97,7 +98,7 @@ def test_batch_router_sets_the_aggregator_on_fresh_and_cached_decisions(minilm):
     router.fit(text_table())
     chosen = {"name": "lawyer"}
     batcher = BatchRouter(router, aggregators=lambda: lambda d: chosen["name"])
-    item = RouteItem(QUERIES["mathy"], {"k": 1})
+    item = RouteItem(QUERIES["mathy"], RouteOptions(k=1))
     first = batcher.route([item])[0]
     assert first["cache"] == "miss" and first["decision"]["aggregator"] == "lawyer"
     chosen["name"] = "medic"  # a new choice stored while serving

@@ -13,9 +13,11 @@ from routing.batch import BatchJob, done_ids
 from routing.cache.memory import MemoryPatternCache
 from routing.decision import Decision
 from routing.errors import RoutingError
+from routing.options import RouteOptions
 from routing.planner import BatchPlanner, PlanRunner
 
 MC = "Which is prime?\nA) 4\nB) 7"
+OPTS = RouteOptions()
 
 
 class LetterEngine(GenerationEngine):
@@ -44,13 +46,13 @@ class FirstLetterRouter:
             if "boom" in text:
                 raise RoutingError(f"cannot route {text!r}")
             vector = [float(ord(c)) for c in text[:4].ljust(4)]
-            found = self.cache.lookup(text, vector, 1) if self.cache else None
+            found = self.cache.lookup(text, vector, 1, OPTS) if self.cache else None
             if found is None:
                 experts = sorted(set(text.replace(" ", "")[:3].lower())) or ["a"]
                 found = Decision(query=text, experts=experts, weights=[1 / len(experts)]
                                  * len(experts), strategy="first", ranked=[], explanation={})
                 if self.cache:
-                    self.cache.store(text, vector, 1, found)
+                    self.cache.store(text, vector, 1, OPTS, found)
             out.append(found)
         return out
 

@@ -16,6 +16,7 @@ from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from experts.spec import ExpertSpec
 from routing.decision import Decision
+from routing.options import RouteOptions
 
 
 class FakeMethod:
@@ -120,7 +121,7 @@ def test_concurrent_queries_are_routed_in_one_call(gateway_for):
     gateway, router, _ = gateway_for()
 
     async def scenario():
-        return await asyncio.gather(*(gateway._route(f"q{i}", {"k": 1}) for i in range(5)))
+        return await asyncio.gather(*(gateway._route(f"q{i}", RouteOptions(k=1)) for i in range(5)))
 
     replies = asyncio.run(scenario())
     assert [r["decision"]["query"] for r in replies] == [f"q{i}" for i in range(5)]
@@ -129,7 +130,7 @@ def test_concurrent_queries_are_routed_in_one_call(gateway_for):
 
 def test_a_replica_dying_under_a_call_is_retried_once_and_counted(gateway_for):
     gateway, router, pool = gateway_for(router_deaths=1, pool_deaths=1)
-    assert asyncio.run(gateway._route("q", {}))["cache"] == "miss"
+    assert asyncio.run(gateway._route("q", RouteOptions()))["cache"] == "miss"
     assert asyncio.run(gateway._call_expert("alpha", "p", {}))["text"] == "alpha: p"
     retried = {s.labels["deployment"]: s.value for s in _samples(gateway, "conclave_replica_retries")}
     assert retried == {"router": 1.0, "pool-default": 1.0}
@@ -138,7 +139,7 @@ def test_a_replica_dying_under_a_call_is_retried_once_and_counted(gateway_for):
 def test_a_router_dying_twice_is_a_503_and_a_pool_dying_twice_an_expert_error(gateway_for):
     gateway, _, _ = gateway_for(router_deaths=2, pool_deaths=2)
     with pytest.raises(ApiError) as err:
-        asyncio.run(gateway._route("q", {}))
+        asyncio.run(gateway._route("q", RouteOptions()))
     assert err.value.status == 503 and err.value.headers["Retry-After"]
     with pytest.raises(RayActorError):  # the panel fails this expert over
         asyncio.run(gateway._call_expert("alpha", "p", {}))
