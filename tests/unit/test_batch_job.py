@@ -153,6 +153,27 @@ def test_pattern_and_answer_cache_in_front(tmp_path):
     assert second["answer"] == first["answer"] and calls == []
 
 
+def test_a_stored_answer_is_not_served_to_a_job_with_other_options(tmp_path):
+    from experts.engine import GenerationParams
+
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    cache = MemoryPatternCache(store_answers=True)
+    job, _, _ = make_job(cache=cache, answers=cache)
+    write(src, [{"id": 1, "text": "abc"}])
+    job.run(src, out)
+    for other in (BatchJob(job.router, job.planner, job.runner, Aggregator(mode="best"),
+                           answers=cache, version=lambda: 1, progress=False),
+                  BatchJob(job.router, job.planner, PlanRunner(job.runner.pool, params=(
+                      GenerationParams(max_new_tokens=7))), Aggregator(), answers=cache,
+                      version=lambda: 1, progress=False)):
+        write(src, [{"id": other.aggregator.mode, "text": "abc"}])
+        other.run(src, out)
+        assert read(out)[-1]["answer_cached"] is False
+    write(src, [{"id": "same", "text": "abc"}])
+    job.run(src, out)
+    assert read(out)[-1]["answer_cached"] is True
+
+
 def test_cli_batch_end_to_end_then_resume(tmp_path, tiny_lm, tiny_adapters, redis_url,
                                           monkeypatch):
     """The real thing: config → router (MiniLM, knn) with the Redis pattern cache → planner
