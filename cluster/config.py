@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from experts.spec import ExpertSpec, check_references
 from routing.options import RouteOptionFields
@@ -56,6 +63,9 @@ class RoutingConfig(RouteOptionFields):
     strategy: str = Field(
         "knn", description="Default strategy (the request's `strategy` overrides it): "
         "skills, skills-paper, pilots, knn, glider, hybrid.")
+    strategies: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Options per strategy name, e.g. `knn: {k: 50}`: "
+        "its constructor's arguments (see routing/strategies/<name>.py); checked at load.")
     outcomes: str | None = Field(
         None,
         description="Outcome data dir (questions.jsonl + scores.csv) to build profiles from; "
@@ -69,6 +79,15 @@ class RoutingConfig(RouteOptionFields):
     num_replicas: int = Field(
         1, ge=1, description="Router replicas; with 2 or more, a call to one that dies is "
         "retried on another at once instead of waiting for its replacement.")
+
+    @field_validator("strategies")
+    @classmethod
+    def _strategy_options(cls, strategies: dict[str, dict[str, Any]]):
+        from routing.strategies import check_strategy
+
+        for name, options in strategies.items():
+            check_strategy(name, options)  # a RoutingError is a ValueError: names the key
+        return strategies
 
 
 class AutoscalingConfig(_Strict):

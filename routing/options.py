@@ -19,7 +19,14 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from routing.errors import RoutingError
 
@@ -50,6 +57,16 @@ class RouteOptionFields(BaseModel):
     aggregation: Aggregation = Field(
         "auto", description="How the k answers become one: vote, synthesis, best, or auto "
         "(vote for multiple choice, else synthesis).")
+
+    @field_validator("strategy")
+    @classmethod
+    def _registered(cls, name: str | None) -> str | None:
+        from routing.strategies import STRATEGIES  # the registry's names only: no imports
+
+        if name is not None and name not in STRATEGIES:
+            raise ValueError(f"unknown routing strategy {name!r}; valid: "
+                             f"{', '.join(sorted(STRATEGIES))}")
+        return name
 
 
 class RouteOptions(RouteOptionFields):

@@ -12,7 +12,6 @@ as wrong on the validated questions).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 
@@ -25,7 +24,7 @@ from routing.options import RouteOptions
 from routing.outcomes import OutcomeTable, load_outcomes
 from routing.selection import select
 from routing.strategies import STRATEGIES, make_strategy
-from routing.strategies.base import RoutingStrategy
+from routing.strategies.base import RoutingStrategy, StrategyContext
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +184,9 @@ def build_router(config, specs: list[ExpertSpec], outcomes: OutcomeTable | None,
     if outcomes is not None and specs:
         _match_specs(outcomes, specs)
     outcomes = startup_outcomes(specs, outcomes, profiles)
-    strategies = {
-        name: make_strategy(name, **_strategy_kwargs(cls, encoder, specs))
-        for name, cls in STRATEGIES.items()
-    }
+    context = StrategyContext(encoder, {spec.id: spec.task_instruction for spec in specs})
+    strategies = {name: make_strategy(name, config.routing.strategies.get(name), context)
+                  for name in STRATEGIES}
     if config.routing.strategy not in strategies:
         raise RoutingError(
             f"routing.strategy {config.routing.strategy!r} unknown; valid: {sorted(strategies)}"
@@ -240,13 +238,3 @@ def _match_specs(outcomes: OutcomeTable, specs: list[ExpertSpec]) -> None:
             f"or drop the columns (experts: {ids})"
         )
 
-
-def _strategy_kwargs(cls, encoder, specs: list[ExpertSpec]) -> dict:
-    # Pass what a strategy's constructor accepts: the encoder, the experts' instructions.
-    accepted = inspect.signature(cls).parameters
-    kwargs = {}
-    if "encoder" in accepted:
-        kwargs["encoder"] = encoder
-    if "instructions" in accepted:
-        kwargs["instructions"] = {spec.id: spec.task_instruction for spec in specs}
-    return kwargs

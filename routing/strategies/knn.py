@@ -25,7 +25,6 @@ class KNNStrategy(RoutingStrategy):
     """Distance-weighted mean outcome of the ``k`` nearest validation questions."""
 
     name = "knn"
-    # Searched by cross-validation inside the train split (routing/eval/tuning.py).
     param_grid = {"k": [50, 100, 200], "temperature": [0.05, 0.2, 1.0],
                   "prior_weight": [0.0, 0.2]}
 
