@@ -33,13 +33,13 @@ from cluster.openai_protocol import (
     Usage,
 )
 from cluster.panel import ExpertCall, Panel, TextSink
+from cluster.route_messages import RouteResult
 from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import MODEL_PREFIX, RouteOptions
 
-# query, options → {"decision": Decision dict, "cache": "hit"|"miss"|"off", "routing_ms",
-# "batch_size"}
-RouteCall = Callable[[str, RouteOptions], Awaitable[dict]]
+# query, options → the router's result; raises RoutingError for a query it cannot route
+RouteCall = Callable[[str, RouteOptions], Awaitable[RouteResult]]
 
 
 @dataclass
@@ -116,8 +116,8 @@ class ConclaveService:
             raise ApiError(400, f"model {req.model!r} is one expert; nothing to route",
                            param="model")
         routed = await self._call_router(query, options)
-        return {"decision": routed["decision"], "cache": routed["cache"],
-                "routing_ms": routed["routing_ms"], "options": options.model_dump()}
+        return {"decision": routed.decision.to_dict(), "cache": routed.cache,
+                "routing_ms": routed.routing_ms, "options": options.model_dump()}
 
     def route_options(self, model: str, body: RouteOptions | None) -> RouteOptions | None:
         """Routing options: the config's defaults, under the model string's, under the
@@ -144,8 +144,8 @@ class ConclaveService:
                                 strategy="direct", ranked=[(req.model, 1.0)], explanation={})
             return Plan(query, prompt, params, decision, "direct", 0.0, "best")
         routed = await self._call_router(query, options)
-        return Plan(query, prompt, params, Decision.from_dict(routed["decision"]),
-                    routed["cache"], routed["routing_ms"], options.aggregation)
+        return Plan(query, prompt, params, routed.decision, routed.cache, routed.routing_ms,
+                    options.aggregation)
 
     async def run(self, plan: Plan, sink: TextSink | None = None) -> Outcome:
         """Ask the plan's experts and combine their answers. With ``sink``, the text of
@@ -171,15 +171,14 @@ class ConclaveService:
     async def _answer(self, query: str, prompt: object, req) -> Outcome:
         return await self.run(await self.plan(query, prompt, req))
 
-    async def _call_router(self, query: str, options: RouteOptions) -> dict:
+    async def _call_router(self, query: str, options: RouteOptions) -> RouteResult:
         started = time.perf_counter()
         try:
             routed = await self._route(query, options)
-        except (RoutingError, ValueError) as err:
-            raise from_domain(_unwrap(err)) from None
-        decision = routed["decision"]
-        self._metrics.record_route(time.perf_counter() - started, routed["cache"],
-                                   routed.get("batch_size", 0), decision["experts"])
+        except RoutingError as err:
+            raise from_domain(err) from None
+        self._metrics.record_route(time.perf_counter() - started, routed.cache,
+                                   routed.batch_size, routed.decision.experts)
         return routed
 
     def _params(self, req) -> dict:
@@ -194,12 +193,6 @@ class ConclaveService:
         if req.stop is not None:
             params["stop"] = req.stop_list()
         return params
-
-
-def _unwrap(err: Exception) -> Exception:
-    # A RoutingError raised in the router replica arrives wrapped by Ray.
-    cause = getattr(err, "cause", None)
-    return cause if isinstance(cause, RoutingError | ValueError) else err
 
 
 def add_usage(a: Usage, b: Usage) -> Usage:

@@ -9,17 +9,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from cluster.route_messages import CacheStatus, RouteQuery, RouteResult
 from routing.aggregator_store import Chooser, apply_chooser
+from routing.decision import Decision
 from routing.errors import RoutingError
-from routing.options import RouteOptions
-
-
-@dataclass
-class RouteItem:
-    query: str
-    options: RouteOptions
 
 
 class BatchRouter:
@@ -34,40 +28,36 @@ class BatchRouter:
         self.aggregators = aggregators
         self.lock = threading.Lock()
 
-    def route(self, items: list[RouteItem]) -> list[dict]:
-        """One reply per item: ``{"decision", "cache", "routing_ms", "batch_size"}``, or
-        ``{"error": message}`` for an item that cannot be routed."""
+    def route(self, queries: list[RouteQuery]) -> list[RouteResult]:
+        """One result per query, in order: its decision, or the :class:`RoutingError`
+        that stopped it (this query's alone)."""
         started = time.perf_counter()
-        replies: list[dict] = [{} for _ in items]
+        found: list[tuple[Decision, CacheStatus] | RoutingError] = [
+            RoutingError("the query is empty")] * len(queries)
         groups: dict[str, list[int]] = {}  # by the options a decision depends on
-        for i, item in enumerate(items):
-            if not isinstance(item.query, str) or not item.query.strip():
-                replies[i] = {"error": "the query is empty"}
-            else:
+        for i, item in enumerate(queries):
+            if isinstance(item.query, str) and item.query.strip():
                 groups.setdefault(item.options.decision_key(), []).append(i)
         choose = self.aggregators() if groups and self.aggregators else None
         for members in groups.values():
-            self._route_group(items, members, replies, choose)
+            self._route_group(queries, members, found, choose)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        for reply in replies:
-            if "error" not in reply:
-                reply.update(routing_ms=elapsed_ms, batch_size=len(items))
-        return replies
+        return [RouteResult.failed(one) if isinstance(one, RoutingError) else
+                RouteResult(*one, routing_ms=elapsed_ms, batch_size=len(queries))
+                for one in found]
 
-    def _route_group(self, items: list[RouteItem], members: list[int],
-                     replies: list[dict], choose: Chooser | None) -> None:
-        options = items[members[0]].options
+    def _route_group(self, queries: list[RouteQuery], members: list[int], found: list,
+                     choose: Chooser | None) -> None:
+        options = queries[members[0]].options
         try:
             with self.lock:
-                decisions = self.router.route([items[i].query for i in members], options)
+                decisions = self.router.route([queries[i].query for i in members], options)
                 cached = self.router.cache is not None
         except RoutingError as err:
             for i in members:
-                replies[i] = {"error": str(err)}
+                found[i] = err
             return
         if choose is not None:
             apply_chooser(decisions, choose)
         for i, decision in zip(members, decisions, strict=True):
-            status = "hit" if decision.cached else "miss" if cached else "off"
-            replies[i] = {"decision": decision.to_dict(), "cache": status}
-
+            found[i] = (decision, "hit" if decision.cached else "miss" if cached else "off")

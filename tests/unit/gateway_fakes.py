@@ -17,6 +17,7 @@ from cluster.http_app import GatewayParts, build_http_app
 from cluster.live_stream import pieces
 from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
+from cluster.route_messages import RouteResult
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from experts.spec import ExpertSpec
@@ -41,14 +42,13 @@ class FakeBackends:
         self.streamed: list[str] = []  # experts called with a sink
         self.held = threading.Event()
 
-    async def route(self, query: str, options: RouteOptions) -> dict:
+    async def route(self, query: str, options: RouteOptions) -> RouteResult:
         ranked = [("alpha", 0.9), ("beta", 0.8), ("gamma", 0.5)]
         k = options.k
         decision = Decision(query=query, experts=[n for n, _ in ranked[:k]],
                             weights=[1.0 / k] * k, strategy=options.strategy or "knn",
                             ranked=ranked, explanation={"why": "test"})
-        return {"decision": decision.to_dict(), "cache": "miss", "routing_ms": 1.0,
-                "batch_size": 1}
+        return RouteResult(decision, "miss", routing_ms=1.0, batch_size=1)
 
     async def call(self, expert: str, prompt, params: dict, sink=None) -> dict:
         self.calls.append(expert)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from text_tables import QUERIES, text_table
 
-from cluster.route_batch import BatchRouter, RouteItem
+from cluster.route_batch import BatchRouter
+from cluster.route_messages import RouteQuery
 from experts.redis_conn import connect
 from experts.spec import ExpertSpec
 from routing.aggregate import Aggregator
@@ -98,13 +99,13 @@ def test_batch_router_sets_the_aggregator_on_fresh_and_cached_decisions(minilm):
     router.fit(text_table())
     chosen = {"name": "lawyer"}
     batcher = BatchRouter(router, aggregators=lambda: lambda d: chosen["name"])
-    item = RouteItem(QUERIES["mathy"], RouteOptions(k=1))
+    item = RouteQuery(QUERIES["mathy"], RouteOptions(k=1))
     first = batcher.route([item])[0]
-    assert first["cache"] == "miss" and first["decision"]["aggregator"] == "lawyer"
+    assert first.cache == "miss" and first.decision.aggregator == "lawyer"
     chosen["name"] = "medic"  # a new choice stored while serving
     again = batcher.route([item])[0]
-    assert again["cache"] == "hit" and again["decision"]["aggregator"] == "medic"
-    assert BatchRouter(router).route([item])[0]["decision"]["aggregator"] is None
+    assert again.cache == "hit" and again.decision.aggregator == "medic"
+    assert BatchRouter(router).route([item])[0].decision.aggregator is None
 
 
 def test_batch_job_router_follows_the_stored_choice(redis_url):
