@@ -1,5 +1,6 @@
 """Mixed HTTP load against a local Conclave gateway, with faults fired on a schedule: the
-engine under tests/reliability and ``bench/soak.py``.
+engine under tests/reliability and ``bench/soak.py`` (test tooling: not part of the
+installed packages).
 
 Request kinds rotate: routed chat, routed chat streamed (SSE), routed completion, and one
 expert asked directly. Every request is recorded as an :class:`Outcome` (status, latency,
