@@ -32,8 +32,9 @@ from cluster.openai_protocol import (
     RouteRequest,
     Usage,
 )
-from cluster.panel import ExpertCall, Panel, TextSink
+from cluster.panel import ExpertCall, Panel
 from cluster.route_messages import RouteResult
+from cluster.sink_stream import DeltaSink
 from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import MODEL_PREFIX, RouteOptions
@@ -43,7 +44,7 @@ RouteCall = Callable[[str, RouteOptions], Awaitable[RouteResult]]
 
 
 @dataclass
-class Plan:
+class RoutedPrompt:
     """One prompt, routed: who will answer and how their answers combine."""
 
     query: str
@@ -56,7 +57,7 @@ class Plan:
 
 
 @dataclass
-class Outcome:
+class FinalAnswer:
     """One prompt answered by the panel."""
 
     text: str
@@ -103,7 +104,7 @@ class ConclaveService:
         return CompletionResponse(model=req.model, choices=choices, usage=usage,
                                   conclave=infos)
 
-    async def plan_completions(self, req: CompletionRequest) -> list[Plan]:
+    async def plan_completions(self, req: CompletionRequest) -> list[RoutedPrompt]:
         """Every prompt of a completions request, routed."""
         return [await self.plan(prompt, prompt, req) for prompt in req.prompts()]
 
@@ -134,7 +135,7 @@ class ConclaveService:
             raise ApiError(400, str(err), param="model", code="invalid_value") from None
         return body.over(options) if body is not None else options
 
-    async def plan(self, query: str, prompt: object, req) -> Plan:
+    async def plan(self, query: str, prompt: object, req) -> RoutedPrompt:
         """Route one prompt (or take the expert asked for directly): everything that can
         fail on bad input happens here, before a streamed response starts."""
         params = self._params(req)
@@ -142,12 +143,12 @@ class ConclaveService:
         if options is None:
             decision = Decision(query=query, experts=[req.model], weights=[1.0],
                                 strategy="direct", ranked=[(req.model, 1.0)], explanation={})
-            return Plan(query, prompt, params, decision, "direct", 0.0, "best")
+            return RoutedPrompt(query, prompt, params, decision, "direct", 0.0, "best")
         routed = await self._call_router(query, options)
-        return Plan(query, prompt, params, routed.decision, routed.cache, routed.routing_ms,
+        return RoutedPrompt(query, prompt, params, routed.decision, routed.cache, routed.routing_ms,
                     options.aggregation)
 
-    async def run(self, plan: Plan, sink: TextSink | None = None) -> Outcome:
+    async def run(self, plan: RoutedPrompt, sink: DeltaSink | None = None) -> FinalAnswer:
         """Ask the plan's experts and combine their answers. With ``sink``, the text of
         the call that writes the final answer (a lone expert's, or the synthesis) goes to
         ``sink`` as it is generated."""
@@ -166,9 +167,9 @@ class ConclaveService:
         usage = Usage(prompt_tokens=sum(a.prompt_tokens for a in calls),
                       completion_tokens=sum(a.completion_tokens for a in calls))
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        return Outcome(combined.text, combined.finish_reason, usage, info, run.interrupted)
+        return FinalAnswer(combined.text, combined.finish_reason, usage, info, run.interrupted)
 
-    async def _answer(self, query: str, prompt: object, req) -> Outcome:
+    async def _answer(self, query: str, prompt: object, req) -> FinalAnswer:
         return await self.run(await self.plan(query, prompt, req))
 
     async def _call_router(self, query: str, options: RouteOptions) -> RouteResult:

@@ -16,7 +16,7 @@ from routing.decision import Decision
 from routing.errors import RoutingError
 
 
-class BatchRouter:
+class RouteBatcher:
     """Routes batches with one shared :class:`routing.router.Router`.
 
     ``lock`` guards the router against expert changes arriving from the registry thread.

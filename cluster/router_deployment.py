@@ -18,7 +18,7 @@ from ray import serve
 
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
-from cluster.route_batch import BatchRouter
+from cluster.route_batch import RouteBatcher
 from cluster.route_messages import RouteQuery, RouteResult
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
@@ -50,7 +50,7 @@ class RouterServer:
                               profiles=self.profiles)
         aggregators = StoredAggregators(AggregatorStore(client, namespace=cfg.redis.namespace),
                                         spec_domain(self.catalog.get), self.catalog.is_live)
-        self.batcher = BatchRouter(router, aggregators=aggregators.current)
+        self.batcher = RouteBatcher(router, aggregators=aggregators.current)
         self.catalog.on_change(self._apply)
         self.catalog.start()
         self._route_batch.set_max_batch_size(cfg.routing.batch_size)

@@ -11,10 +11,10 @@ import threading
 from fastapi.testclient import TestClient
 
 from cluster.admin import ExpertAdmin
+from cluster.answer_stream import pieces
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.http_app import GatewayParts, build_http_app
-from cluster.live_stream import pieces
 from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
 from cluster.route_messages import RouteResult

@@ -9,7 +9,7 @@ from experts.engine import Generation, GenerationEngine
 from experts.errors import ExpertError
 from experts.pool import ModelPool
 from routing.aggregate import Aggregator
-from routing.batch import BatchJob, done_ids
+from routing.batch_job import BatchJob, done_ids
 from routing.cache.memory import MemoryPatternCache
 from routing.decision import Decision
 from routing.errors import RoutingError
@@ -151,6 +151,15 @@ def test_pattern_and_answer_cache_in_front(tmp_path):
     second = read(out)[1]
     assert second["cached"] and second["answer_cached"] and second["mode"] == "cached"
     assert second["answer"] == first["answer"] and calls == []
+
+
+def test_the_chooser_picks_each_rows_aggregator(tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    job, _, calls = make_job()
+    job.choose = lambda decision: "z"  # e.g. the choice stored by `aggregators select`
+    write(src, [{"id": 1, "text": "abc"}])
+    job.run(src, out)
+    assert read(out)[0]["aggregator"] == "z" and ("z", 1) in calls
 
 
 def test_a_stored_answer_is_not_served_to_a_job_with_other_options(tmp_path):

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from routing.aggregate import Aggregator, synthesis_prompt, texts_by_row
+from routing.aggregator_store import Chooser, apply_chooser
 from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import RouteOptions
@@ -131,17 +132,20 @@ class BatchJob:
     ``runner``: a :class:`PlanRunner` on the expert pool; ``answers``: a pattern cache
     consulted for final answers when its ``store_answers`` is on, keyed by the routing
     options, the aggregation mode and the runner's sampling parameters (an answer made
-    under others is never reused); ``version()`` the registry version for that cache."""
+    under others is never reused); ``version()`` the registry version for that cache;
+    ``choose``: sets each decision's ``aggregator`` (e.g. the choice stored by ``conclave
+    aggregators select``, :func:`routing.aggregator_store.choose_aggregator`)."""
 
     def __init__(self, router, planner: BatchPlanner, runner: PlanRunner,
                  aggregator: Aggregator | None = None, *, options: RouteOptions | None = None,
                  answers=None, version: Callable[[], object] = lambda: 0,
-                 chunk_size: int = 256, progress: bool = True):
+                 choose: Chooser | None = None, chunk_size: int = 256, progress: bool = True):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.router, self.planner, self.runner = router, planner, runner
         self.aggregator = aggregator or Aggregator()
         self.options, self.answers, self.version = options, answers, version
+        self.choose = choose
         self.chunk_size, self.progress = chunk_size, progress
         # What a stored answer must have been made under to be served again.
         self._answer_scope = ((options or RouteOptions()).model_copy(
@@ -187,6 +191,8 @@ class BatchJob:
             except RoutingError:  # find the bad query, keep the others
                 decisions = [self._route_one(q, report) for q in chunk]
             bar.update(len(chunk))
+        if self.choose is not None:
+            apply_chooser([d for d in decisions if d is not None], self.choose)
         return decisions
 
     def _route_one(self, query: Query, report: BatchReport) -> Decision | None:
