@@ -73,9 +73,8 @@ class RoutingConfig(RouteOptionFields):
     )
     cache: PatternCacheConfig = Field(default_factory=PatternCacheConfig, description="Cache.")
     batch_size: int = Field(
-        32, ge=1, description="Concurrent queries routed in one encoder pass (1: no batching)."
-    )
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="Wait to fill a routing batch.")
+        32, ge=1, description="Concurrent queries the gateway sends the router in one call, "
+        "routed in one encoder pass (1: no batching).")
     num_replicas: int = Field(
         1, ge=1, description="Router replicas; with 2 or more, a call to one that dies is "
         "retried on another at once instead of waiting for its replacement.")

@@ -1,7 +1,8 @@
 """Route a batch of concurrent queries: one ``Router.route`` call (one encoder pass, the
-pattern cache, then the strategy) per distinct set of options in the batch.
+pattern cache, then the strategy) per distinct set of decision options in the batch.
 
-Plain Python under the router deployment's ``@serve.batch``; unit-testable without Ray.
+Plain Python under the router deployment (one call per gateway batch, on a worker thread;
+batches are serialised here); unit-testable without Ray.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ class RouteBatcher:
         for i, item in enumerate(queries):
             if isinstance(item.query, str) and item.query.strip():
                 groups.setdefault(item.options.decision_key(), []).append(i)
-        choose = self.aggregators() if groups and self.aggregators else None
-        for members in groups.values():
-            self._route_group(queries, members, found, choose)
+        with self.lock:  # one batch at a time: the router and the aggregator choice
+            choose = self.aggregators() if groups and self.aggregators else None
+            for members in groups.values():
+                self._route_group(queries, members, found, choose)
         elapsed_ms = (time.perf_counter() - started) * 1000
         return [RouteResult.failed(one) if isinstance(one, RoutingError) else
                 RouteResult(*one, routing_ms=elapsed_ms, batch_size=len(queries))
@@ -50,9 +52,8 @@ class RouteBatcher:
                      choose: Chooser | None) -> None:
         options = queries[members[0]].options
         try:
-            with self.lock:
-                decisions = self.router.route([queries[i].query for i in members], options)
-                cached = self.router.cache is not None
+            decisions = self.router.route([queries[i].query for i in members], options)
+            cached = self.router.cache is not None
         except RoutingError as err:
             for i in members:
                 found[i] = err

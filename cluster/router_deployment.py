@@ -1,5 +1,6 @@
-"""Router deployment: the encoder, the strategies' indexes and the pattern cache, behind
-``@serve.batch`` so concurrent requests are routed in one encoder pass.
+"""Router deployment: the encoder, the strategies' indexes and the pattern cache. Each call
+is one batch the gateway coalesced (``routing.batch_size``), routed in one encoder pass per
+set of options on a worker thread; routing is batched there, once.
 
 It follows the registry (:class:`ExpertCatalog` on ``ExpertRegistry.watch``): an added
 expert is indexed (from its stored validation outcomes, else its example questions), a
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
-from ray import serve
 
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
@@ -53,15 +52,9 @@ class RouterServer:
         self.batcher = RouteBatcher(router, aggregators=aggregators.current)
         self.catalog.on_change(self._apply)
         self.catalog.start()
-        self._route_batch.set_max_batch_size(cfg.routing.batch_size)
-        self._route_batch.set_batch_wait_timeout_s(cfg.routing.batch_wait_timeout_s)
 
     async def route_many(self, queries: list[RouteQuery]) -> list[RouteResult]:
         """The gateway's coalesced batch: one result per query (an error stays its own)."""
-        return list(await asyncio.gather(*(self._route_batch(q) for q in queries)))
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _route_batch(self, queries: list[RouteQuery]) -> list[RouteResult]:
         return await asyncio.to_thread(self.batcher.route, queries)
 
     def _apply(self, added, removed, version) -> None:
