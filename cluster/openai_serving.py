@@ -86,7 +86,7 @@ class ConclaveService:
         return ModelList(data=cards)
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
-        out = await self._answer(req.query(), req.prompt(), req)
+        out = await self.run(await self.plan(req.query(), req.prompt(), req))
         choice = ChatChoice(index=0, message=ChatChoiceMessage(content=out.text),
                             finish_reason=out.finish_reason)
         return ChatCompletionResponse(model=req.model, choices=[choice], usage=out.usage,
@@ -95,7 +95,7 @@ class ConclaveService:
     async def completions(self, req: CompletionRequest) -> CompletionResponse:
         choices, infos, usage = [], [], Usage()
         for index, prompt in enumerate(req.prompts()):
-            out = await self._answer(prompt, prompt, req)
+            out = await self.run(await self.plan(prompt, prompt, req))
             text = prompt + out.text if req.echo else out.text
             choices.append(CompletionChoice(index=index, text=text,
                                             finish_reason=out.finish_reason))
@@ -168,9 +168,6 @@ class ConclaveService:
                       completion_tokens=sum(a.completion_tokens for a in calls))
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         return FinalAnswer(combined.text, combined.finish_reason, usage, info, run.interrupted)
-
-    async def _answer(self, query: str, prompt: object, req) -> FinalAnswer:
-        return await self.run(await self.plan(query, prompt, req))
 
     async def _call_router(self, query: str, options: RouteOptions) -> RouteResult:
         started = time.perf_counter()
