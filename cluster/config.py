@@ -10,14 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from experts.spec import ExpertSpec, check_references
 from routing.options import RouteOptionFields
@@ -79,14 +72,17 @@ class RoutingConfig(RouteOptionFields):
         1, ge=1, description="Router replicas; with 2 or more, a call to one that dies is "
         "retried on another at once instead of waiting for its replacement.")
 
-    @field_validator("strategies")
-    @classmethod
-    def _strategy_options(cls, strategies: dict[str, dict[str, Any]]):
+    @model_validator(mode="after")
+    def _strategy_options(self) -> RoutingConfig:
+        from routing.errors import RoutingError
         from routing.strategies import check_strategy
 
-        for name, options in strategies.items():
-            check_strategy(name, options)  # a RoutingError is a ValueError: names the key
-        return strategies
+        for name, options in self.strategies.items():
+            try:
+                check_strategy(name, options)
+            except RoutingError as err:
+                raise ValueError(f"strategies.{name}: {err}") from None
+        return self
 
 
 class AutoscalingConfig(_Strict):
