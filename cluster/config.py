@@ -21,6 +21,7 @@ from pydantic import (
 
 from experts.loader import EngineChoice, ExpertLoader, resolve_engine
 from experts.spec import ExpertSpec, check_references
+from routing.options import RouteOptionFields
 
 
 class _Strict(BaseModel):
@@ -55,28 +56,41 @@ class PatternCacheConfig(_Strict):
     store_answers: bool = Field(False, description="Also cache final answers (may go stale).")
 
 
-class RoutingConfig(_Strict):
-    strategy: str = Field("knn", description="Default strategy: skills, pilots, knn, glider, hybrid.")
-    k: int = Field(3, ge=1, le=16, description="Experts recruited per query.")
-    cost_weight: float = Field(0.0, ge=0.0, description="λ: score − λ·cost. Per request too.")
-    sample: bool = Field(False, description="Sample k experts by weight instead of top-k.")
-    seed: int = Field(0, description="Seed for sampling.")
+class RoutingConfig(RouteOptionFields):
+    """The routing defaults every request starts from (k, cost_weight, sample, seed,
+    aggregation: the fields of :class:`routing.options.RouteOptions`, defined there once),
+    and how the router runs."""
+
+    strategy: str = Field(
+        "knn", description="Default strategy (the request's `strategy` overrides it): "
+        "skills, skills-paper, pilots, knn, glider, hybrid.")
+    strategies: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Options per strategy name, e.g. `knn: {k: 50}`: "
+        "its constructor's arguments (see routing/strategies/<name>.py); checked at load.")
     outcomes: str | None = Field(
         None,
         description="Outcome data dir (questions.jsonl + scores.csv) to build profiles from; "
         "default: the experts' example questions.",
     )
-    aggregation: Literal["auto", "vote", "synthesis", "best"] = Field(
-        "auto", description="How k answers become one: vote for multiple choice, else synthesis."
-    )
     cache: PatternCacheConfig = Field(default_factory=PatternCacheConfig, description="Cache.")
     batch_size: int = Field(
-        32, ge=1, description="Concurrent queries routed in one encoder pass (1: no batching)."
-    )
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="Wait to fill a routing batch.")
+        32, ge=1, description="Concurrent queries the gateway sends the router in one call, "
+        "routed in one encoder pass (1: no batching).")
     num_replicas: int = Field(
         1, ge=1, description="Router replicas; with 2 or more, a call to one that dies is "
         "retried on another at once instead of waiting for its replacement.")
+
+    @model_validator(mode="after")
+    def _strategy_options(self) -> RoutingConfig:
+        from routing.errors import RoutingError
+        from routing.strategies import check_strategy
+
+        for name, options in self.strategies.items():
+            try:
+                check_strategy(name, options)
+            except RoutingError as err:
+                raise ValueError(f"strategies.{name}: {err}") from None
+        return self
 
 
 class AutoscalingConfig(_Strict):

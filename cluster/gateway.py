@@ -26,11 +26,12 @@ from cluster.drain_batcher import DrainBatcher
 from cluster.http_app import GatewayParts, build_http_app
 from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
+from cluster.route_messages import RouteQuery, RouteResult
 from experts.errors import ExpertError
 from experts.loader import engine_key
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
-from routing.strategies.base import RoutingError
+from routing.options import RouteOptions
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +63,17 @@ class Gateway:
         return build_http_app(GatewayParts(self.service, self.admin, self.metrics,
                                            serving.request_timeout_s, serving.max_body_bytes))
 
-    async def _route(self, query: str, options: dict) -> dict:
+    async def _route(self, query: str, options: RouteOptions) -> RouteResult:
+        """The router's decision; its :class:`RoutingError` raised here for a bad query."""
         try:
-            reply = await self._routes("router", (query, options))
+            result = await self._routes("router", RouteQuery(query, options))
         except RayActorError:  # died twice: no live router replica right now
             raise ApiError(503, "the router is restarting; retry shortly", type="api_error",
                            code="router_unavailable", headers={"Retry-After": "2"}) from None
-        if "error" in reply:
-            raise RoutingError(reply["error"])
-        return reply
+        return result.raise_error()
 
-    async def _send_routes(self, _key: str, items: list) -> list[dict]:
-        return await self._retrying("router", lambda: self._router.route_many.remote(items))
+    async def _send_routes(self, _key: str, queries: list[RouteQuery]) -> list[RouteResult]:
+        return await self._retrying("router", lambda: self._router.route_many.remote(queries))
 
     async def _call_expert(self, expert_id: str, prompt: object, params: dict,
                            sink=None) -> dict:

@@ -203,10 +203,10 @@ def _check_adapters(specs: list[ExpertSpec], registry, config) -> None:
 
 def _validate(specs: list[ExpertSpec], val_path: str, registry) -> None:
     """Validate each new expert before it is registered, so none joins without a profile."""
+    from routing.errors import RoutingError
     from routing.onboard import load_validation, validate_and_store
     from routing.outcomes import OutcomeError
     from routing.profile_store import ProfileStore
-    from routing.strategies.base import RoutingError
 
     by_id = {spec.id: spec for spec in specs}
     store = ProfileStore(registry.client, registry.namespace)

@@ -76,6 +76,7 @@ def test_redis_password_stays_out_of_logs_while_redis_is_down(restartable_redis,
     from experts.redis_conn import connect
     from experts.registry import ExpertRegistry
     from routing.cache.redis_cache import RedisPatternCache
+    from routing.options import RouteOptions
 
     url = restartable_redis.url
     cache = RedisPatternCache(url, namespace="sec")
@@ -83,7 +84,7 @@ def test_redis_password_stays_out_of_logs_while_redis_is_down(restartable_redis,
     restartable_redis.stop()
     with caplog.at_level(logging.DEBUG):
         assert catalog.refresh() is False
-        assert cache.lookup("a question", _vector(), 0) is None
+        assert cache.lookup("a question", _vector(), 0, RouteOptions()) is None
     catalog.stop()
     restartable_redis.start()
     assert "unreachable" in caplog.text
