@@ -78,7 +78,13 @@ class ExpertPoolServer:
         only to replicas that report it until those are saturated, spreads them over every
         replica instead of piling them on whichever happened to load it first."""
         keys = dict.fromkeys(engine_key(s) for s in self.catalog.specs() if s.pool == self.pool.name)
-        for key in list(keys)[: self.pool.max_resident_models]:
+        keys = list(keys)[: self.pool.max_resident_models]
+        # Started side by side in the model pool first (Serve's multiplexed loader takes one
+        # model at a time, and a vLLM engine takes seconds to start its process), then
+        # registered with Serve, which then finds them loaded.
+        await asyncio.gather(*(asyncio.to_thread(self.models.get, key) for key in keys),
+                             return_exceptions=True)
+        for key in keys:
             try:
                 await self._engine(key)
             except Exception as err:  # a bad expert must not stop the replica; calls report it
