@@ -47,6 +47,19 @@ class PatternCacheConfig(_Strict):
     store_answers: bool = Field(False, description="Also cache final answers (may go stale).")
 
 
+class OutcomeSubset(_Strict):
+    """Which part of `routing.outcomes` the router is fitted on (routing/served_outcomes.py)."""
+
+    split: Literal["all", "train"] = Field(
+        "all", description="all questions, or the train part of `conclave eval`'s split (the "
+        "questions every model answered, split as `conclave eval --seed` does), so the test "
+        "part stays held out.")
+    seed: int = Field(0, description="Seed of that split, as `conclave eval --seed`.")
+    experts_only: bool = Field(
+        False, description="Drop the data's columns no expert claims (models not in this "
+        "panel) instead of refusing them. A replay expert claims its `replay.model` column.")
+
+
 class RoutingConfig(_Strict):
     strategy: str = Field("knn", description="Default strategy: skills, pilots, knn, glider, hybrid.")
     k: int = Field(3, ge=1, le=16, description="Experts recruited per query.")
@@ -58,6 +71,9 @@ class RoutingConfig(_Strict):
         description="Outcome data dir (questions.jsonl + scores.csv) to build profiles from; "
         "default: the experts' example questions.",
     )
+    outcomes_subset: OutcomeSubset = Field(
+        default_factory=OutcomeSubset, description="Which questions and columns of "
+        "`outcomes` profiles are built from (default: all of them).")
     aggregation: Literal["auto", "vote", "synthesis", "best"] = Field(
         "auto", description="How k answers become one: vote for multiple choice, else synthesis."
     )

@@ -96,6 +96,8 @@ def _generate(engine, rows: list[Row], members: list, embed, results: list) -> N
         results[i] = {"text": out.text, "prompt_tokens": out.prompt_tokens,
                       "completion_tokens": out.completion_tokens,
                       "finish_reason": out.finish_reason}
+        if out.no_record:  # counted by the gateway (conclave_replay_no_record)
+            results[i]["no_record"] = True
 
 
 def _fan_out(sinks: list[Callable[[str], None] | None]) -> TextSink:

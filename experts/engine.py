@@ -37,6 +37,7 @@ class Generation:
     completion_tokens: int
     finish_reason: str = "length"  # "stop" when a stop string or EOS ended it
     trace: list | None = None  # per-token routing trace (mixtures), when asked for
+    no_record: bool = False  # a replay engine had no recorded answer for this prompt
 
 
 class GenerationEngine(ABC):

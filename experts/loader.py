@@ -64,6 +64,8 @@ class ExpertLoader:
         spec = self.lookup(key)
         if spec.kind == "lora":
             spec = self.lookup(engine_key(spec))
+        if spec.engine == "replay":
+            return self._load_replay(spec)
         builder = self.builders.get(spec.kind)
         if builder is None:
             raise ExpertError(f"expert {spec.id!r}: kind {spec.kind!r} cannot be loaded here")
@@ -102,6 +104,13 @@ class ExpertLoader:
             device=self.device,
             trust_remote_code=spec.trust_remote_code,
         )
+
+    def _load_replay(self, spec: ExpertSpec) -> GenerationEngine:
+        from experts.replay_engine import ReplayEngine
+
+        # Always a local folder, however it is spelled: checked against the allowed roots.
+        self.check_path(spec, str(_resolve(spec.replay.data)))
+        return ReplayEngine.from_spec(spec)
 
     def _load_mixture(self, spec: ExpertSpec) -> GenerationEngine:
         from experts.mixture_engine import load_mixture

@@ -54,6 +54,27 @@ class MixtureOptions(BaseModel):
     top_k: int = Field(2, ge=1, description="Experts mixed per token (at most `experts`).")
 
 
+class ReplayOptions(BaseModel):
+    """A replay expert's recorded answers (``engine: replay``, :mod:`experts.replay_engine`)
+    and its latency model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(description="Outcome folder with questions.jsonl and predictions.csv "
+                      "(the shared data format); relative paths are from the working dir.")
+    model: str = Field(description="The predictions.csv column this expert replays.")
+    latency: bool = Field(False, description="Simulate generation time: first tokens after "
+                          "ttft_s, the rest at tokens_per_s over the recorded output length. "
+                          "Off: answers come at once.")
+    ttft_s: float | None = Field(None, ge=0.0, allow_inf_nan=False, description="Seconds to "
+                                 "the first token; default from the model's size in "
+                                 "models.json.")
+    tokens_per_s: float | None = Field(None, gt=0.0, allow_inf_nan=False, description="Decode "
+                                       "speed; default from the model's size.")
+    time_scale: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="Multiplies every "
+                              "simulated delay (0.1: ten times faster than modelled).")
+
+
 def is_local_path(value: str) -> bool:
     """A model reference is a local path when it is spelled like one.
 
@@ -110,6 +131,11 @@ class ExpertSpec(BaseModel):
         "fields), over its pool's `engine_args`.",
     )
 
+    replay: ReplayOptions | None = Field(
+        None, description="Recorded answers of a `model` expert with engine: replay (it then "
+        "needs no `model`).",
+    )
+
     @field_validator("id")
     @classmethod
     def _slug(cls, value: str) -> str:
@@ -119,8 +145,18 @@ class ExpertSpec(BaseModel):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> ExpertSpec:
-        if self.kind == "model" and not self.model:
+        if self.kind == "model" and not self.model and self.engine != "replay":
             raise ValueError(f"expert {self.id!r}: kind 'model' needs `model`")
+        if (self.engine == "replay") != (self.replay is not None):
+            raise ValueError(f"expert {self.id!r}: engine 'replay' and `replay: {{data, "
+                             "model}` go together")
+        if self.replay is not None:
+            from experts.replay_data import check_replay_source
+
+            try:
+                check_replay_source(self.replay.data, self.replay.model)
+            except ValueError as err:
+                raise ValueError(f"expert {self.id!r}: {err}") from None
         if self.kind in ("lora", "mixture") and not self.base:
             raise ValueError(f"expert {self.id!r}: kind {self.kind!r} needs `base`")
         if self.kind == "lora" and not self.adapter:
