@@ -4,6 +4,9 @@ An expert is one of
 - ``model``: a causal LM, from a Hugging Face id or a local path;
 - ``lora``: a peft adapter on top of a ``model`` expert named by ``base``;
 - ``mixture``: a base plus several ``lora`` experts, mixed token by token (GLIDER local).
+
+A ``model`` expert with ``engine: replay`` needs no ``model``: it answers with a real
+model's recorded answers (``replay: {data, model}``, :mod:`experts.replay_engine`).
 """
 
 from __future__ import annotations

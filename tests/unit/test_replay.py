@@ -202,3 +202,45 @@ def test_predictions_are_replayed_for_real_models(shared_data):
                     {"role": "user", "content": questions[r["id"]]["text"]}] for r in sample]
         outs = replay.generate(prompts)
         assert [extract_choice(o.text) or "" for o in outs] == [r[model] for r in sample]
+
+
+def test_replay_config_is_the_open_pool_fitted_on_the_eval_train_split(shared_data):
+    from cluster.cli.replay_demo import held_out, replay_config
+    from routing.served_outcomes import served_outcomes
+
+    config = replay_config(shared_data)
+    held = held_out(config)  # raises unless the experts are exactly the open pool
+    assert len(config.experts) == 26 and config.routing.aggregation == "vote"
+    subset = config.routing.outcomes_subset
+    table = served_outcomes(config.routing.outcomes, config.experts, subset.split, subset.seed,
+                            subset.experts_only)
+    assert table.ids == held.train.ids  # test questions held out
+    assert table.experts == [held.ids[name] for name in held.train.experts]
+    assert (table.scores == held.train.scores).all()
+
+
+def test_unclaimed_outcome_columns_are_refused_unless_experts_only(folder):
+    from routing.router import build_router
+    from routing.strategies.base import RoutingError
+
+    specs = [ExpertSpec(id="big", engine="replay",
+                        replay={"data": str(folder), "model": "Big-Model"})]
+    config = parse_config({"routing": {"outcomes": str(folder)}})
+    with pytest.raises(RoutingError, match=r"column\(s\) \['small.model'\] with no expert spec"):
+        build_router(config, specs, None, encoder=_Hash())
+    config = parse_config({"routing": {"outcomes": str(folder),
+                                       "outcomes_subset": {"experts_only": True}}})
+    assert build_router(config, specs, None, encoder=_Hash()).experts == ["big"]
+
+
+class _Hash:
+    """A deterministic stand-in encoder (the outcome plumbing is under test, not embeddings)."""
+
+    dim = 8
+
+    def encode(self, texts):
+        import numpy as np
+
+        rows = [np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in texts]
+        vectors = np.array(rows, dtype=np.float32).reshape(len(texts), 8)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
