@@ -47,14 +47,14 @@ def offline(config, held) -> dict:
             "choices": [held.ids[scores.experts[j]] for j in best]}
 
 
-def served(config, held, rows: list[int], choices: list[str], concurrency: int) -> dict:
+def served(config, held, rows: list[int], choices: list[str], concurrency: int,
+           port: int) -> dict:
     """Serve ``config``, ask ``rows`` at k=1, compare with the offline ``choices``."""
-    from cluster.cli.demo import _free_port
     from cluster.cli.replay_demo import accuracy, ask_all
     from cluster.local_serve import start_app, stop_app
 
     started = time.perf_counter()
-    url = start_app(config, port=_free_port(), name="replay-bench", route_prefix="/")
+    url = start_app(config, port=port, name="replay-bench", route_prefix="/")
     start_s = time.perf_counter() - started
     try:
         started = time.perf_counter()
@@ -89,6 +89,7 @@ def _drop_namespace(config) -> None:
 def main(data_dir: str | None, limit: int | None, concurrency: int, json_path: str | None):
     import ray
 
+    from cluster.cli.demo import _free_port
     from cluster.cli.replay_demo import find_data, held_out, replay_config, sample_rows
     from cluster.local_serve import offline_defaults
 
@@ -101,10 +102,11 @@ def main(data_dir: str | None, limit: int | None, concurrency: int, json_path: s
     rows = sample_rows(held, limit or len(held.test))
     reference = offline(config, held)
     figures = {k: v for k, v in reference.items() if k != "choices"}
+    port = _free_port()  # Serve's proxy keeps the port it started on
     try:
         for label, cache in (("", True), ("cache_off_", False)):
             run = replay_config(root, cache=cache, namespace=f"replay-bench-{os.getpid()}-{label}")
-            result = served(run, held, rows, reference["choices"], concurrency)
+            result = served(run, held, rows, reference["choices"], concurrency, port)
             figures.update({label + key: value for key, value in result.items()})
     finally:
         if ray.is_initialized():
