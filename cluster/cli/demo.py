@@ -47,7 +47,7 @@ LIVE_QUESTION = "Is granite an igneous or a sedimentary rock?"
 @click.option("--replay", is_flag=True, help="Only the replay demo, in full: real recorded "
               "MMLU-Pro answers of 26 open models, routed and served.")
 @click.option("--questions", default=None, type=int, help="Held-out test questions the replay "
-              "part asks (default: 300 with --replay, 60 in the short part of the plain demo).")
+              "part asks (default: 300 with --replay, 40 in the short part of the plain demo).")
 @click.option("--data", "data_dir", default=None, type=click.Path(), help="Shared data root "
               "holding mmlu-pro/ (default: $CONCLAVE_SHARED_DATA, else ../shared/data).")
 @click.option("--plot", "plot_path", default="replay_per_domain.png", type=click.Path(),
@@ -80,7 +80,7 @@ def demo(config_path: str | None, port: int | None, replay: bool, questions: int
         if data is None:
             click.echo("\nreplay: skipped (no shared data; see conclave demo --replay --help)")
         else:
-            replay_section(data, questions or 60, port, True, Path(plot_path))
+            replay_section(data, questions or 40, port, True, Path(plot_path))
     except (ConfigError, ValueError, TimeoutError) as err:
         fail(str(err))
     finally:

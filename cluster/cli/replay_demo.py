@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 REPLAY_CONFIG = REPO / "configs" / "replay-mmlu-pro.yaml"
 DATA_PREFIX = "../shared/data"  # how the config spells the data root (from the repo root)
 DATA_ENV = "CONCLAVE_SHARED_DATA"
+SHORT_TRAIN = 200  # train questions the short demo's router is fitted on (embedded at start)
 SYSTEM = "Answer the multiple-choice question. Options:\n{options}\nEnd with 'The answer is (X)'."
 
 
@@ -258,8 +259,9 @@ def train_sample(held: HeldOut, n: int, out: Path) -> Path:
 def replay_section(data_root: Path, questions: int, port: int, short: bool,
                    plot_path: Path) -> None:
     """Serve the replay config, ask ``questions`` test questions in every mode, print the
-    table and write the plot. ``short``: the router is fitted on a 400-question train
-    sample (see :func:`train_sample`), next to whatever else runs on ``port``."""
+    table and write the plot. ``short``: the router is fitted on a
+    :data:`SHORT_TRAIN`-question train sample (see :func:`train_sample`), next to whatever
+    else runs on ``port``."""
     from cluster.local_serve import start_app, stop_app
 
     config = replay_config(data_root)
@@ -267,9 +269,10 @@ def replay_section(data_root: Path, questions: int, port: int, short: bool,
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="conclave-replay-") as tmp:
         if short:
-            config = replay_config(data_root, outcomes=train_sample(held, 400, Path(tmp)))
+            config = replay_config(data_root, outcomes=train_sample(held, SHORT_TRAIN, Path(tmp)))
+        sample = f"a {SHORT_TRAIN}-question sample of " if short else ""
         click.echo(f"\nreplay: serving {len(config.experts)} replay experts (MMLU-Pro open pool), "
-                   f"router fitted on {'a 400-question sample of ' if short else ''}the train split…")
+                   f"router fitted on {sample}the train split…")
         url = start_app(config, port=port, name="replay", route_prefix="/replay")
         try:
             click.echo(f"replay: up in {time.perf_counter() - started:.0f}s at {url}")
@@ -278,4 +281,8 @@ def replay_section(data_root: Path, questions: int, port: int, short: bool,
         finally:
             stop_app("replay", shutdown=False)
     print_table(results, len(rows))
+    if short:
+        click.echo("(short: a small sample, so the figures are noisy; `conclave demo --replay` "
+                   "asks 300 questions with the router fitted on the whole train split)")
     click.echo(f"per-domain accuracy plot: {plot(results, held, rows, plot_path)}")
+    click.echo(f"replay: {time.perf_counter() - started:.0f}s in all")
