@@ -244,3 +244,17 @@ class _Hash:
         rows = [np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in texts]
         vectors = np.array(rows, dtype=np.float32).reshape(len(texts), 8)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_admin_refuses_replay_data_outside_the_allowed_roots(folder, tmp_path, redis_url):
+    from cluster.admin import ExpertAdmin
+    from cluster.api_errors import ApiError
+    from cluster.catalog import ExpertCatalog
+    from experts.redis_conn import connect
+    from experts.registry import ExpertRegistry
+
+    catalog = ExpertCatalog(ExpertRegistry(connect(redis_url), namespace="replay-admin"))
+    body = {"id": "big", "engine": "replay", "replay": {"data": str(folder), "model": "Big-Model"}}
+    with pytest.raises(ApiError, match="outside the allowed roots"):
+        ExpertAdmin(catalog, "t", [str(tmp_path / "elsewhere")]).add(body)
+    assert ExpertAdmin(catalog, "t", [str(folder)]).add(body)["added"] == "big"
