@@ -111,3 +111,17 @@ def test_prompt_without_a_recorded_question_gets_a_reply_and_a_metric(replay_app
     counted = [line for line in metrics.splitlines()
                if line.startswith("conclave_replay_no_record_total{")]
     assert counted and sum(float(line.rsplit(" ", 1)[1]) for line in counted) >= 1
+
+
+def test_a_streamed_replay_answer_is_the_recorded_one(replay_app):
+    import openai
+
+    url, data = replay_app
+    question = json.loads((data / "questions.jsonl").read_text().splitlines()[3])
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    chat = [{"role": "user", "content": question["text"]}]
+    whole = client.chat.completions.create(model="conclave:k=1", messages=chat)
+    stream = client.chat.completions.create(model="conclave:k=1", messages=chat, stream=True)
+    parts = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(parts) >= 2 and "".join(parts) == whole.choices[0].message.content
+    assert whole.choices[0].message.content.startswith("The answer is (")
