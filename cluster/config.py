@@ -56,6 +56,19 @@ class PatternCacheConfig(_Strict):
     store_answers: bool = Field(False, description="Also cache final answers (may go stale).")
 
 
+class OutcomeSubset(_Strict):
+    """Which part of `routing.outcomes` the router is fitted on (routing/served_outcomes.py)."""
+
+    split: Literal["all", "train"] = Field(
+        "all", description="all questions, or the train part of `conclave eval`'s split (the "
+        "questions every model answered, split as `conclave eval --seed` does), so the test "
+        "part stays held out.")
+    seed: int = Field(0, description="Seed of that split, as `conclave eval --seed`.")
+    experts_only: bool = Field(
+        False, description="Drop the data's columns no expert claims (models not in this "
+        "panel) instead of refusing them. A replay expert claims its `replay.model` column.")
+
+
 class RoutingConfig(RouteOptionFields):
     """The routing defaults every request starts from (k, cost_weight, sample, seed,
     aggregation: the fields of :class:`routing.options.RouteOptions`, defined there once),
@@ -72,6 +85,9 @@ class RoutingConfig(RouteOptionFields):
         description="Outcome data dir (questions.jsonl + scores.csv) to build profiles from; "
         "default: the experts' example questions.",
     )
+    outcomes_subset: OutcomeSubset = Field(
+        default_factory=OutcomeSubset, description="Which questions and columns of "
+        "`outcomes` profiles are built from (default: all of them).")
     cache: PatternCacheConfig = Field(default_factory=PatternCacheConfig, description="Cache.")
     batch_size: int = Field(
         32, ge=1, description="Concurrent queries the gateway sends the router in one call, "

@@ -135,6 +135,8 @@ def generation_reply(out: Generation) -> dict:
              "completion_tokens": out.completion_tokens, "finish_reason": out.finish_reason}
     if out.logprobs is not None:
         reply["logprobs"] = out.logprobs
+    if out.no_record:  # counted by the gateway (conclave_replay_no_record)
+        reply["no_record"] = True
     return reply
 
 

@@ -53,6 +53,9 @@ class ConclaveMetrics:
                               ["expert"], registry=reg)
         self.failovers = Counter("conclave_failovers", "Expert calls failed over, by expert.",
                                  ["expert"], registry=reg)
+        self.replay_no_record = Counter("conclave_replay_no_record",
+                                        "Prompts a replay expert had no recorded answer "
+                                        "for, by expert.", ["expert"], registry=reg)
         self.replica_retries = Counter("conclave_replica_retries",
                                        "Calls sent again because the replica died under them, "
                                        "by deployment.", ["deployment"], registry=reg)
@@ -69,6 +72,8 @@ class ConclaveMetrics:
     def record_generation(self, pool: str, expert: str, reply: dict) -> None:
         """Book one pool reply: tokens, and the batch/load events it carries."""
         self.tokens.labels(expert).inc(int(reply.get("completion_tokens", 0)))
+        if reply.get("no_record"):
+            self.replay_no_record.labels(expert).inc()
         stats = reply.get("stats") or {}
         if stats.get("batch_size"):
             self.batch_size.labels(pool).observe(stats["batch_size"])

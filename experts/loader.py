@@ -91,6 +91,7 @@ class ExpertLoader:
         self.engines: dict[str, Callable[[ExpertSpec], GenerationEngine]] = {
             "hf": self._load_hf,
             "vllm": self._load_vllm,
+            "replay": self._load_replay,
         }
 
     def __call__(self, key: str) -> GenerationEngine:
@@ -176,6 +177,13 @@ class ExpertLoader:
             device=self.device,
             trust_remote_code=spec.trust_remote_code,
         )
+
+    def _load_replay(self, spec: ExpertSpec) -> GenerationEngine:
+        from experts.replay_engine import ReplayEngine
+
+        # Always a local folder, however it is spelled: checked against the allowed roots.
+        self.check_path(spec, str(_resolve(spec.replay.data)))
+        return ReplayEngine.from_spec(spec)
 
     def _load_mixture(self, spec: ExpertSpec) -> GenerationEngine:
         from experts.mixture_engine import load_mixture

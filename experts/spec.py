@@ -4,6 +4,9 @@ An expert is one of
 - ``model``: a causal LM, from a Hugging Face id or a local path;
 - ``lora``: a peft adapter on top of a ``model`` expert named by ``base``;
 - ``mixture``: a base plus several ``lora`` experts, mixed token by token (GLIDER local).
+
+A ``model`` expert with ``engine: replay`` needs no ``model``: it answers with a real
+model's recorded answers (``replay: {data, model}``, :mod:`experts.replay_engine`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,27 @@ class MixtureOptions(BaseModel):
         "expert everywhere. The paper uses 3 to 1000.",
     )
     top_k: int = Field(2, ge=1, description="Experts mixed per token (at most `experts`).")
+
+
+class ReplayOptions(BaseModel):
+    """A replay expert's recorded answers (``engine: replay``, :mod:`experts.replay_engine`)
+    and its latency model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(description="Outcome folder with questions.jsonl and predictions.csv "
+                      "(the shared data format); relative paths are from the working dir.")
+    model: str = Field(description="The predictions.csv column this expert replays.")
+    latency: bool = Field(False, description="Simulate generation time: first tokens after "
+                          "ttft_s, the rest at tokens_per_s over the recorded output length. "
+                          "Off: answers come at once.")
+    ttft_s: float | None = Field(None, ge=0.0, allow_inf_nan=False, description="Seconds to "
+                                 "the first token; default from the model's size in "
+                                 "models.json.")
+    tokens_per_s: float | None = Field(None, gt=0.0, allow_inf_nan=False, description="Decode "
+                                       "speed; default from the model's size.")
+    time_scale: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="Multiplies every "
+                              "simulated delay (0.1: ten times faster than modelled).")
 
 
 def is_local_path(value: str) -> bool:
@@ -110,6 +134,11 @@ class ExpertSpec(BaseModel):
         "fields), over its pool's `engine_args`.",
     )
 
+    replay: ReplayOptions | None = Field(
+        None, description="Recorded answers of a `model` expert with engine: replay (it then "
+        "needs no `model`).",
+    )
+
     @field_validator("engine_args")
     @classmethod
     def _known_engine_args(cls, value: dict) -> dict:
@@ -127,8 +156,18 @@ class ExpertSpec(BaseModel):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> ExpertSpec:
-        if self.kind == "model" and not self.model:
+        if self.kind == "model" and not self.model and self.engine != "replay":
             raise ValueError(f"expert {self.id!r}: kind 'model' needs `model`")
+        if (self.engine == "replay") != (self.replay is not None):
+            raise ValueError(f"expert {self.id!r}: engine 'replay' and `replay: {{data, "
+                             "model}` go together")
+        if self.replay is not None:
+            from experts.replay_data import check_replay_source
+
+            try:
+                check_replay_source(self.replay.data, self.replay.model)
+            except ValueError as err:
+                raise ValueError(f"expert {self.id!r}: {err}") from None
         if self.kind in ("lora", "mixture") and not self.base:
             raise ValueError(f"expert {self.id!r}: kind {self.kind!r} needs `base`")
         if self.kind == "lora" and not self.adapter:

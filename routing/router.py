@@ -21,8 +21,9 @@ from experts.spec import ExpertSpec
 from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import RouteOptions
-from routing.outcomes import OutcomeTable, load_outcomes
+from routing.outcomes import OutcomeTable
 from routing.selection import select
+from routing.served_outcomes import served_outcomes
 from routing.strategies import STRATEGIES, make_strategy
 from routing.strategies.base import RoutingStrategy, StrategyContext
 
@@ -180,7 +181,9 @@ def build_router(config, specs: list[ExpertSpec], outcomes: OutcomeTable | None,
 
     encoder = encoder or build_encoder(config.encoder)
     if outcomes is None and config.routing.outcomes:
-        outcomes = load_outcomes(config.routing.outcomes)
+        subset = config.routing.outcomes_subset
+        outcomes = served_outcomes(config.routing.outcomes, specs, subset.split, subset.seed,
+                                   subset.experts_only)
     if outcomes is not None and specs:
         _match_specs(outcomes, specs)
     outcomes = startup_outcomes(specs, outcomes, profiles)
