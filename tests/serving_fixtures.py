@@ -112,32 +112,13 @@ def conclave_server(serve_instance, serving_redis, tiny_lm, tiny_adapters,
     from ray import serve
 
     from cluster.app import build_app
+    from cluster.local_serve import wait_for_expert
 
     base = tmp_path_factory.getbasetemp()
     broken = broken_model(tmp_path_factory.mktemp("broken-model"))
     args = app_args(serving_redis, tiny_lm, tiny_adapters, broken, [str(base)])
     serve.run(build_app(args), name=APP, route_prefix="/")
-    warm_up(serve_instance, "general")
+    wait_for_expert(serve_instance, "general")  # its vLLM engine has started
     yield ConclaveServer(serve_instance, ADMIN_TOKEN, serving_redis, "itest", args)
     serve.delete(APP)
 
-
-def warm_up(url: str, expert: str, timeout_s: float = 600.0) -> None:
-    """Wait until ``expert`` answers: its engine (a vLLM engine process) has started, so
-    the tests' timings measure serving, not the start-up of a busy machine."""
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    body = {"model": expert, "messages": [{"role": "user", "content": "hello"}],
-            "max_tokens": 1}
-    while True:
-        try:
-            if httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"expert {expert!r} did not answer within {timeout_s:g}s")
-        time.sleep(1)

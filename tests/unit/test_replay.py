@@ -220,8 +220,8 @@ def test_replay_config_is_the_open_pool_fitted_on_the_eval_train_split(shared_da
 
 
 def test_unclaimed_outcome_columns_are_refused_unless_experts_only(folder):
-    from routing.router import build_router
     from routing.errors import RoutingError
+    from routing.router import build_router
 
     specs = [ExpertSpec(id="big", engine="replay",
                         replay={"data": str(folder), "model": "Big-Model"})]
