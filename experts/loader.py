@@ -13,7 +13,7 @@ from pathlib import Path
 
 from experts.engine import GenerationEngine
 from experts.errors import ExpertError
-from experts.spec import ExpertSpec, is_local_path
+from experts.spec import ExpertSpec, is_local_path, require_local_path
 
 
 def engine_key(spec: ExpertSpec) -> str:
@@ -82,8 +82,11 @@ class ExpertLoader:
         return spec.id
 
     def check_path(self, spec: ExpertSpec, ref: str | None) -> None:
-        """Refuse a local path outside ``allowed_roots``."""
-        if not ref or not is_local_path(ref) or self.allowed_roots is None:
+        """Refuse a local path outside ``allowed_roots``, or missing on this node."""
+        if not ref or not is_local_path(ref):
+            return
+        require_local_path(spec.id, ref)
+        if self.allowed_roots is None:
             return
         path = _resolve(ref)
         if not any(path == root or root in path.parents for root in self.allowed_roots):
