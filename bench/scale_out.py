@@ -1,0 +1,145 @@
+"""Scale-out: the same workload on a real multi-node Ray cluster with 1, 2 and 3 worker
+nodes on this machine, each worker given its share of the machine's CPUs.
+
+    python bench/scale_out.py [--workers 1,2,3] [--requests 300] [--concurrency 16]
+                              [--max-tokens 8] [--json FILE]
+
+Per worker count: a fresh cluster (:mod:`cluster.local_cluster`: a head with the gateway,
+router and HTTP proxy, plus N workers of ``cpu_count / N`` logical CPUs and one
+``expert-node``), a TCP Redis, the demo pool with one replica per worker (each reserving its
+node's CPUs, so one torch thread per reserved core), a warm-up, then ``--requests`` mixed
+requests (chat, streamed chat, completion, one expert asked directly) at ``--concurrency``.
+Prints requests/s, latency, losses, the speed-up over one worker and the scaling efficiency
+(speed-up / workers), the rows each worker's replica generated, and the CPU milliseconds a
+request cost on the head (gateway, router, proxy) and in the pools: the workers share the
+machine's cores with the head, so the head's share bounds what more workers can add.
+``--json`` writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from serving import cpu_seconds  # bench/serving.py: CPU seconds of an app's replicas
+
+APP = "bench-scale"  # cpu_seconds("scale") reads this app's replicas
+POOL = "pool-default"
+
+
+def app_args(redis_url: str, workers: int, cpus_per_worker: float) -> dict:
+    return {
+        "demo_pool": True,
+        "redis": {"url": redis_url, "namespace": f"scale-{workers}-{os.getpid()}"},
+        "routing": {"k": 2, "resources": {"frontend": 1}},
+        "pools": [{"name": "default", "num_replicas": workers, "num_cpus": cpus_per_worker,
+                   "resources": {"expert-node": 1}, "max_resident_models": 3,
+                   "max_batch_size": 32, "batch_wait_timeout_s": 0.01}],
+        "serving": {"resources": {"frontend": 1}, "max_tokens_limit": 64,
+                    "request_timeout_s": 300, "expert_timeout_s": 120},
+    }
+
+
+def questions() -> list[str]:
+    from experts.demo import PROFILES
+
+    return [text for profile in PROFILES for text in profile["examples"]]
+
+
+def measure(workers: int, args) -> dict:
+    """One fresh cluster with ``workers`` worker nodes: warm up, then the timed load."""
+    from ray import serve
+
+    from cluster.app import build_app
+    from cluster.loadgen import MixedLoad
+    from cluster.local_cluster import LocalCluster, NodeSpec, TcpRedis, free_port
+
+    share = round(os.cpu_count() / workers, 3)
+    redis = TcpRedis(tempfile.mkdtemp(prefix="cscale-")).start()
+    cluster = LocalCluster(NodeSpec("head", num_cpus=1, resources={"frontend": 10})).start()
+    try:
+        for i in range(workers):
+            cluster.add(NodeSpec(f"w{i}", num_cpus=share, resources={"expert-node": 1}))
+        port = free_port()
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(app_args(redis.url, workers, share)), name=APP, route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        load = MixedLoad(url, questions(), direct=["math", "code-base"],
+                         concurrency=args.concurrency, max_tokens=args.max_tokens)
+        asyncio.run(load.run(requests=args.concurrency * 2))  # every replica warm
+        before, rows_before = cpu_seconds("scale"), rows_by_node(cluster)
+        report = asyncio.run(load.run(requests=args.requests))
+        cpu = {role: sec - before.get(role, 0.0) for role, sec in cpu_seconds("scale").items()}
+        rows = {node: n - rows_before.get(node, 0) for node, n in rows_by_node(cluster).items()}
+        placed = cluster.replica_nodes(APP, POOL)
+    finally:
+        cluster.shutdown()
+        redis.stop()
+    summary = report.summary()
+    return {"workers": workers, "cpus_per_worker": share, "replicas_on": placed,
+            "requests_per_s": summary["requests_per_s"], "p50_ms": summary["p50_ms"],
+            "p99_ms": summary["p99_ms"], "lost": summary["lost"], "rows_by_node": rows,
+            "cpu_ms_per_request": {role: round(1000 * sec / args.requests, 1)
+                                   for role, sec in sorted(cpu.items())}}
+
+
+def rows_by_node(cluster, calls: int = 24) -> dict[str, int]:
+    """Rows generated so far by the pool replica on each worker (its ``stats()``)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle(POOL, APP)
+    names = {node_id: name for name, node_id in cluster.node_ids().items()}
+    replies = [r.result(timeout_s=60) for r in [handle.stats.remote() for _ in range(calls)]]
+    return {names.get(r["node"], r["node"]): r["rows_served"] for r in replies}
+
+
+def print_table(results: list[dict], args) -> None:
+    first = results[0]
+    print(f"\n{args.requests} mixed requests per run, concurrency {args.concurrency}, "
+          f"max_tokens {args.max_tokens}; {os.cpu_count()} CPUs on this machine, shared by "
+          "the head and the workers")
+    print(f"{'WORKERS':>7} {'CPU/WORKER':>10} {'REQ/S':>7} {'SPEED-UP':>8} {'EFFICIENCY':>10} "
+          f"{'P50 MS':>7} {'P99 MS':>7} {'LOST':>5}  ROWS BY WORKER")
+    for r in results:
+        speedup = r["requests_per_s"] / first["requests_per_s"]
+        r["speedup"] = round(speedup, 2)
+        r["efficiency"] = round(speedup / (r["workers"] / first["workers"]), 2)
+        rows = ", ".join(f"{node} {n}" for node, n in sorted(r["rows_by_node"].items()))
+        print(f"{r['workers']:>7} {r['cpus_per_worker']:>10g} {r['requests_per_s']:>7.2f} "
+              f"{speedup:>7.2f}x {r['efficiency']:>10.2f} {r['p50_ms']:>7.0f} "
+              f"{r['p99_ms']:>7.0f} {r['lost']:>5}  {rows}")
+    print("CPU ms per request (head: gateway, router, proxy; workers: pool replicas):")
+    for r in results:
+        parts = ", ".join(f"{role} {ms:g}" for role, ms in r["cpu_ms_per_request"].items())
+        print(f"  {r['workers']} workers: {parts}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", default="1,2,3", help="worker counts, comma-separated")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--json", dest="json_path", default=None)
+    args = parser.parse_args()
+    from cluster.local_serve import offline_defaults
+
+    offline_defaults()
+    started = time.monotonic()
+    results = [measure(int(n), args) for n in args.workers.split(",")]
+    print_table(results, args)
+    print(f"({time.monotonic() - started:.0f} s in all, load average now "
+          f"{os.getloadavg()[0]:.1f})")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps({
+            "results": results, "requests": args.requests, "concurrency": args.concurrency,
+            "max_tokens": args.max_tokens, "cpu_count": os.cpu_count()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
