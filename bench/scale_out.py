@@ -7,7 +7,8 @@ nodes on this machine, each worker given its share of the machine's CPUs.
 Per worker count: a fresh cluster (:mod:`cluster.local_cluster`: a head with the gateway,
 router and HTTP proxy, plus N workers of ``cpu_count / N`` logical CPUs and one
 ``expert-node``), a TCP Redis, the demo pool with one replica per worker (each reserving its
-node's CPUs, so one torch thread per reserved core), a warm-up, then ``--requests`` mixed
+node's CPU share, so one torch thread per reserved core; a Ray node's own CPU count is
+that share rounded up, as Ray counts whole CPUs), a warm-up, then ``--requests`` mixed
 requests (chat, streamed chat, completion, one expert asked directly) at ``--concurrency``.
 Prints requests/s, latency, losses, the speed-up over one worker and the scaling efficiency
 (speed-up / workers), the rows each worker's replica generated, and the CPU milliseconds a
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import tempfile
 import time
@@ -59,12 +61,13 @@ def measure(workers: int, args) -> dict:
     from cluster.loadgen import MixedLoad
     from cluster.local_cluster import LocalCluster, NodeSpec, TcpRedis, free_port
 
-    share = round(os.cpu_count() / workers, 3)
+    share = round(os.cpu_count() / workers, 3)  # what each worker's replica reserves
+    node_cpus = math.ceil(share)  # a Ray node's CPU count must be whole
     redis = TcpRedis(tempfile.mkdtemp(prefix="cscale-")).start()
     cluster = LocalCluster(NodeSpec("head", num_cpus=1, resources={"frontend": 10})).start()
     try:
         for i in range(workers):
-            cluster.add(NodeSpec(f"w{i}", num_cpus=share, resources={"expert-node": 1}))
+            cluster.add(NodeSpec(f"w{i}", num_cpus=node_cpus, resources={"expert-node": 1}))
         port = free_port()
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(app_args(redis.url, workers, share)), name=APP, route_prefix="/")
@@ -88,14 +91,9 @@ def measure(workers: int, args) -> dict:
                                    for role, sec in sorted(cpu.items())}}
 
 
-def rows_by_node(cluster, calls: int = 24) -> dict[str, int]:
+def rows_by_node(cluster) -> dict[str, int]:
     """Rows generated so far by the pool replica on each worker (its ``stats()``)."""
-    from ray import serve
-
-    handle = serve.get_deployment_handle(POOL, APP)
-    names = {node_id: name for name, node_id in cluster.node_ids().items()}
-    replies = [r.result(timeout_s=60) for r in [handle.stats.remote() for _ in range(calls)]]
-    return {names.get(r["node"], r["node"]): r["rows_served"] for r in replies}
+    return {node: stats["rows_served"] for node, stats in cluster.pool_stats(APP, POOL).items()}
 
 
 def print_table(results: list[dict], args) -> None:
@@ -131,7 +129,10 @@ def main() -> None:
 
     offline_defaults()
     started = time.monotonic()
-    results = [measure(int(n), args) for n in args.workers.split(",")]
+    results = []
+    for n in args.workers.split(","):
+        results.append(measure(int(n), args))
+        print("measured:", json.dumps(results[-1]), flush=True)
     print_table(results, args)
     print(f"({time.monotonic() - started:.0f} s in all, load average now "
           f"{os.getloadavg()[0]:.1f})")

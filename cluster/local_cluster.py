@@ -140,6 +140,24 @@ class LocalCluster:
                                    f"after {timeout_s:g}s")
             time.sleep(0.5)
 
+    def pool_stats(self, app: str, deployment: str, timeout_s: float = 60.0) -> dict[str, dict]:
+        """``stats()`` of ``deployment``'s replicas, by node name (one replica per node):
+        concurrent calls, which Serve spreads over the replicas, until every node with a
+        live replica has answered."""
+        from ray import serve
+
+        handle = serve.get_deployment_handle(deployment, app)
+        names = {node_id: name for name, node_id in self.node_ids().items()}
+        deadline = time.monotonic() + timeout_s
+        by_node: dict[str, dict] = {}
+        while not set(self.replica_nodes(app, deployment)) <= set(by_node):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{deployment}: no stats from every node, got {by_node}")
+            calls = [handle.stats.remote() for _ in range(8)]
+            by_node |= {names.get(r["node"], r["node"]): r
+                        for r in (call.result(timeout_s=60) for call in calls)}
+        return by_node
+
     def shutdown(self) -> None:
         import ray
 

@@ -149,7 +149,7 @@ class ExpertSpec(BaseModel):
                              f"than its {len(self.experts)} experts")
         if not (info.context or {}).get("paths_on_load"):
             for ref in (self.model, self.adapter):
-                if ref and is_local_path(ref) and not Path(ref).expanduser().exists():
+                if missing_local_path(ref):
                     raise ValueError(f"expert {self.id!r}: path {ref!r} does not exist")
         return self
 
@@ -159,13 +159,18 @@ class ExpertSpec(BaseModel):
         return self.instruction or self.description or self.id
 
 
+def missing_local_path(ref: str | None) -> bool:
+    """``ref`` is spelled as a local path that does not exist here."""
+    return bool(ref) and is_local_path(ref) and not Path(ref).expanduser().exists()
+
+
 def require_local_path(expert_id: str, ref: str | None) -> None:
     """Raise :class:`~experts.errors.ExpertError` when ``ref`` is a local path missing on
     this node: paths are read by the node that loads them, which may not be the one that
     validated the spec."""
     from experts.errors import ExpertError
 
-    if ref and is_local_path(ref) and not Path(ref).expanduser().exists():
+    if missing_local_path(ref):
         raise ExpertError(f"expert {expert_id!r}: local path {ref!r} does not exist on this "
                           f"node ({socket.gethostname()}); local paths are read where the "
                           "expert is loaded, so every node serving it needs them")

@@ -124,15 +124,9 @@ def wait_replica_nodes(state: dict, deployment: str, expected: list[str],
     return state["cluster"].wait_replica_nodes(state["app"], deployment, expected, timeout_s)
 
 
-def pool_stats(state: dict, deployment: str, calls: int) -> dict[str, dict]:
-    """``stats()`` of the pool's replicas, by node name: ``calls`` concurrent calls, which
-    Serve spreads over the replicas (a node missing from the result was not reached)."""
-    from ray import serve
-
-    handle = serve.get_deployment_handle(deployment, state["app"])
-    names = {node_id: name for name, node_id in state["cluster"].node_ids().items()}
-    replies = [r.result(timeout_s=60) for r in [handle.stats.remote() for _ in range(calls)]]
-    return {names.get(reply["node"], reply["node"]): reply for reply in replies}
+def pool_stats(state: dict, deployment: str) -> dict[str, dict]:
+    """``stats()`` of the pool's replicas, by node name."""
+    return state["cluster"].pool_stats(state["app"], deployment)
 
 
 def shutdown(state: dict) -> None:

@@ -115,7 +115,7 @@ def stats_until(proc, nodes: set[str], ready, timeout_s: float = 60.0) -> dict[s
     satisfy ``ready(stats)``; returns the last sample by node."""
     deadline = time.monotonic() + timeout_s
     while True:
-        by_node = proc.call(pool_stats, POOL, 12)
+        by_node = proc.call(pool_stats, POOL)
         if set(by_node) >= nodes and all(ready(by_node[n]) for n in nodes):
             return by_node
         if time.monotonic() > deadline:
