@@ -1,8 +1,8 @@
 """Scale-out: the same workload on a real multi-node Ray cluster with 1, 2 and 3 worker
 nodes on this machine, each worker given its share of the machine's CPUs.
 
-    python bench/scale_out.py [--workers 1,2,3] [--requests 300] [--concurrency 16]
-                              [--max-tokens 8] [--json FILE]
+    python bench/scale_out.py [--workers 1,2,3] [--rounds 2] [--requests 300]
+                              [--concurrency 16] [--max-tokens 8] [--json FILE]
 
 Per worker count: a fresh cluster (:mod:`cluster.local_cluster`: a head with the gateway,
 router and HTTP proxy, plus N workers of ``cpu_count / N`` logical CPUs and one
@@ -10,8 +10,10 @@ router and HTTP proxy, plus N workers of ``cpu_count / N`` logical CPUs and one
 node's CPU share, so one torch thread per reserved core; a Ray node's own CPU count is
 that share rounded up, as Ray counts whole CPUs), a warm-up, then ``--requests`` mixed
 requests (chat, streamed chat, completion, one expert asked directly) at ``--concurrency``.
-Prints requests/s, latency, losses, the speed-up over one worker and the scaling efficiency
-(speed-up / workers), the rows each worker's replica generated, and the CPU milliseconds a
+Each worker count runs once per round, the order reversed every round (1,2,3,3,2,1), so
+load from other jobs drifting during the run weighs on every count alike. Prints the
+rounds' mean requests/s, latency, losses, the speed-up over one worker and the scaling
+efficiency (speed-up / workers), the rows each worker's replica generated, and the CPU milliseconds a
 request cost on the head (gateway, router, proxy) and in the pools: the workers share the
 machine's cores with the head, so the head's share bounds what more workers can add.
 ``--json`` writes the figures.
@@ -28,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from serving import cpu_seconds  # bench/serving.py: CPU seconds of an app's replicas
+from serving import cpu_seconds  # bench/serving.py: CPU seconds of an app's processes
 
 APP = "bench-scale"  # cpu_seconds("scale") reads this app's replicas
 POOL = "pool-default"
@@ -75,9 +77,10 @@ def measure(workers: int, args) -> dict:
         load = MixedLoad(url, questions(), direct=["math", "code-base"],
                          concurrency=args.concurrency, max_tokens=args.max_tokens)
         asyncio.run(load.run(requests=args.concurrency * 2))  # every replica warm
-        before, rows_before = cpu_seconds("scale"), rows_by_node(cluster)
+        before, rows_before = cpu_seconds("scale", os.getpid()), rows_by_node(cluster)
         report = asyncio.run(load.run(requests=args.requests))
-        cpu = {role: sec - before.get(role, 0.0) for role, sec in cpu_seconds("scale").items()}
+        cpu = {role: sec - before.get(role, 0.0)
+               for role, sec in cpu_seconds("scale", os.getpid()).items()}
         rows = {node: n - rows_before.get(node, 0) for node, n in rows_by_node(cluster).items()}
         placed = cluster.replica_nodes(APP, POOL)
     finally:
@@ -102,24 +105,53 @@ def print_table(results: list[dict], args) -> None:
           f"max_tokens {args.max_tokens}; {os.cpu_count()} CPUs on this machine, shared by "
           "the head and the workers")
     print(f"{'WORKERS':>7} {'CPU/WORKER':>10} {'REQ/S':>7} {'SPEED-UP':>8} {'EFFICIENCY':>10} "
-          f"{'P50 MS':>7} {'P99 MS':>7} {'LOST':>5}  ROWS BY WORKER")
+          f"{'P50 MS':>7} {'P99 MS':>7} {'LOST':>5}  REQ/S BY ROUND; ROWS BY WORKER")
     for r in results:
         speedup = r["requests_per_s"] / first["requests_per_s"]
         r["speedup"] = round(speedup, 2)
         r["efficiency"] = round(speedup / (r["workers"] / first["workers"]), 2)
         rows = ", ".join(f"{node} {n}" for node, n in sorted(r["rows_by_node"].items()))
+        rounds = "/".join(f"{rps:g}" for rps in r["rps_by_round"])
         print(f"{r['workers']:>7} {r['cpus_per_worker']:>10g} {r['requests_per_s']:>7.2f} "
               f"{speedup:>7.2f}x {r['efficiency']:>10.2f} {r['p50_ms']:>7.0f} "
-              f"{r['p99_ms']:>7.0f} {r['lost']:>5}  {rows}")
+              f"{r['p99_ms']:>7.0f} {r['lost']:>5}  {rounds}; {rows}")
     print("CPU ms per request (head: gateway, router, proxy; workers: pool replicas):")
     for r in results:
         parts = ", ".join(f"{role} {ms:g}" for role, ms in r["cpu_ms_per_request"].items())
         print(f"  {r['workers']} workers: {parts}")
 
 
+def combine(runs: list[dict]) -> list[dict]:
+    """One row per worker count: the rounds' means (losses and rows summed)."""
+    rows = []
+    for workers in sorted({r["workers"] for r in runs}):
+        mine = [r for r in runs if r["workers"] == workers]
+        cpu: dict[str, float] = {}
+        nodes: dict[str, int] = {}
+        for r in mine:
+            for role, ms in r["cpu_ms_per_request"].items():
+                cpu[role] = cpu.get(role, 0.0) + ms / len(mine)
+            for node, n in r["rows_by_node"].items():
+                nodes[node] = nodes.get(node, 0) + n
+        rows.append({"workers": workers, "cpus_per_worker": mine[0]["cpus_per_worker"],
+                     "requests_per_s": _mean([r["requests_per_s"] for r in mine]),
+                     "rps_by_round": [r["requests_per_s"] for r in mine],
+                     "p50_ms": _mean([r["p50_ms"] for r in mine]),
+                     "p99_ms": _mean([r["p99_ms"] for r in mine]),
+                     "lost": sum(r["lost"] for r in mine), "rows_by_node": nodes,
+                     "cpu_ms_per_request": {k: round(v, 1) for k, v in sorted(cpu.items())}})
+    return rows
+
+
+def _mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="1,2,3", help="worker counts, comma-separated")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="runs per worker count, the order reversed every round (ABBA)")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=8)
@@ -129,17 +161,21 @@ def main() -> None:
 
     offline_defaults()
     started = time.monotonic()
-    results = []
-    for n in args.workers.split(","):
-        results.append(measure(int(n), args))
-        print("measured:", json.dumps(results[-1]), flush=True)
+    counts = [int(n) for n in args.workers.split(",")]
+    runs = []
+    for r in range(args.rounds):
+        for n in counts if r % 2 == 0 else counts[::-1]:
+            runs.append(measure(n, args) | {"round": r})
+            print("measured:", json.dumps(runs[-1]), flush=True)
+    results = combine(runs)
     print_table(results, args)
     print(f"({time.monotonic() - started:.0f} s in all, load average now "
           f"{os.getloadavg()[0]:.1f})")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({
-            "results": results, "requests": args.requests, "concurrency": args.concurrency,
-            "max_tokens": args.max_tokens, "cpu_count": os.cpu_count()}, indent=2))
+            "results": results, "runs": runs, "requests": args.requests,
+            "concurrency": args.concurrency, "max_tokens": args.max_tokens,
+            "rounds": args.rounds, "cpu_count": os.cpu_count()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -119,13 +119,17 @@ def run_rounds(urls: dict[str, str], args) -> dict:
     return {name: summarise(raw[name], urls[name]) for name in urls}
 
 
-def cpu_seconds(mode: str) -> dict[str, float]:
+def cpu_seconds(mode: str, root_pid: int | None = None) -> dict[str, float]:
     """CPU seconds so far of the mode's Serve replicas, by deployment, and of Serve's HTTP
-    proxy (shared by both modes, but only one mode has requests in flight at a time)."""
+    proxy (shared by both modes, but only one mode has requests in flight at a time).
+    With ``root_pid``, only processes descended from it (one Ray cluster's, not another
+    job's proxy on the same machine)."""
     import psutil
 
     out: dict[str, float] = {}
     for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        if root_pid is not None and not _descends(proc, root_pid):
+            continue
         line = " ".join(proc.info["cmdline"] or [])
         prefix = f"ray::ServeReplica:bench-{mode}:"
         role = (line[len(prefix):].split()[0] if line.startswith(prefix)
@@ -134,6 +138,15 @@ def cpu_seconds(mode: str) -> dict[str, float]:
             times = proc.info["cpu_times"]
             out[role] = out.get(role, 0.0) + times.user + times.system
     return out
+
+
+def _descends(proc, root_pid: int) -> bool:
+    import psutil
+
+    try:
+        return any(parent.pid == root_pid for parent in proc.parents())
+    except psutil.Error:  # gone meanwhile
+        return False
 
 
 def summarise(raw: dict, url: str) -> dict:
