@@ -13,9 +13,10 @@ requests (chat, streamed chat, completion, one expert asked directly) at ``--con
 Each worker count runs once per round, the order reversed every round (1,2,3,3,2,1), so
 load from other jobs drifting during the run weighs on every count alike. Prints the
 rounds' mean requests/s, latency, losses, the speed-up over one worker and the scaling
-efficiency (speed-up / workers), the rows each worker's replica generated, and the CPU milliseconds a
-request cost on the head (gateway, router, proxy) and in the pools: the workers share the
-machine's cores with the head, so the head's share bounds what more workers can add.
+efficiency (speed-up / workers), the rows each worker's replica generated, and the CPU
+milliseconds a request cost on the head (gateway, router, proxy) and in the pools: the
+workers share the machine's cores with the head, so the head's share bounds what more
+workers can add.
 ``--json`` writes the figures.
 """
 

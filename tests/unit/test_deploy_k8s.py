@@ -215,7 +215,8 @@ def test_worker_groups_have_what_every_deployment_asks_for():
     groups = group_resources(rayservice())
     needs = {name: replica_needs(o) for name, o in actor_options(config).items()}
     for name, need in needs.items():
-        hosts = [group for group, res in groups.items() if unplaceable({name: need}, {group: res}) == []]
+        hosts = [group for group, res in groups.items()
+                 if unplaceable({name: need}, {group: res}) == []]
         assert hosts == (["head"] if name in ("router", "gateway") else ["gpu"]), (name, groups)
     stray = config.model_copy(update={"pools": [config.pools[0].model_copy(
         update={"resources": {"tpu-worker": 1.0}})]})
