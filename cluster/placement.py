@@ -152,4 +152,5 @@ def check_cluster(config: ConclaveConfig, url: str, nodes: list[Node]) -> None:
 def _describe(resources: dict[str, float]) -> str:
     shown = {name: amount for name, amount in sorted(resources.items())
              if not name.startswith("node:") and name != "object_store_memory"}
-    return "{" + ", ".join(f"{name}: {amount:g}" for name, amount in shown.items()) + "}"
+    return "{" + ", ".join(f"{name}: {amount / 2**30:.3g} GiB" if name == "memory"
+                           else f"{name}: {amount:g}" for name, amount in shown.items()) + "}"

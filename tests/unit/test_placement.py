@@ -48,9 +48,9 @@ def test_each_deployment_fits_the_node_with_its_resources():
     assert unplaceable(needs, {"head": HEAD.resources, "worker": WORKER.resources}) == []
     assert unplaceable(needs, {"worker": WORKER.resources}) == [
         "deployment 'router' needs {frontend: 1} per replica, and no node has that (nodes: "
-        "worker: {CPU: 4, GPU: 1, accelerator_type:L4: 1, expert-node: 10, memory: 2.4e+10})",
+        "worker: {CPU: 4, GPU: 1, accelerator_type:L4: 1, expert-node: 10, memory: 22.4 GiB})",
         "deployment 'gateway' needs {frontend: 1} per replica, and no node has that (nodes: "
-        "worker: {CPU: 4, GPU: 1, accelerator_type:L4: 1, expert-node: 10, memory: 2.4e+10})",
+        "worker: {CPU: 4, GPU: 1, accelerator_type:L4: 1, expert-node: 10, memory: 22.4 GiB})",
     ]
 
 
