@@ -27,6 +27,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -87,6 +88,7 @@ def measure(workers: int, args) -> dict:
     finally:
         cluster.shutdown()
         redis.stop()
+        shutil.rmtree(redis.folder, ignore_errors=True)
     summary = report.summary()
     return {"workers": workers, "cpus_per_worker": share, "replicas_on": placed,
             "requests_per_s": summary["requests_per_s"], "p50_ms": summary["p50_ms"],

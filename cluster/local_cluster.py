@@ -16,6 +16,7 @@ that starts it becomes its driver, so it must not be connected to another Ray in
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -79,6 +80,7 @@ class LocalCluster:
                  system_config: dict | None = None):
         self.head_spec = head
         # Short: Ray's unix socket paths under it must stay below ~107 bytes.
+        self._own_temp_dir = temp_dir is None  # removed at shutdown
         self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="cmn-", dir="/tmp")
         self.system_config = dict(FAST_FAILURE_DETECTION, **(system_config or {}))
         self._cluster = None
@@ -167,3 +169,5 @@ class LocalCluster:
             self._cluster.shutdown()
             self._cluster = None
         self._nodes.clear()
+        if self._own_temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
