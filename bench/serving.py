@@ -131,18 +131,23 @@ def run_rounds(urls: dict[str, str], args) -> dict:
     return {name: summarise(raw[name], urls[name]) for name in urls}
 
 
-def cpu_seconds(mode: str) -> dict[str, float]:
+def cpu_seconds(mode: str, root_pid: int | None = None) -> dict[str, float]:
     """CPU seconds so far of the mode's Serve replicas, by deployment, and of Serve's HTTP
-    proxy (shared by both modes, but only one mode has requests in flight at a time)."""
+    proxy (shared by both modes, but only one mode has requests in flight at a time).
+    With ``root_pid``, only processes descended from it (one Ray cluster's, not another
+    job's proxy on the same machine)."""
     import psutil
 
     out: dict[str, float] = {}
     prefix = f"ray::ServeReplica:bench-{mode}:"
     for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        if root_pid is not None and not _has_parent(proc, lambda p: p.pid == root_pid):
+            continue
         line = " ".join(proc.info["cmdline"] or [])
         role = (line[len(prefix):].split()[0] if line.startswith(prefix)
                 else "proxy" if line.startswith("ray::ProxyActor")
-                else "vllm-engine" if line.startswith("VLLM::") and _spawned_by(proc, prefix)
+                else "vllm-engine" if line.startswith("VLLM::") and _has_parent(
+                    proc, lambda p: " ".join(p.cmdline()).startswith(prefix))
                 else None)
         if role and proc.info["cpu_times"]:
             times = proc.info["cpu_times"]
@@ -150,13 +155,13 @@ def cpu_seconds(mode: str) -> dict[str, float]:
     return out
 
 
-def _spawned_by(proc, prefix: str) -> bool:
-    """Whether a vLLM engine process belongs to a replica of this mode."""
+def _has_parent(proc, matches) -> bool:
+    """Whether some ancestor of ``proc`` satisfies ``matches(parent)``."""
     import psutil
 
     try:
-        return any(" ".join(p.cmdline()).startswith(prefix) for p in proc.parents())
-    except psutil.Error:
+        return any(matches(parent) for parent in proc.parents())
+    except psutil.Error:  # gone meanwhile
         return False
 
 

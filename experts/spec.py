@@ -12,11 +12,23 @@ model's recorded answers (``replay: {data, model}``, :mod:`experts.replay_engine
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+# Validation context: the spec came from where it may name paths of another node (the shared
+# registry, the app config a replica receives), so local paths are not checked here but by
+# the node that loads them (:func:`require_local_path`).
+PATHS_ON_LOAD = {"paths_on_load": True}
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # What generates an expert's tokens: vLLM (the default where it is installed), transformers
 # (mixtures, and a fallback), or recorded answers (replay).
@@ -155,7 +167,7 @@ class ExpertSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _kind_fields(self) -> ExpertSpec:
+    def _kind_fields(self, info: ValidationInfo) -> ExpertSpec:
         if self.kind == "model" and not self.model and self.engine != "replay":
             raise ValueError(f"expert {self.id!r}: kind 'model' needs `model`")
         if (self.engine == "replay") != (self.replay is not None):
@@ -182,15 +194,33 @@ class ExpertSpec(BaseModel):
         if self.mixture is not None and self.mixture.top_k > len(self.experts):
             raise ValueError(f"expert {self.id!r}: mixture top_k={self.mixture.top_k} is more "
                              f"than its {len(self.experts)} experts")
-        for ref in (self.model, self.adapter):
-            if ref and is_local_path(ref) and not Path(ref).expanduser().exists():
-                raise ValueError(f"expert {self.id!r}: path {ref!r} does not exist")
+        if not (info.context or {}).get("paths_on_load"):
+            for ref in (self.model, self.adapter):
+                if missing_local_path(ref):
+                    raise ValueError(f"expert {self.id!r}: path {ref!r} does not exist")
         return self
 
     @property
     def task_instruction(self) -> str:
         """The sentence GLIDER's global router embeds for this expert."""
         return self.instruction or self.description or self.id
+
+
+def missing_local_path(ref: str | None) -> bool:
+    """``ref`` is spelled as a local path that does not exist here."""
+    return bool(ref) and is_local_path(ref) and not Path(ref).expanduser().exists()
+
+
+def require_local_path(expert_id: str, ref: str | None) -> None:
+    """Raise :class:`~experts.errors.ExpertError` when ``ref`` is a local path missing on
+    this node: paths are read by the node that loads them, which may not be the one that
+    validated the spec."""
+    from experts.errors import ExpertError
+
+    if missing_local_path(ref):
+        raise ExpertError(f"expert {expert_id!r}: local path {ref!r} does not exist on this "
+                          f"node ({socket.gethostname()}); local paths are read where the "
+                          "expert is loaded, so every node serving it needs them")
 
 
 def check_references(specs: list[ExpertSpec]) -> None:
