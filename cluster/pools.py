@@ -87,8 +87,7 @@ class ExpertPoolServer:
         # Started side by side in the model pool first (Serve's multiplexed loader takes one
         # model at a time, and a vLLM engine takes seconds to start its process), then
         # registered with Serve, which then finds them loaded.
-        await asyncio.gather(*(asyncio.to_thread(self.models.get, key) for key in keys),
-                             return_exceptions=True)
+        await asyncio.gather(*map(self._load_engine, keys), return_exceptions=True)
         for key in keys:
             try:
                 await self._engine(key)
@@ -131,9 +130,9 @@ class ExpertPoolServer:
                 yield {"done": item.result[0]} if isinstance(item, Finished) else {"delta": item}
 
     async def _load_engine(self, key: str):
-        loads, started = self.models.stats.loads, time.perf_counter()
+        fresh, started = not self.models.is_loaded(key), time.perf_counter()
         engine = await asyncio.to_thread(self.models.get, key)
-        if self.models.stats.loads > loads:  # not just a hit in the pool's own LRU
+        if fresh:  # a load, not a hit in the pool's own LRU: reported in the next reply
             self._loads.append(time.perf_counter() - started)
         return engine
 
