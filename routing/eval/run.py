@@ -3,8 +3,14 @@ cross-validation inside train), score the test split, compare with the reference
 
 The result is a plain dict, written as ``eval.json``::
 
-    {"strategies": {NAME: {"top1", "top3_vote", "mean_cost", ...}},
-     "reference": {"best_single", "best_per_domain", "oracle", "random", ...}, "meta": {...}}
+    {"strategies": {NAME: {"top1", "top1_macro", "top3_vote", "top3_vote_macro",
+                           "mean_cost", ...}},
+     "reference": {"best_single", "best_per_domain", "oracle", "random", ...},
+     "reference_macro": {the same rows, macro-averaged}, "meta": {..., "average"}}
+
+``top1`` and ``top3_vote`` are micro averages (the mean over test questions); the ``_macro``
+twins are the unweighted mean of the per-domain accuracies. ``meta.average`` records which
+one the printed table shows (``conclave eval --average``).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from routing.eval.metrics import any_hits, cost_of, cost_sweep, per_domain, top1_hits, vote_hits
+from routing.eval.metrics import any_hits, averaged, cost_of, cost_sweep, per_domain, top1_hits, vote_hits
 from routing.eval.pools import resolve_pool
 from routing.eval.reference import reference_rows
 from routing.eval.split import make_split
@@ -39,10 +45,12 @@ def load_eval_table(data_dir: str | Path, pool: str | None) -> OutcomeTable:
 
 def evaluate(data_dir: str | Path, pool: str | None = None,
              strategies: tuple[str, ...] = DEFAULT_STRATEGIES, seed: int = 0,
-             encoder=None, folds: int = 3, progress: bool = True) -> dict:
+             encoder=None, folds: int = 3, progress: bool = True,
+             average: str = "micro") -> dict:
     """Run the whole offline evaluation; see the module doc for the result's shape."""
     from routing.strategies import STRATEGIES, make_strategy
 
+    averaged(np.zeros(1), ["d"], average)  # raises on a bad average before any work
     for name in strategies:
         if name not in STRATEGIES:
             make_strategy(name)  # raises RoutingError naming the valid strategies
@@ -68,7 +76,8 @@ def evaluate(data_dir: str | Path, pool: str | None = None,
     return {
         "strategies": rows,
         "reference": reference_rows(train, test),
-        "meta": {"data": str(data_dir), "pool": table.experts, "seed": seed,
+        "reference_macro": reference_rows(train, test, average="macro"),
+        "meta": {"data": str(data_dir), "pool": table.experts, "seed": seed, "average": average,
                  "train": len(train), "test": len(test), "folds": folds,
                  "cost": {e: test.cost.get(e) for e in test.experts}},
     }
@@ -120,7 +129,9 @@ def strategy_row(scores, test: OutcomeTable) -> dict:
     votes = None if test.predictions is None else vote_hits(values, outcomes, test.predictions)
     return {
         "top1": float(hits.mean()),
+        "top1_macro": averaged(hits, test.domains, "macro"),
         "top3_vote": None if votes is None else float(votes.mean()),
+        "top3_vote_macro": None if votes is None else averaged(votes, test.domains, "macro"),
         "top3_any": float(any_hits(values, outcomes).mean()),
         "mean_cost": cost_of(values, cost) if has_cost else None,
         "mean_cost_top3": cost_of(values, cost, k=3) if has_cost else None,
