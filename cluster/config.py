@@ -7,7 +7,7 @@ config (``import_path: cluster.app:build_app``) and the KubeRay manifests, so no
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -49,7 +49,11 @@ class PatternCacheConfig(_Strict):
 
 class RoutingConfig(_Strict):
     strategy: str = Field("knn", description="Default strategy: skills, pilots, knn, glider, hybrid.")
-    k: int = Field(3, ge=1, le=16, description="Experts recruited per query.")
+    k: Annotated[int, Field(ge=1, le=16)] | Literal["auto"] = Field(
+        3, description="Experts recruited per query (1..16), or 'auto': recruit, best first, "
+        "until their calibrated score mass reaches k_mass (at most k_max).")
+    k_mass: float = Field(0.8, gt=0.0, le=1.0, description="k=auto: score mass to reach.")
+    k_max: int = Field(3, ge=1, le=16, description="k=auto: most experts recruited.")
     cost_weight: float = Field(0.0, ge=0.0, description="λ: score − λ·cost. Per request too.")
     sample: bool = Field(False, description="Sample k experts by weight instead of top-k.")
     seed: int = Field(0, description="Seed for sampling.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -23,7 +23,10 @@ class ConclaveOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int | None = Field(None, ge=1, le=16, description="Experts recruited for the query.")
+    k: Annotated[int, Field(ge=1, le=16)] | Literal["auto"] | None = Field(
+        None, description="Experts recruited for the query (1..16) or 'auto' (k_mass, k_max).")
+    k_mass: float | None = Field(None, gt=0.0, le=1.0, description="k=auto: mass to reach.")
+    k_max: int | None = Field(None, ge=1, le=16, description="k=auto: most experts.")
     strategy: str | None = Field(None, description="Routing strategy name.")
     cost_weight: float | None = Field(None, ge=0.0, description="λ in score − λ·cost.")
     sample: bool | None = Field(None, description="Sample experts by weight instead of top-k.")

@@ -133,7 +133,8 @@ class ConclaveService:
         except RoutingError as err:
             raise ApiError(400, str(err), param="model", code="invalid_value") from None
         cfg = self.config.routing
-        options = {"k": cfg.k, "strategy": cfg.strategy, "cost_weight": cfg.cost_weight,
+        options = {"k": cfg.k, "k_mass": cfg.k_mass, "k_max": cfg.k_max,
+                   "strategy": cfg.strategy, "cost_weight": cfg.cost_weight,
                    "sample": cfg.sample, "seed": cfg.seed, "aggregation": cfg.aggregation}
         options.update({key: getattr(parsed, key) for key in parsed.model_fields_set})
         if body is not None:

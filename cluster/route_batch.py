@@ -16,7 +16,7 @@ from routing.aggregator_store import Chooser, apply_chooser
 from routing.decision import RouteOptions
 from routing.strategies.base import RoutingError
 
-ROUTE_FIELDS = ("k", "strategy", "cost_weight", "sample", "seed")
+ROUTE_FIELDS = ("k", "k_mass", "k_max", "strategy", "cost_weight", "sample", "seed")
 
 
 @dataclass

@@ -1,14 +1,15 @@
 """What the router decides for one query, and the per-request options that steer it.
 
 Options can ride in the OpenAI ``model`` string so a stock client can drive them:
-``conclave:k=3,strategy=skills,cost=0.2,sample=true,seed=7``.
+``conclave:k=3,strategy=skills,cost=0.2,sample=true,seed=7``, or an adaptive panel:
+``conclave:k=auto,k_mass=0.8,k_max=3`` (see :mod:`routing.calibration`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,7 +19,7 @@ from routing.strategies.base import RoutingError
 MODEL_PREFIX = "conclave"
 # Model-string key → RouteOptions field.
 _KEYS = {"k": "k", "strategy": "strategy", "cost": "cost_weight", "cost_weight": "cost_weight",
-         "sample": "sample", "seed": "seed"}
+         "sample": "sample", "seed": "seed", "k_mass": "k_mass", "k_max": "k_max"}
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True,
           "0": False, "false": False, "no": False, "off": False}
 
@@ -28,7 +29,11 @@ class RouteOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int = Field(3, ge=1, le=16, description="Experts recruited for the query.")
+    k: Annotated[int, Field(ge=1, le=16)] | Literal["auto"] = Field(
+        3, description="Experts recruited for the query (1..16), or 'auto': recruit until "
+        "their calibrated mass reaches k_mass, at most k_max.")
+    k_mass: float = Field(0.8, gt=0.0, le=1.0, description="k=auto: mass to reach.")
+    k_max: int = Field(3, ge=1, le=16, description="k=auto: most experts recruited.")
     strategy: str | None = Field(None, description="Strategy name; None: the router's default.")
     cost_weight: float = Field(0.0, ge=0.0, description="λ in score − λ·cost (costs normalised).")
     sample: bool = Field(False, description="Sample k experts by weight instead of top-k.")
@@ -61,8 +66,14 @@ class RouteOptions(BaseModel):
 
 def _convert(name: str, raw: str, model: str) -> Any:
     try:
-        if name in ("k", "seed"):
+        if name == "k" and raw.lower() == "auto":
+            return "auto"
+        if name in ("k", "k_max") and not 1 <= int(raw) <= 16:
+            raise ValueError(raw)
+        if name in ("k", "seed", "k_max"):
             return int(raw)
+        if name == "k_mass":
+            return float(raw)
         if name == "cost_weight":
             value = float(raw)
             if not math.isfinite(value):
@@ -74,7 +85,9 @@ def _convert(name: str, raw: str, model: str) -> Any:
             raise ValueError(raw)
         return raw
     except (ValueError, KeyError):
-        kinds = {"k": "an integer 1..16", "seed": "an integer", "cost_weight": "a number >= 0",
+        kinds = {"k": "an integer 1..16 or 'auto'", "seed": "an integer",
+                 "k_mass": "a number in (0, 1]", "k_max": "an integer 1..16",
+                 "cost_weight": "a number >= 0",
                  "sample": "true/false", "strategy": "a strategy name"}
         raise RoutingError(f"model {model!r}: {name}={raw!r} must be {kinds[name]}") from None
 

@@ -58,11 +58,14 @@ def format_table(result: dict) -> str:
     suffix = "_macro" if macro else ""
     lines = [f"{meta['data']}: {len(meta['pool'])} experts, train {meta['train']}, "
              f"test {meta['test']}, seed {meta['seed']}, {meta.get('average', 'micro')} average",
-             f"{'row':24s} {'top1':>7s} {'top3+vote':>10s} {'top3 any':>9s} {'cost':>8s}"]
+             f"{'row':24s} {'top1':>7s} {'top3+vote':>10s} {'top3 any':>9s} {'cost':>8s} "
+             f"{'auto':>7s} {'experts':>8s}"]
     for name, row in result["strategies"].items():
+        auto = row.get("auto") or {}
         lines.append(f"{name:24s} {_cell(row['top1' + suffix])} "
                      f"{_cell(row['top3_vote' + suffix], 10)} "
-                     f"{_cell(row['top3_any'], 9)} {_cell(row['mean_cost'], 8, '.3g')}")
+                     f"{_cell(row['top3_any'], 9)} {_cell(row['mean_cost'], 8, '.3g')} "
+                     f"{_cell(auto.get('accuracy'))} {_cell(auto.get('mean_experts'), 8, '.2f')}")
     for name, value in result["reference_macro" if macro else "reference"].items():
         lines.append(f"{'ref: ' + name:24s} {_cell(value)}")
     return "\n".join(lines)

@@ -8,6 +8,9 @@ The result is a plain dict, written as ``eval.json``::
      "reference": {"best_single", "best_per_domain", "oracle", "random", ...},
      "reference_macro": {the same rows, macro-averaged}, "meta": {..., "average"}}
 
+and per strategy ``"auto"``: the adaptive panel (``k: auto``, :mod:`routing.eval.panel`),
+``{"accuracy", "mean_experts", "curve": [[k_mass, accuracy, mean_experts], ...], ...}``.
+
 ``top1`` and ``top3_vote`` are micro averages (the mean over test questions); the ``_macro``
 twins are the unweighted mean of the per-domain accuracies. ``meta.average`` records which
 one the printed table shows (``conclave eval --average``).
@@ -20,7 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from routing.eval.metrics import any_hits, averaged, cost_of, cost_sweep, per_domain, top1_hits, vote_hits
+from routing.eval.metrics import (
+    any_hits,
+    averaged,
+    cost_of,
+    cost_sweep,
+    per_domain,
+    top1_hits,
+    vote_hits,
+)
+from routing.eval.panel import auto_panel
 from routing.eval.pools import resolve_pool
 from routing.eval.reference import reference_rows
 from routing.eval.split import make_split
@@ -64,15 +76,8 @@ def evaluate(data_dir: str | Path, pool: str | None = None,
     train, test = table.subset(train_rows), table.subset(test_rows)
     tuner = _Tuner(train, embeddings[train_rows], encoder, folds, seed, progress,
                    parts=tuple(n for n in strategies if n != "hybrid") or ("knn", "pilots"))
-    rows: dict[str, dict] = {}
-    for name in _bar(strategies, "strategies", progress):
-        options, cv = tuner.options(name)
-        strategy = build(name, options, encoder)
-        strategy.fit(train, tuner.embeddings)
-        rows[name] = strategy_row(strategy.score(test.texts, embeddings[test_rows]), test)
-        rows[name].update(options=_plain(options), cv=cv)
-        if isinstance(getattr(strategy, "weights", None), dict):
-            rows[name]["fitted_weights"] = _plain(strategy.weights)  # the hybrid's mix
+    rows = {name: _strategy_result(name, tuner, test, embeddings[test_rows])
+            for name in _bar(strategies, "strategies", progress)}
     return {
         "strategies": rows,
         "reference": reference_rows(train, test),
@@ -81,6 +86,22 @@ def evaluate(data_dir: str | Path, pool: str | None = None,
                  "train": len(train), "test": len(test), "folds": folds,
                  "cost": {e: test.cost.get(e) for e in test.experts}},
     }
+
+
+def _strategy_result(name: str, tuner: _Tuner, test: OutcomeTable,
+                     test_embeddings: np.ndarray) -> dict:
+    """Fit ``name`` on train with its tuned options, score test: its row of eval.json."""
+    options, cv = tuner.options(name)
+    strategy = build(name, options, tuner.encoder)
+    strategy.fit(tuner.train, tuner.embeddings)
+    scored = strategy.score(test.texts, test_embeddings)
+    row = strategy_row(scored, test)
+    row["auto"] = auto_row(strategy.score(tuner.train.texts, tuner.embeddings), tuner.train,
+                           scored, test)
+    row.update(options=_plain(options), cv=cv)
+    if isinstance(getattr(strategy, "weights", None), dict):
+        row["fitted_weights"] = _plain(strategy.weights)  # the hybrid's mix
+    return row
 
 
 @dataclass
@@ -117,11 +138,22 @@ class _Tuner:
         return self.done[name]
 
 
+def aligned(scores, table: OutcomeTable) -> np.ndarray:
+    """A strategy's score values with columns in ``table.experts`` order."""
+    columns = [scores.experts.index(e) for e in table.experts]
+    return np.asarray(scores.values, dtype=np.float64)[:, columns]
+
+
+def auto_row(train_scores, train: OutcomeTable, test_scores, test: OutcomeTable) -> dict:
+    """The adaptive panel (k=auto) of one strategy: calibrated on its train scores (as the
+    router calibrates on its fit table), scored on test."""
+    return auto_panel(aligned(train_scores, train), train.scores, aligned(test_scores, test),
+                      np.nan_to_num(test.scores, nan=0.0), test.predictions)
+
+
 def strategy_row(scores, test: OutcomeTable) -> dict:
     """The metrics of one strategy's scores on the test split."""
-    values = np.asarray(scores.values, dtype=np.float64)
-    columns = [scores.experts.index(e) for e in test.experts]
-    values = values[:, columns]
+    values = aligned(scores, test)
     outcomes = np.nan_to_num(test.scores, nan=0.0)
     cost = np.array([test.cost.get(e, np.nan) for e in test.experts], dtype=np.float64)
     has_cost = bool(test.cost) and np.isfinite(cost).all()
