@@ -62,6 +62,9 @@ class RoutingConfig(_Strict):
         description="Outcome data dir (questions.jsonl + scores.csv) to build profiles from; "
         "default: the experts' example questions.",
     )
+    trained_router: str | None = Field(
+        None, description="Folder (or .safetensors file) made by `conclave router train`: "
+        "the contrastive strategy loads it instead of training; the experts must match.")
     aggregation: Literal["auto", "vote", "synthesis", "best"] = Field(
         "auto", description="How k answers become one: vote for multiple choice, else synthesis."
     )

@@ -3,9 +3,8 @@ expert counts): turn a strategy's scores for one query into a distribution over 
 ``p = softmax(scores / T)``, and recruit experts best first until their mass reaches
 ``k_mass`` (at most ``k_max``). A confident query gets one expert, an ambiguous one a panel.
 
-``T`` is fitted on training outcomes (:func:`fit_temperature`) so that ``p`` matches which
-experts are right: the target of a query is its outcome row normalised to sum 1 (queries
-nobody answers are skipped). Without a fit, :data:`DEFAULT_TEMPERATURE` applies.
+``T`` is fitted on training outcomes (:func:`fit_temperature`) so that a panel's mass is the
+chance that it holds a right answer. Without a fit, :data:`DEFAULT_TEMPERATURE` applies.
 """
 
 from __future__ import annotations
@@ -29,19 +28,25 @@ def distribution(values: np.ndarray, temperature: float) -> np.ndarray:
     return np.where(total > 0, weights / np.where(total > 0, total, 1.0), uniform)
 
 
-def fit_temperature(values: np.ndarray, outcomes: np.ndarray) -> float:
-    """The ``T`` (on a log grid, 0.001..10) minimising the cross-entropy between
-    ``softmax(values / T)`` and the normalised outcome rows; the default when no row has a
-    right answer."""
+def fit_temperature(values: np.ndarray, outcomes: np.ndarray, k_max: int = 3) -> float:
+    """The ``T`` (on a log grid, 0.001..10) that makes the panel's mass a probability: for
+    j = 1..``k_max``, the summed ``softmax(values / T)`` of the j best-scored experts is
+    fitted (cross-entropy) to whether one of them is right (the best of their outcomes,
+    fractions allowed). So ``k_mass = 0.8`` recruits until the panel holds a right answer
+    with a chance of about 0.8 by train's reckoning."""
+    values = np.asarray(values, dtype=np.float64)
     outcomes = np.nan_to_num(np.asarray(outcomes, dtype=np.float64), nan=0.0)
-    mass = outcomes.sum(axis=1)
-    rows = mass > 0
-    if not rows.any():
+    if not len(values):
         return DEFAULT_TEMPERATURE
-    target = outcomes[rows] / mass[rows, None]
-    values = np.asarray(values, dtype=np.float64)[rows]
-    losses = [float(-(target * np.log(distribution(values, t) + 1e-12)).sum(axis=1).mean())
-              for t in _GRID]
+    k = max(1, min(k_max, values.shape[1]))
+    order = np.argsort(-np.where(np.isnan(values), -np.inf, values), axis=1, kind="stable")
+    rows = np.arange(len(values))[:, None]
+    target = np.clip(np.maximum.accumulate(outcomes[rows, order[:, :k]], axis=1), 0.0, 1.0)
+    losses = []
+    for t in _GRID:
+        mass = np.clip(np.cumsum(distribution(values, t)[rows, order[:, :k]], axis=1),
+                       1e-6, 1 - 1e-6)
+        losses.append(float(-(target * np.log(mass) + (1 - target) * np.log(1 - mass)).mean()))
     return float(_GRID[int(np.argmin(losses))])
 
 

@@ -210,9 +210,12 @@ def build_router(config, specs: list[ExpertSpec], outcomes: OutcomeTable | None,
     if outcomes is not None and specs:
         _match_specs(outcomes, specs)
     outcomes = startup_outcomes(specs, outcomes, profiles)
+    trained = getattr(config.routing, "trained_router", None)
     strategies = {
-        name: make_strategy(name, **_strategy_kwargs(cls, encoder, specs))
+        name: make_strategy(name, **_strategy_kwargs(cls, encoder, specs, trained))
         for name, cls in STRATEGIES.items()
+        # A learned strategy trains for minutes without weights: only when asked for.
+        if not getattr(cls, "trains", False) or trained or name == config.routing.strategy
     }
     if config.routing.strategy not in strategies:
         raise RoutingError(
@@ -266,10 +269,11 @@ def _match_specs(outcomes: OutcomeTable, specs: list[ExpertSpec]) -> None:
         )
 
 
-def _strategy_kwargs(cls, encoder, specs: list[ExpertSpec]) -> dict:
-    # Pass what a strategy's constructor accepts: the encoder, the experts' instructions.
+def _strategy_kwargs(cls, encoder, specs: list[ExpertSpec], weights: str | None = None) -> dict:
+    # Pass what a strategy's constructor accepts: the encoder, the experts' instructions,
+    # trained weights (routing.trained_router).
     accepted = inspect.signature(cls).parameters
-    kwargs = {}
+    kwargs = {"weights": weights} if weights and getattr(cls, "trains", False) else {}
     if "encoder" in accepted:
         kwargs["encoder"] = encoder
     if "instructions" in accepted:

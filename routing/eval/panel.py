@@ -41,7 +41,7 @@ def auto_panel(train_values: np.ndarray, train_outcomes: np.ndarray, values: np.
                k_max: int = DEFAULT_MAX) -> dict:
     """``{"accuracy", "mean_experts"}`` at the default ``k_mass``, the temperature fitted on
     train, and ``"curve": [[k_mass, accuracy, mean_experts], ...]``."""
-    temperature = fit_temperature(train_values, train_outcomes)
+    temperature = fit_temperature(train_values, train_outcomes, k_max)
     probabilities = distribution(values, temperature)
     curve = []
     for mass in sorted({*MASSES, DEFAULT_MASS}):

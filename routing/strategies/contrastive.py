@@ -6,7 +6,8 @@ An expert's score is ``sigmoid(a · cos(h(x), e_j) / τ + b)``: a calibrated cha
 answers the query well (``a, b`` learned with the rest), so ranking is by cosine.
 
 - ``fit`` trains head and vectors on the outcome table (a fixed schedule, early-stopped on a
-  held-out part of it), or, with ``weights``, loads a file made by ``conclave router train``.
+  held-out part of it), or, with ``weights``, loads a file made by ``conclave router train``
+  (refused if it holds experts the table lacks; table experts it lacks are added).
 - ``add_expert`` fits only the new expert's vector, everything else frozen, so no other
   expert's score changes: by cross-entropy on its outcomes where it has right *and* wrong
   answers, else (example questions only: all right) as the mean of their ``h(x)``.
@@ -35,6 +36,7 @@ class ContrastiveStrategy(RoutingStrategy):
     """RouterDC-style dual-contrastive router over frozen embeddings."""
 
     name = "contrastive"
+    trains = True  # fit() trains for minutes unless given weights (routing.trained_router)
 
     def __init__(self, encoder=None, weights: str | None = None, explain: int = 3, **schedule):
         from routing.strategies.contrastive_model import TrainSchedule
@@ -57,7 +59,7 @@ class ContrastiveStrategy(RoutingStrategy):
     def fit(self, outcomes: OutcomeTable, embeddings: np.ndarray, progress=None) -> None:
         check_fit_inputs(outcomes, embeddings)
         if self.weights:
-            self.load(self.weights, experts=outcomes.experts)
+            self._fit_from_file(outcomes, embeddings)
             return
         if len(outcomes) < MIN_TRAIN_QUESTIONS or len(outcomes.experts) < 2:
             raise RoutingError(
@@ -69,6 +71,18 @@ class ContrastiveStrategy(RoutingStrategy):
                                                  progress)
         self._experts = list(outcomes.experts)
         self._vectors = self._model.experts.detach().clone()
+
+    def _fit_from_file(self, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
+        # Every expert of the file must be in the table; the table's experts the file does
+        # not know are added from their own columns (no retraining).
+        self.load(self.weights)
+        unknown = sorted(set(self._experts) - set(outcomes.experts))
+        if unknown:
+            raise RoutingError(f"{self.weights}: trained for other experts: {unknown} are not "
+                               f"in this pool; retrain (conclave router train)")
+        for name in outcomes.experts:
+            if name not in self._experts:
+                self.add_expert(name, outcomes.with_experts([name]), embeddings)
 
     def score(self, texts: list[str], embeddings: np.ndarray) -> Scores:
         check_queries(texts, embeddings, self._model is not None and bool(self._experts),
