@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Also score (1-w)·contrastive + w·knn for these w (repeatable).")
     parser.add_argument("--holdout-domains", default=None,
                         help="Comma-separated domains: test on them, train on the others.")
+    parser.add_argument("--add-expert", default=None,
+                        help="Also: train without this expert, then time add_expert for it.")
     parser.add_argument("--json", default=None)
     return parser.parse_args(argv)
 
@@ -83,6 +85,24 @@ def row(name, strategy, train, test, train_emb, test_emb, seconds, mix=None) -> 
     return out
 
 
+def added(expert, train, test, tr, te, encoder) -> dict:
+    """Train on every expert but ``expert``, then add it (its train column only) and time it."""
+    from routing.strategies import make_strategy
+
+    others = [e for e in train.experts if e != expert]
+    strategy = make_strategy("contrastive", encoder=encoder)
+    strategy.fit(train.with_experts(others), tr)
+    before = strategy.score(test.texts, te).values
+    started = time.perf_counter()
+    strategy.add_expert(expert, train.with_experts([expert]), tr)
+    seconds = time.perf_counter() - started
+    out = row(f"add_expert {expert}", strategy, train, test, tr, te, seconds)
+    after = strategy.score(test.texts, te).values[:, : len(others)]
+    out["others_unchanged"] = bool(np.array_equal(before, after))
+    out["add_expert_seconds"] = round(seconds, 2)
+    return out
+
+
 def _blend(a, b, weight):
     from routing.strategies.base import Scores
 
@@ -114,6 +134,9 @@ def main(argv=None) -> None:
             results.append(row(f"{name} + knn·{weight}", strategy, train, test, tr, te, seconds,
                                mix=(weight, knn)))
             print(json.dumps(results[-1]), flush=True)
+    if args.add_expert:
+        results.append(added(args.add_expert, train, test, tr, te, encoder))
+        print(json.dumps(results[-1]), flush=True)
     refs = __import__("routing.eval.reference", fromlist=["x"]).reference_rows(train, test)
     print(f"{'variant':34s} {'top1':>6s} {'macro':>6s} {'vote3':>6s} {'auto':>6s} {'exp':>5s} {'s':>6s}")
     for r in results:

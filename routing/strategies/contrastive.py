@@ -27,7 +27,7 @@ from routing.outcomes import OutcomeTable
 from routing.strategies.base import RoutingError, RoutingStrategy, Scores
 from routing.strategies.common import check_fit_inputs, check_queries
 
-MIN_TRAIN_QUESTIONS = 50  # questions to train the head on
+MIN_TRAIN_QUESTIONS = 20  # questions to train the head on
 MIN_EXPERT_QUESTIONS = 20  # outcomes to fit one added expert's vector
 MIN_EXAMPLES = 3  # example questions for an example-only expert
 

@@ -112,9 +112,9 @@ def test_save_and_load_give_identical_scores_and_refuse_mismatches(fitted, tmp_p
 
 
 def test_bad_input_is_refused():
-    table, emb = two_cluster_table(10)
+    table, emb = two_cluster_table(5)
     strategy = make_strategy("contrastive", **TINY)
-    with pytest.raises(RoutingError, match="at least 50 questions"):
+    with pytest.raises(RoutingError, match="at least 20 questions and 2 experts; got 10"):
         strategy.fit(table, emb)
     with pytest.raises(RoutingError, match="not fitted"):
         strategy.score(["q"], emb[:1])
