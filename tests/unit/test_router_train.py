@@ -80,3 +80,18 @@ def test_router_train_refuses_bad_input(tmp_path):
     result = CliRunner().invoke(main, ["router", "train", str(tmp_path / "data"), "--out",
                                        str(tmp_path / "o"), "--pool", "mathy,nobody"])
     assert result.exit_code != 0 and "unknown model" in result.output
+
+
+def test_conclave_eval_scores_contrastive_with_its_adaptive_panel(tmp_path):
+    from cluster.cli import main
+
+    _folder(tmp_path / "data")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["eval", str(tmp_path / "data"), "--strategy",
+                                       "contrastive", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    row = json.loads((out / "eval.json").read_text())["strategies"]["contrastive"]
+    assert row["top1"] > 0.5 and row["top1_macro"] > 0.5  # 3 experts, one right per domain
+    auto = row["auto"]
+    assert 1.0 <= auto["mean_experts"] <= 3.0 and 0.0 <= auto["accuracy"] <= 1.0
+    assert [point[0] for point in auto["curve"]] == sorted(point[0] for point in auto["curve"])
