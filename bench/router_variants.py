@@ -25,6 +25,8 @@ VARIANTS = {
     "tau-0.05": {"temperature": 0.05},
     "top5-bottom10": {"top_k": 5, "bottom_k": 10},
     "wide": {"hidden": 1024, "dropout": 0.2},
+    "regularised": {"hidden": 256, "dropout": 0.3, "weight_decay": 1e-2},
+    "slow": {"lr": 3e-4, "patience": 8},
 }
 
 
