@@ -163,32 +163,44 @@ def train_head(x: np.ndarray, y: np.ndarray, schedule: TrainSchedule,
     order = rng.permutation(len(x))
     cut = max(1, int(round(len(x) * schedule.holdout)))
     held, fit = order[:cut], order[cut:]
-    known = ~np.isnan(y)
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    yt, kt = torch.from_numpy(np.nan_to_num(y, nan=0.0).astype(np.float32)), torch.from_numpy(known)
+    yt = torch.from_numpy(np.nan_to_num(y, nan=0.0).astype(np.float32))
+    kt = torch.from_numpy(~np.isnan(y))
     labels = torch.from_numpy(kmeans_labels(x[fit], schedule.clusters, schedule.seed))
     model = RouterHead(x.shape[1], y.shape[1], schedule)
     init_experts(model, xt[fit], yt[fit], kt[fit])
+
+    def batches():
+        while True:
+            pick = rng.choice(len(fit), size=min(schedule.batch_size, len(fit)), replace=False)
+            rows = torch.from_numpy(fit[pick])
+            yield xt[rows], yt[rows], kt[rows], labels[torch.from_numpy(pick)]
+
+    curve, best = _fit_loop(model, batches(), (xt[held], yt[held]), schedule, progress)
+    model.load_state_dict(best[2])
+    model.eval()
+    return model, TrainLog(curve, best[1], best[0], time.perf_counter() - started)
+
+
+def _fit_loop(model, batches, held, schedule, progress):
+    """Adam steps over ``batches`` with held-out evaluation and early stopping; (the curve,
+    (best held-out top-1, its step, its weights))."""
     optimiser = torch.optim.AdamW(model.parameters(), lr=schedule.lr,
                                   weight_decay=schedule.weight_decay)
     generator = torch.Generator().manual_seed(schedule.seed)
     best = (-1.0, 0, _state(model))
-    ceiling = float(yt[held].max(dim=1).values.mean())  # the held-out oracle
+    ceiling = float(held[1].max(dim=1).values.mean())  # the held-out oracle
     curve, losses, stale = [], [], 0
     for step in range(1, schedule.max_steps + 1):
-        batch = torch.from_numpy(rng.choice(len(fit), size=min(schedule.batch_size, len(fit)),
-                                            replace=False))
-        rows = torch.from_numpy(fit)[batch]
         model.train()
-        loss = _step_loss(model, xt[rows], yt[rows], kt[rows], labels[batch], schedule,
-                          generator)
+        loss = _step_loss(model, *next(batches), schedule, generator)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
         if step % schedule.eval_every and step != schedule.max_steps:
             continue
-        score = holdout_top1(model, xt[held], yt[held])
+        score = holdout_top1(model, *held)
         curve.append((step, float(np.mean(losses)), score))
         losses = []
         if progress is not None:
@@ -199,9 +211,7 @@ def train_head(x: np.ndarray, y: np.ndarray, schedule: TrainSchedule,
             break
         if score >= ceiling - 1e-6:  # the held-out part is routed perfectly: done
             break
-    model.load_state_dict(best[2])
-    model.eval()
-    return model, TrainLog(curve, best[1], best[0], time.perf_counter() - started)
+    return curve, best
 
 
 def _step_loss(model, x, y, known, labels, schedule, generator) -> torch.Tensor:
