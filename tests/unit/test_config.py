@@ -38,7 +38,7 @@ def expert(expert_id: str, **fields) -> dict:
         ({"experts": [expert("a", pool="gpu")]}, "unknown pool 'gpu'"),
         ({"routing": {"k": 0}}, "routing.k"),
         ({"routing": {"strategy": "nosuch"}},
-         "routing.strategy: unknown routing strategy 'nosuch'; valid: glider, hybrid, knn"),
+         "routing.strategy: unknown routing strategy 'nosuch'; valid: contrastive, glider, hybrid, knn"),
         ({"routing": {"strategies": {"knnn": {}}}}, "unknown routing strategy 'knnn'; valid:"),
         ({"routing": {"strategies": {"knn": {"kk": 5}}}}, "strategy 'knn': bad options"),
         ({"routing": {"strategies": {"knn": {"k": 0}}}}, "knn needs k >= 1"),
