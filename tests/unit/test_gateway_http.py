@@ -146,6 +146,31 @@ def test_bad_input_is_4xx_with_openai_error_body(setup, body, status, param):
         assert error["param"] == param
 
 
+@pytest.mark.parametrize("part, kind", [
+    ({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}, "image_url"),
+    ({"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+     "input_audio"),
+    ({"type": "file", "file": {"file_id": "file-1"}}, "file"),
+])
+def test_non_text_content_part_is_a_400_naming_its_type(setup, part, kind):
+    client, backends, _ = setup
+    content = [{"type": "text", "text": "what is in this?"}, part]
+    resp = chat(client, messages=[{"role": "user", "content": content}])
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == "messages.0.content"
+    assert f"content part 1 has type {kind!r}" in error["message"]
+    assert "text parts only" in error["message"]
+    assert backends.calls == []
+
+
+def test_text_content_parts_are_joined(setup):
+    client, _, _ = setup
+    content = [{"type": "text", "text": "what is "}, {"text": "2+2?"}]
+    resp = chat(client, messages=[{"role": "user", "content": content}])
+    assert resp.status_code == 200, resp.text
+
+
 def test_request_timeout_is_504(setup):
     client, backends, _ = setup
     backends.hang = True
