@@ -126,6 +126,9 @@ class ServingConfig(_Strict):
         default_factory=list,
         description="Local model/adapter paths must lie under one of these (empty: cache dir).",
     )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM/SIGINT, `conclave serve` refuses new requests "
+        "(503) and gives those in flight this long to finish before Serve shuts down.")
 
 
 class ConclaveConfig(_Strict):

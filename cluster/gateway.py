@@ -26,6 +26,7 @@ from cluster.drain_batcher import DrainBatcher
 from cluster.http_app import GatewayParts, build_http_app
 from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
+from cluster.shutdown_gate import ShutdownGate
 from experts.errors import ExpertError
 from experts.loader import engine_key
 from experts.redis_conn import connect
@@ -55,11 +56,18 @@ class Gateway:
                                        self.catalog, self.metrics)
         self.admin = ExpertAdmin(self.catalog, token or admin_token(self.config.serving),
                                  allowed_roots(self.config.serving))
+        self.gate = ShutdownGate()
 
     def __serve_build_asgi_app__(self):
         serving = self.config.serving
         return build_http_app(GatewayParts(self.service, self.admin, self.metrics,
-                                           serving.request_timeout_s, serving.max_body_bytes))
+                                           serving.request_timeout_s, serving.max_body_bytes,
+                                           self.gate))
+
+    async def drain(self, grace_s: float) -> int:
+        """Refuse new requests (503) and wait up to ``grace_s`` for those in flight; the
+        number still running when the wait ended (``conclave serve`` on SIGTERM)."""
+        return await self.gate.drain(grace_s)
 
     async def _route(self, query: str, options: dict) -> dict:
         try:

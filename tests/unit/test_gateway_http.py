@@ -3,11 +3,16 @@ Redis, and plain async functions standing in for the router and the expert pools
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 
 import pytest
 from gateway_fakes import AUTH, TOKEN, gateway_client
 from prometheus_client.parser import text_string_to_metric_families
+
+from cluster.shutdown_gate import ShutdownGate
 
 
 @pytest.fixture()
@@ -230,3 +235,22 @@ def test_metrics_parse_as_prometheus_text(setup):
                  if s.name == "conclave_failovers_total"}
     assert failovers == {"beta": 1.0}
     assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_drain_waits_for_requests_in_flight_then_refuses_new_ones(redis_url):
+    gate = ShutdownGate()
+    with gateway_client(redis_url, gate) as (client, backends, _):
+        backends.hang = True  # held until the 0.5 s request timeout (504)
+        slow = threading.Thread(target=chat, args=(client,))
+        slow.start()
+        while gate.in_flight == 0:
+            time.sleep(0.01)
+        assert asyncio.run(gate.drain(0.05)) == 1  # grace over, still running
+        refused = chat(client)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "shutting_down"
+        assert refused.headers["retry-after"] == "1"
+        assert client.get("/healthz").status_code == 503
+        assert client.get("/metrics").status_code == 200  # scrapes still work
+        assert asyncio.run(gate.drain(5)) == 0  # the held one ended (its timeout)
+        slow.join()
