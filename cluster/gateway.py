@@ -26,6 +26,7 @@ from cluster.drain_batcher import DrainBatcher
 from cluster.http_app import GatewayParts, build_http_app
 from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
+from cluster.request_ids import install_logging
 from cluster.shutdown_gate import ShutdownGate
 from experts.errors import ExpertError
 from experts.loader import engine_key
@@ -41,6 +42,7 @@ class Gateway:
 
     def __init__(self, config: dict, router, pools: dict, token: str | None = None):
         self.config = parse_config(config)
+        install_logging()
         registry = ExpertRegistry(connect(self.config.redis.url),
                                   namespace=self.config.redis.namespace)
         self.catalog = ExpertCatalog(registry).start()

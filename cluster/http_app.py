@@ -34,6 +34,7 @@ from cluster.openai_serving import (
     ConclaveService,
     conclave_headers,
 )
+from cluster.request_ids import RequestIds
 from cluster.shutdown_gate import ShutdownGate, ShutdownGuard
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def build_http_app(parts: GatewayParts) -> FastAPI:
     app = FastAPI(title="Conclave", version="0.1.0", responses=_ERRORS)
     app.add_middleware(BodyLimit, max_bytes=parts.max_body_bytes)
     app.add_middleware(ShutdownGuard, gate=parts.gate)
+    app.add_middleware(RequestIds)  # outermost: refusals name their request too
     _add_error_handlers(app, parts.metrics)
     _add_openai_routes(app, parts)
     _add_admin_routes(app, parts.admin)

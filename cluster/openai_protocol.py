@@ -173,6 +173,7 @@ class ConclaveInfo(BaseModel):
     cache: Literal["hit", "miss", "off", "direct"]
     failovers: list[Failover] = Field(default_factory=list)
     routing_ms: float = 0.0
+    request_id: str | None = Field(None, description="The x-request-id of this request.")
 
 
 class ChatChoiceMessage(BaseModel):

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from cluster import request_ids
 from cluster.aggregation import AnswerCombiner
 from cluster.api_errors import ApiError, from_domain
 from cluster.catalog import ExpertCatalog
@@ -167,7 +168,7 @@ class ConclaveService:
         info = ConclaveInfo(experts=run.uses(), strategy=plan.decision.strategy,
                             aggregation=combined.mode, aggregator=combined.aggregator,
                             cache=plan.cache, failovers=run.failovers,
-                            routing_ms=plan.routing_ms)
+                            routing_ms=plan.routing_ms, request_id=request_ids.current())
         calls = run.answers + ([combined.extra] if combined.extra else [])
         usage = Usage(prompt_tokens=sum(a.prompt_tokens for a in calls),
                       completion_tokens=sum(a.completion_tokens for a in calls))

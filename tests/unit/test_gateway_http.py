@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 
@@ -12,6 +13,7 @@ import pytest
 from gateway_fakes import AUTH, TOKEN, gateway_client
 from prometheus_client.parser import text_string_to_metric_families
 
+from cluster.request_ids import RequestIdFilter
 from cluster.shutdown_gate import ShutdownGate
 
 
@@ -254,3 +256,51 @@ def test_drain_waits_for_requests_in_flight_then_refuses_new_ones(redis_url):
         assert client.get("/metrics").status_code == 200  # scrapes still work
         assert asyncio.run(gate.drain(5)) == 0  # the held one ended (its timeout)
         slow.join()
+
+
+class Records(logging.Handler):
+    """Keeps the records it gets, through the request-id filter (as the real handler)."""
+
+    def __init__(self):
+        super().__init__()
+        self.addFilter(RequestIdFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_request_id_is_generated_and_returned(setup):
+    client, _, _ = setup
+    resp = chat(client)
+    request_id = resp.headers["x-request-id"]
+    assert len(request_id) == 32 and resp.json()["conclave"]["request_id"] == request_id
+    assert chat(client).headers["x-request-id"] != request_id  # one per request
+
+
+@pytest.mark.parametrize("sent, kept", [("req-42.a:b", True), ("Root=1-5759e988;Sampled=1", True),
+                                        ("x" * 129, False), ("has space", False),
+                                        ("caf\u00e9", False)])
+def test_incoming_request_id_is_kept_when_sane(setup, sent, kept):
+    client, backends, _ = setup
+    backends.failing = {"beta"}  # a failover: the panel logs a warning mid-request
+    records = Records()
+    logging.getLogger("cluster.panel").addHandler(records)
+    try:
+        resp = client.post("/v1/chat/completions", headers={"x-request-id": sent.encode()},
+                           json={"model": "conclave",
+                                 "messages": [{"role": "user", "content": "hi"}]})
+    finally:
+        logging.getLogger("cluster.panel").removeHandler(records)
+    request_id = resp.json()["conclave"]["request_id"]
+    assert (request_id == sent) is kept
+    if not kept:  # replaced, and the response says by what
+        assert resp.headers["x-request-id"] == request_id and len(request_id) == 32
+    failover_lines = [r for r in records.records if "failover" in r.getMessage()]
+    assert failover_lines and {r.request_id for r in failover_lines} == {request_id}
+
+
+def test_refusals_carry_a_request_id_too(setup):
+    client, _, _ = setup
+    resp = client.post("/v1/chat/completions", json={"model": "conclave"})
+    assert resp.status_code == 400 and len(resp.headers["x-request-id"]) == 32
