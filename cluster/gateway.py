@@ -15,6 +15,7 @@ A plain class: Serve wraps it with ``serve.ingress()`` in :mod:`cluster.app`, an
 from __future__ import annotations
 
 import logging
+import time
 
 from ray.exceptions import RayActorError
 
@@ -88,25 +89,32 @@ class Gateway:
                            sink=None) -> dict:
         """One generation; with ``sink``, its text goes to ``sink`` as it is generated."""
         spec = self.catalog.get(expert_id)
+        started, first = time.perf_counter(), None
         if sink is None:
             reply = await self._rows[spec.pool](engine_key(spec), (expert_id, prompt, params))
         else:
-            reply = await self._stream(spec, prompt, params, sink)
+            reply, first = await self._stream(spec, prompt, params, sink)
         self.metrics.record_generation(spec.pool, expert_id, reply)
         if "error" in reply:
             raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
+        self.metrics.record_timing(expert_id, time.perf_counter() - started,
+                                   int(reply.get("completion_tokens", 0)),
+                                   None if first is None else first - started)
         return reply
 
-    async def _stream(self, spec, prompt: object, params: dict, sink) -> dict:
-        """The reply of a streamed generation, its deltas handed to ``sink`` on the way."""
+    async def _stream(self, spec, prompt: object, params: dict,
+                      sink) -> tuple[dict, float | None]:
+        """The reply of a streamed generation, its deltas handed to ``sink`` on the way,
+        and when the first delta came (perf_counter; None: none came)."""
         handle = self._handle(spec.pool, engine_key(spec)).options(stream=True)
-        reply = {"error": "the stream ended without a reply"}
+        reply, first = {"error": "the stream ended without a reply"}, None
         async for chunk in handle.generate_stream.remote(spec.id, prompt, params):
             if "delta" in chunk:
+                first = first or time.perf_counter()
                 sink(chunk["delta"])
             else:
                 reply = chunk["done"]
-        return reply
+        return reply, first
 
     def _sender(self, pool: str):
         async def send(key: str, rows: list) -> list[dict]:
