@@ -29,6 +29,7 @@ from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
 from cluster.request_ids import install_logging
 from cluster.shutdown_gate import ShutdownGate
+from cluster.tracing import TraceContext, setup_tracing, span
 from experts.errors import ExpertError
 from experts.loader import engine_key
 from experts.redis_conn import connect
@@ -44,6 +45,7 @@ class Gateway:
     def __init__(self, config: dict, router, pools: dict, token: str | None = None):
         self.config = parse_config(config)
         install_logging()
+        setup_tracing(self.config.tracing, "gateway")
         registry = ExpertRegistry(connect(self.config.redis.url),
                                   namespace=self.config.redis.namespace)
         self.catalog = ExpertCatalog(registry).start()
@@ -73,13 +75,18 @@ class Gateway:
         return await self.gate.drain(grace_s)
 
     async def _route(self, query: str, options: dict) -> dict:
-        try:
-            reply = await self._routes("router", (query, options))
-        except RayActorError:  # died twice: no live router replica right now
-            raise ApiError(503, "the router is restarting; retry shortly", type="api_error",
-                           code="router_unavailable", headers={"Retry-After": "2"}) from None
-        if "error" in reply:
-            raise RoutingError(reply["error"])
+        with span("route", **{"conclave.strategy": options.get("strategy"),
+                              "conclave.k": options.get("k")}) as current:
+            try:
+                reply = await self._routes("router", (query, options, TraceContext.current()))
+            except RayActorError:  # died twice: no live router replica right now
+                raise ApiError(503, "the router is restarting; retry shortly",
+                               type="api_error", code="router_unavailable",
+                               headers={"Retry-After": "2"}) from None
+            if "error" in reply:
+                raise RoutingError(reply["error"])
+            current.set_attribute("conclave.experts", reply["decision"]["experts"])
+            current.set_attribute("conclave.cache", reply["cache"])
         return reply
 
     async def _send_routes(self, _key: str, items: list) -> list[dict]:
@@ -89,17 +96,24 @@ class Gateway:
                            sink=None) -> dict:
         """One generation; with ``sink``, its text goes to ``sink`` as it is generated."""
         spec = self.catalog.get(expert_id)
-        started, first = time.perf_counter(), None
-        if sink is None:
-            reply = await self._rows[spec.pool](engine_key(spec), (expert_id, prompt, params))
-        else:
-            reply, first = await self._stream(spec, prompt, params, sink)
-        self.metrics.record_generation(spec.pool, expert_id, reply)
-        if "error" in reply:
-            raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
-        self.metrics.record_timing(expert_id, time.perf_counter() - started,
-                                   int(reply.get("completion_tokens", 0)),
-                                   None if first is None else first - started)
+        with span("expert", **{"conclave.expert": expert_id, "conclave.pool": spec.pool,
+                               "conclave.engine": engine_key(spec),
+                               "conclave.streamed": sink is not None}) as current:
+            started, first = time.perf_counter(), None
+            if sink is None:
+                row = (expert_id, prompt, params, None, TraceContext.current())
+                reply = await self._rows[spec.pool](engine_key(spec), row)
+            else:
+                reply, first = await self._stream(spec, prompt, params, sink)
+            self.metrics.record_generation(spec.pool, expert_id, reply)
+            if "error" in reply:
+                raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
+            tokens = int(reply.get("completion_tokens", 0))
+            ttft = (time.perf_counter() if first is None else first) - started
+            self.metrics.record_timing(expert_id, time.perf_counter() - started, tokens,
+                                       None if first is None else ttft)
+            current.set_attributes({"conclave.completion_tokens": tokens,
+                                    "conclave.time_to_first_token_s": ttft})
         return reply
 
     async def _stream(self, spec, prompt: object, params: dict,
@@ -108,7 +122,8 @@ class Gateway:
         and when the first delta came (perf_counter; None: none came)."""
         handle = self._handle(spec.pool, engine_key(spec)).options(stream=True)
         reply, first = {"error": "the stream ended without a reply"}, None
-        async for chunk in handle.generate_stream.remote(spec.id, prompt, params):
+        stream = handle.generate_stream.remote(spec.id, prompt, params, TraceContext.current())
+        async for chunk in stream:
             if "delta" in chunk:
                 first = first or time.perf_counter()
                 sink(chunk["delta"])

@@ -36,6 +36,7 @@ from cluster.openai_serving import (
 )
 from cluster.request_ids import RequestIds
 from cluster.shutdown_gate import ShutdownGate, ShutdownGuard
+from cluster.tracing import Traced
 
 log = logging.getLogger(__name__)
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 502, 503, 504)}
@@ -56,6 +57,7 @@ def build_http_app(parts: GatewayParts) -> FastAPI:
     app = FastAPI(title="Conclave", version="0.1.0", responses=_ERRORS)
     app.add_middleware(BodyLimit, max_bytes=parts.max_body_bytes)
     app.add_middleware(ShutdownGuard, gate=parts.gate)
+    app.add_middleware(Traced)
     app.add_middleware(RequestIds)  # outermost: refusals name their request too
     _add_error_handlers(app, parts.metrics)
     _add_openai_routes(app, parts)

@@ -35,6 +35,7 @@ from cluster.openai_protocol import (
     Usage,
 )
 from cluster.panel import ExpertCall, Panel, TextSink
+from cluster.tracing import span
 from routing.decision import MODEL_PREFIX, Decision, RouteOptions
 from routing.strategies.base import RoutingError
 
@@ -161,8 +162,12 @@ class ConclaveService:
         lone = len(set(plan.decision.experts)) == 1
         run = await self._panel.run(plan.decision, plan.prompt, plan.params,
                                     sink if lone else None)
-        combined = await self._combiner.combine(plan.query, plan.decision, run, plan.mode,
-                                                plan.params, None if lone else sink)
+        with span("aggregate", **{"conclave.mode": plan.mode}) as current:
+            combined = await self._combiner.combine(plan.query, plan.decision, run, plan.mode,
+                                                    plan.params, None if lone else sink)
+            current.set_attribute("conclave.aggregation", combined.mode)
+            if combined.aggregator:
+                current.set_attribute("conclave.aggregator", combined.aggregator)
         for failover in run.failovers:
             self._metrics.failovers.labels(failover.expert).inc()
         info = ConclaveInfo(experts=run.uses(), strategy=plan.decision.strategy,

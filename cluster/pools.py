@@ -30,6 +30,7 @@ from cluster.config import parse_config
 from cluster.drain_batcher import DrainBatcher
 from cluster.expert_batch import Row, run_batch
 from cluster.sink_stream import Finished, sink_stream
+from cluster.tracing import TraceContext, record_span, setup_tracing
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader, adapter_of, engine_key
 from experts.pool import ModelPool
@@ -45,6 +46,7 @@ class ExpertPoolServer:
 
     def __init__(self, config: dict, pool_name: str):
         cfg = parse_config(config)
+        setup_tracing(cfg.tracing, f"pool-{pool_name}")
         self.pool = next(p for p in cfg.pools if p.name == pool_name)
         self.registry = ExpertRegistry(connect(cfg.redis.url), namespace=cfg.redis.namespace)
         self.catalog = ExpertCatalog(self.registry).start()
@@ -87,7 +89,7 @@ class ExpertPoolServer:
         return reply
 
     async def generate_many(self, rows: list[tuple]) -> list[dict]:
-        """Several requests (expert id, prompt, params[, sink]) in one call: the gateway's
+        """Several requests (expert id, prompt, params[, sink[, trace]]) in one call: the gateway's
         coalesced batch for this replica's engine key. They join the key's queue together,
         so they generate in one batch (with whatever else waits there). A row that cannot
         run gets ``{"error": message}``; the others still answer."""
@@ -98,13 +100,14 @@ class ExpertPoolServer:
         return [{"error": f"{type(r).__name__}: {r}"} if isinstance(r, Exception) else r
                 for r in replies]
 
-    async def generate_stream(self, expert_id: str, prompt: object, params: dict):
+    async def generate_stream(self, expert_id: str, prompt: object, params: dict,
+                              trace: TraceContext | None = None):
         """One request whose text comes back as it is generated: ``{"delta": text}``
         chunks, then ``{"done": reply}`` (``reply`` as from :meth:`generate_many`, which
         may be an error). The row still joins its key's batch; only its text is live."""
 
         def call(sink):
-            return self.generate_many([(expert_id, prompt, params, sink)])
+            return self.generate_many([(expert_id, prompt, params, sink, trace)])
 
         async with aclosing(sink_stream(call)) as items:  # the caller left: row skipped
             async for item in items:
@@ -119,13 +122,14 @@ class ExpertPoolServer:
 
     async def _generate_batch(self, key: str, rows: list[Row]) -> list[dict]:
         engine = await self._engine(key)
-        started = time.perf_counter()
+        started, wall = time.perf_counter(), time.time_ns()
         results = await asyncio.to_thread(self._run_rows, engine, rows)
         loads, self._loads = self._loads, []
         stats = {"batch_size": len(rows), "loads": loads,
                  "seconds": time.perf_counter() - started}
         for i, result in enumerate(results):
             result["stats"] = stats if i == 0 else {"batch_size": 0, "loads": []}
+        trace_batch(self.pool.name, key, rows, results, wall)
         return results
 
     def _run_rows(self, engine, rows: list[Row]) -> list[dict]:
@@ -185,3 +189,14 @@ def limit_torch_threads(num_cpus: float) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(num_cpus)))
+
+
+def trace_batch(pool: str, key: str, rows: list[Row], results: list[dict], start_ns: int) -> None:
+    """One span per traced row of a finished batch, under that row's own trace."""
+    end_ns = time.time_ns()
+    for row, result in zip(rows, results, strict=True):
+        record_span("pool.generate", row.trace, start_ns, end_ns, **{
+            "conclave.pool": pool, "conclave.engine": key, "conclave.expert": row.expert,
+            "conclave.batch_size": len(rows), "conclave.error": result.get("error"),
+            "conclave.prompt_tokens": result.get("prompt_tokens"),
+            "conclave.completion_tokens": result.get("completion_tokens")})

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cluster.tracing import TraceContext, record_span
 from routing.aggregator_store import Chooser, apply_chooser
 from routing.decision import RouteOptions
 from routing.strategies.base import RoutingError
@@ -23,6 +24,7 @@ ROUTE_FIELDS = ("k", "strategy", "cost_weight", "sample", "seed")
 class RouteItem:
     query: str
     options: dict  # RouteOptions fields; other keys (e.g. "aggregation") are ignored
+    trace: TraceContext | None = None  # the gateway's routing span
 
 
 def route_options(options: dict) -> RouteOptions:
@@ -72,6 +74,7 @@ class BatchRouter:
             with self.lock:
                 decisions = self.router.route([items[i].query for i in members], options)
                 cached = self.router.cache is not None
+                phases = dict(self.router.phases)
         except RoutingError as err:
             for i in members:
                 replies[i] = {"error": str(err)}
@@ -81,7 +84,26 @@ class BatchRouter:
         for i, decision in zip(members, decisions, strict=True):
             status = "hit" if decision.cached else "miss" if cached else "off"
             replies[i] = {"decision": decision.to_dict(), "cache": status}
+            trace_route(items[i].trace, phases, decision.strategy, status, decision.experts,
+                        len(members))
 
 
 def _options_key(options: dict) -> str:
     return json.dumps({k: options.get(k) for k in ROUTE_FIELDS}, sort_keys=True)
+
+
+def trace_route(context: TraceContext | None, phases: dict[str, tuple[int, int]],
+                strategy: str, cache: str, experts: list[str], batch_size: int) -> None:
+    """The router's spans for one query of a batch: the batch's encoder pass, its
+    pattern-cache lookup and, on a miss, the strategy, under the query's own trace."""
+    if context is None or context.traceparent is None or not phases:
+        return
+    start, end = phases["encode"][0], phases["strategy"][1]
+    router = record_span("router", context, start, end, **{
+        "conclave.strategy": strategy, "conclave.experts": experts, "conclave.cache": cache,
+        "conclave.batch_size": batch_size})
+    record_span("encode", router, *phases["encode"])
+    record_span("pattern_cache.lookup", router, *phases["cache"], **{"conclave.cache": cache})
+    if cache != "hit":
+        record_span("routing.strategy", router, *phases["strategy"], **{
+            "conclave.strategy": strategy, "conclave.experts": experts})

@@ -19,6 +19,7 @@ from ray import serve
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.route_batch import BatchRouter, RouteItem
+from cluster.tracing import setup_tracing
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from routing.aggregator_store import AggregatorStore, StoredAggregators, spec_domain
@@ -37,6 +38,7 @@ class RouterServer:
 
     def __init__(self, config: dict):
         cfg = parse_config(config)
+        setup_tracing(cfg.tracing, "router")
         client = connect(cfg.redis.url)
         self.catalog = ExpertCatalog(ExpertRegistry(client, namespace=cfg.redis.namespace))
         self.catalog.refresh()
@@ -62,10 +64,11 @@ class RouterServer:
             raise RoutingError(reply["error"])
         return reply
 
-    async def route_many(self, items: list[tuple[str, dict]]) -> list[dict]:
-        """Several (query, options) in one call: the gateway's coalesced batch. One reply
-        per item, ``{"error": message}`` for one that cannot be routed."""
-        return list(await asyncio.gather(*(self._route_batch(RouteItem(q, o)) for q, o in items)))
+    async def route_many(self, items: list[tuple]) -> list[dict]:
+        """Several (query, options[, trace context]) in one call: the gateway's coalesced
+        batch. One reply per item, ``{"error": message}`` for one that cannot be routed."""
+        return list(await asyncio.gather(*(self._route_batch(RouteItem(*item))
+                                           for item in items)))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _route_batch(self, items: list[RouteItem]) -> list[dict]:
