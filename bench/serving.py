@@ -3,6 +3,11 @@ concurrency C over HTTP, Conclave's batched path against a baseline in which eve
 is dispatched alone (router batch size 1, per-expert batch size 1, no batch wait).
 
     python bench/serving.py [--requests 400] [--concurrency 32] [--rounds 2] [--json FILE]
+    python bench/serving.py --compare tracing [--json FILE]
+
+``--compare tracing`` runs the batched app twice instead, tracing off and on (sampling 1.0,
+every replica keeping its spans in memory), and reports ``tracing_overhead`` (requests/s
+off / on; goal <= 1.05).
 
 Both apps run side by side; the requests go in slices to one mode then the other, in ABBA
 order, so a busy machine slows both alike. Prints requests/s, p50/p99 latency, errors,
@@ -28,17 +33,20 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "demo.yaml"
 
 
-def mode_config(batched: bool, namespace: str):
-    """The demo config, with batching on (as configured) or off everywhere."""
+def mode_config(mode: str, namespace: str):
+    """The demo config for one mode: batched (as configured), baseline (batching off
+    everywhere), untraced (as configured), traced (tracing on, spans kept in memory)."""
     from cluster.config import load_config
 
     config = load_config(CONFIG)
     data = config.model_dump(mode="json")
     data["redis"]["namespace"] = namespace  # a fresh pattern cache per mode
-    if not batched:
+    if mode == "baseline":
         data["routing"].update(batch_size=1, batch_wait_timeout_s=0.0)
         for pool in data["pools"]:
             pool.update(max_batch_size=1, batch_wait_timeout_s=0.0)
+    if mode == "traced":
+        data["tracing"] = {"enabled": True, "exporter": "memory", "sampling_ratio": 1.0}
     return type(config).model_validate(data)
 
 
@@ -83,7 +91,9 @@ def metric_sum(url: str, family: str, suffix: str = "_total") -> float:
                for s in f.samples if s.name.endswith(suffix))
 
 
-MODES = {"batched": True, "baseline": False}
+# comparison -> its two modes; the figure is the first's requests/s over the second's
+# (batching: the speed-up; tracing: the overhead)
+COMPARISONS = {"batching": ("batched", "baseline"), "tracing": ("untraced", "traced")}
 
 
 def start_modes(args) -> dict[str, str]:
@@ -91,8 +101,8 @@ def start_modes(args) -> dict[str, str]:
     from cluster.local_serve import start_app
 
     urls = {}
-    for name, batched in MODES.items():
-        config = mode_config(batched, f"bench-{name}-{os.getpid()}")
+    for name in COMPARISONS[args.compare]:
+        config = mode_config(name, f"bench-{name}-{os.getpid()}")
         urls[name] = start_app(config, name=f"bench-{name}", port=args.port,
                                route_prefix=f"/{name}")
         asyncio.run(load(urls[name], questions(8), 4, args.max_tokens))  # load the models
@@ -157,6 +167,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2,
                         help="slices of the requests, sent to the two modes in ABBA order")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="batching",
+                        help="batching: batched vs baseline; tracing: tracing off vs on")
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
     from cluster.local_serve import offline_defaults
@@ -184,13 +196,19 @@ def report(results: dict, args) -> None:
     for name, r in results.items():
         parts = ", ".join(f"{role} {ms:.1f}" for role, ms in r["cpu_ms_per_request"].items())
         print(f"  {name:<10} {r['cpu_ms_total']:6.1f}  ({parts})")
-    ratio = results["batched"]["rps"] / results["baseline"]["rps"]
-    print(f"throughput ratio (batched / baseline): {ratio:.2f}x (goal >= 3x)")
+    first, second = COMPARISONS[args.compare]
+    ratio = results[first]["rps"] / results[second]["rps"]
+    if args.compare == "tracing":
+        key = "tracing_overhead"
+        print(f"tracing overhead (requests/s off / on): {ratio:.3f} (goal <= 1.05)")
+    else:
+        key = "throughput_ratio"
+        print(f"throughput ratio (batched / baseline): {ratio:.2f}x (goal >= 3x)")
     if args.json_path:
-        batched = results["batched"]
+        main_mode = results[first]
         Path(args.json_path).write_text(json.dumps({
-            "throughput_ratio": ratio, "p50_ms": batched["p50_ms"], "p99_ms": batched["p99_ms"],
-            "errors": batched["errors"] + results["baseline"]["errors"], "modes": results,
+            key: ratio, "p50_ms": main_mode["p50_ms"], "p99_ms": main_mode["p99_ms"],
+            "errors": main_mode["errors"] + results[second]["errors"], "modes": results,
             "requests": args.requests, "concurrency": args.concurrency,
             "rounds": args.rounds}, indent=2))
 
