@@ -83,3 +83,15 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(bad)
+
+
+def test_tracing_is_off_by_default_and_checks_its_exporter():
+    assert parse_config({}).tracing.enabled is False
+    assert parse_config({}).serving.shutdown_grace_s == 30
+    with pytest.raises(ConfigError, match="needs tracing.file"):
+        parse_config({"tracing": {"enabled": True, "exporter": "file"}})
+    with pytest.raises(ConfigError, match="sampling_ratio"):
+        parse_config({"tracing": {"sampling_ratio": 1.5}})
+    traced = parse_config({"tracing": {"enabled": True, "exporter": "memory",
+                                       "sampling_ratio": 0.25}})
+    assert traced.tracing.sampling_ratio == 0.25
