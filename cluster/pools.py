@@ -29,6 +29,7 @@ from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.drain_batcher import DrainBatcher
 from cluster.expert_batch import Row, run_batch
+from cluster.request_ids import install_logging
 from cluster.sink_stream import Finished, sink_stream
 from cluster.tracing import TraceContext, record_span, setup_tracing
 from experts.errors import ExpertError
@@ -47,6 +48,7 @@ class ExpertPoolServer:
     def __init__(self, config: dict, pool_name: str):
         cfg = parse_config(config)
         setup_tracing(cfg.tracing, f"pool-{pool_name}")
+        install_logging()
         self.pool = next(p for p in cfg.pools if p.name == pool_name)
         self.registry = ExpertRegistry(connect(cfg.redis.url), namespace=cfg.redis.namespace)
         self.catalog = ExpertCatalog(self.registry).start()

@@ -18,6 +18,7 @@ from ray import serve
 
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
+from cluster.request_ids import install_logging
 from cluster.route_batch import BatchRouter, RouteItem
 from cluster.tracing import setup_tracing
 from experts.redis_conn import connect
@@ -39,6 +40,7 @@ class RouterServer:
     def __init__(self, config: dict):
         cfg = parse_config(config)
         setup_tracing(cfg.tracing, "router")
+        install_logging()
         client = connect(cfg.redis.url)
         self.catalog = ExpertCatalog(ExpertRegistry(client, namespace=cfg.redis.namespace))
         self.catalog.refresh()
