@@ -49,7 +49,8 @@ def serve_command(config_path: str | None, address: str | None, port: int | None
 
 
 def wait_for_stop_signal() -> str:
-    """Block until SIGTERM or SIGINT arrives; its name.
+    """Block until SIGTERM or SIGINT arrives; its name. A second one during the drain
+    raises KeyboardInterrupt: stop now, without waiting for requests in flight.
 
     Installed once Ray is up, on purpose: in the driver Ray's core worker puts a crash
     handler on SIGTERM (absl's failure signal handler: the "*** SIGTERM received ***"
@@ -59,6 +60,8 @@ def wait_for_stop_signal() -> str:
     received: list[int] = []
 
     def on_signal(signum, _frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
         received.append(signum)
         stop.set()
 
