@@ -138,7 +138,8 @@ def cpu_seconds(mode: str) -> dict[str, float]:
     for proc in psutil.process_iter(["cmdline", "cpu_times"]):
         line = " ".join(proc.info["cmdline"] or [])
         prefix = f"ray::ServeReplica:bench-{mode}:"
-        role = (line[len(prefix):].split()[0] if line.startswith(prefix)
+        # the title may name the method running: "...:pool-default.handle_request"
+        role = (line[len(prefix):].split()[0].split(".")[0] if line.startswith(prefix)
                 else "proxy" if line.startswith("ray::ProxyActor") else None)
         if role and proc.info["cpu_times"]:
             times = proc.info["cpu_times"]
