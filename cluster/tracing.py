@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 _PROPAGATOR = TraceContextTextMapPropagator()
 _NOOP = trace.NoOpTracer()
 _state: dict = {"tracer": _NOOP, "provider": None, "memory": None}
+_UNTRACED_PATHS = frozenset({"/metrics", "/healthz"})  # scrapes and probes: no traces
 
 
 def setup_tracing(config: TracingConfig, component: str) -> None:
@@ -154,7 +155,7 @@ class Traced:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("path") == "/metrics":
+        if scope["type"] != "http" or scope.get("path") in _UNTRACED_PATHS:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
