@@ -6,6 +6,7 @@ config (``import_path: cluster.app:build_app``) and the KubeRay manifests, so no
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -234,6 +235,34 @@ class ServingConfig(_Strict):
         "enableInTreeAutoscaling): the app is multi-node from the start, so a node-local "
         "Redis is refused, and a deployment no alive node can host waits for a new node "
         "instead of failing the deploy.")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM/SIGINT, `conclave serve` refuses new requests "
+        "(503) and gives those in flight this long to finish before Serve shuts down.")
+
+
+class TracingConfig(_Strict):
+    enabled: bool = Field(False, description="Record OpenTelemetry traces: one per request.")
+    exporter: Literal["otlp", "file", "memory"] = Field(
+        "otlp", description="otlp: OTLP/HTTP to `endpoint` (needs opentelemetry-exporter-otlp); "
+        "file: one JSON line per span appended to `file`; memory: kept in each process.")
+    endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces "
+        "(default: the OTEL_EXPORTER_OTLP_* environment).")
+    file: str | None = Field(None, description="Where the file exporter appends spans.")
+    sampling_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="Share of new traces recorded; a request that "
+        "arrives with a traceparent follows its caller's sampling decision.")
+    service_name: str = Field("conclave", description="OpenTelemetry service.name.")
+
+    @model_validator(mode="after")
+    def _exporter_usable(self) -> TracingConfig:
+        if self.enabled and self.exporter == "file" and not self.file:
+            raise ValueError("tracing.exporter 'file' needs tracing.file")
+        if self.enabled and self.exporter == "otlp" and importlib.util.find_spec(
+                "opentelemetry.exporter.otlp.proto.http") is None:
+            raise ValueError("tracing.exporter 'otlp' needs the OTLP exporter: "
+                             "pip install 'conclave[otlp]'")
+        return self
 
 
 class ConclaveConfig(_Strict):
@@ -248,6 +277,7 @@ class ConclaveConfig(_Strict):
         default_factory=lambda: [PoolConfig(name="default")], description="Expert pools."
     )
     serving: ServingConfig = Field(default_factory=ServingConfig, description="HTTP serving.")
+    tracing: TracingConfig = Field(default_factory=TracingConfig, description="Tracing.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ConclaveConfig:

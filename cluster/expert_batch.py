@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cluster.tracing import TraceContext
 from experts.engine import Generation, GenerationEngine, GenerationParams, TextSink
 from experts.errors import PromptTooLongError, UnsupportedFeatureError
 from experts.spec import ExpertSpec
@@ -39,6 +40,7 @@ class Row:
     prompt: object
     params: dict
     sink: Callable[[str], None] | None = None  # gets each delta of this row's text
+    trace: TraceContext | None = None  # the gateway's span for this call
 
 
 def merged_params(spec: ExpertSpec, overrides: dict) -> GenerationParams:

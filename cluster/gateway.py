@@ -15,6 +15,7 @@ A plain class: Serve wraps it with ``serve.ingress()`` in :mod:`cluster.app`, an
 from __future__ import annotations
 
 import logging
+import time
 
 from ray.exceptions import RayActorError
 
@@ -26,7 +27,10 @@ from cluster.drain_batcher import DrainBatcher
 from cluster.http_app import GatewayParts, build_http_app
 from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
+from cluster.request_ids import install_logging
 from cluster.route_messages import RouteQuery, RouteResult
+from cluster.shutdown_gate import ShutdownGate
+from cluster.tracing import TraceContext, setup_tracing, span
 from experts.errors import ExpertError
 from experts.loader import engine_key
 from experts.redis_conn import connect
@@ -41,6 +45,8 @@ class Gateway:
 
     def __init__(self, config: dict, router, pools: dict, token: str | None = None):
         self.config = parse_config(config, paths_on_load=True)
+        install_logging()
+        setup_tracing(self.config.tracing, "gateway")
         registry = ExpertRegistry(connect(self.config.redis.url),
                                   namespace=self.config.redis.namespace)
         self.catalog = ExpertCatalog(registry).start()
@@ -57,20 +63,34 @@ class Gateway:
         self.admin = ExpertAdmin(self.catalog, token or admin_token(self.config.serving),
                                  allowed_roots(self.config.serving),
                                  {pool.name: pool.engine_choice() for pool in self.config.pools})
+        self.gate = ShutdownGate()
 
     def __serve_build_asgi_app__(self):
         serving = self.config.serving
         return build_http_app(GatewayParts(self.service, self.admin, self.metrics,
-                                           serving.request_timeout_s, serving.max_body_bytes))
+                                           serving.request_timeout_s, serving.max_body_bytes,
+                                           self.gate))
+
+    async def drain(self, grace_s: float) -> int:
+        """Refuse new requests (503) and wait up to ``grace_s`` for those in flight; the
+        number still running when the wait ended (``conclave serve`` on SIGTERM)."""
+        return await self.gate.drain(grace_s)
 
     async def _route(self, query: str, options: RouteOptions) -> RouteResult:
         """The router's decision; its :class:`RoutingError` raised here for a bad query."""
-        try:
-            result = await self._routes("router", RouteQuery(query, options))
-        except RayActorError:  # died twice: no live router replica right now
-            raise ApiError(503, "the router is restarting; retry shortly", type="api_error",
-                           code="router_unavailable", headers={"Retry-After": "2"}) from None
-        return result.raise_error()
+        with span("route", **{"conclave.strategy": options.strategy,
+                              "conclave.k": str(options.k)}) as current:
+            try:
+                result = await self._routes(
+                    "router", RouteQuery(query, options, TraceContext.current()))
+            except RayActorError:  # died twice: no live router replica right now
+                raise ApiError(503, "the router is restarting; retry shortly",
+                               type="api_error", code="router_unavailable",
+                               headers={"Retry-After": "2"}) from None
+            result = result.raise_error()
+            current.set_attribute("conclave.experts", result.decision.experts)
+            current.set_attribute("conclave.cache", result.cache)
+        return result
 
     async def _send_routes(self, _key: str, queries: list[RouteQuery]) -> list[RouteResult]:
         return await self._retrying("router", lambda: self._router.route_many.remote(queries))
@@ -79,27 +99,42 @@ class Gateway:
                            sink=None) -> dict:
         """One generation; with ``sink``, its text goes to ``sink`` as it is generated."""
         spec = self.catalog.get(expert_id)
-        if sink is None:
-            reply = await self._rows[spec.pool](engine_key(spec), (expert_id, prompt, params))
-        else:
-            reply = await self._stream(spec, prompt, params, sink)
-        self.metrics.record_generation(spec.pool, expert_id, reply)
-        if "client_error" in reply:  # the request's fault (e.g. too long): not a failover
-            raise ApiError(400, reply["client_error"], code="invalid_request")
-        if "error" in reply:
-            raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
+        with span("expert", **{"conclave.expert": expert_id, "conclave.pool": spec.pool,
+                               "conclave.engine": engine_key(spec),
+                               "conclave.streamed": sink is not None}) as current:
+            started, first = time.perf_counter(), None
+            if sink is None:
+                row = (expert_id, prompt, params, None, TraceContext.current())
+                reply = await self._rows[spec.pool](engine_key(spec), row)
+            else:
+                reply, first = await self._stream(spec, prompt, params, sink)
+            self.metrics.record_generation(spec.pool, expert_id, reply)
+            if "client_error" in reply:  # the request's fault (e.g. too long): no failover
+                raise ApiError(400, reply["client_error"], code="invalid_request")
+            if "error" in reply:
+                raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
+            tokens = int(reply.get("completion_tokens", 0))
+            ttft = (time.perf_counter() if first is None else first) - started
+            self.metrics.record_timing(expert_id, time.perf_counter() - started, tokens,
+                                       None if first is None else ttft)
+            current.set_attributes({"conclave.completion_tokens": tokens,
+                                    "conclave.time_to_first_token_s": ttft})
         return reply
 
-    async def _stream(self, spec, prompt: object, params: dict, sink) -> dict:
-        """The reply of a streamed generation, its deltas handed to ``sink`` on the way."""
+    async def _stream(self, spec, prompt: object, params: dict,
+                      sink) -> tuple[dict, float | None]:
+        """The reply of a streamed generation, its deltas handed to ``sink`` on the way,
+        and when the first delta came (perf_counter; None: none came)."""
         handle = self._handle(spec.pool, engine_key(spec)).options(stream=True)
-        reply = {"error": "the stream ended without a reply"}
-        async for chunk in handle.generate_stream.remote(spec.id, prompt, params):
+        reply, first = {"error": "the stream ended without a reply"}, None
+        stream = handle.generate_stream.remote(spec.id, prompt, params, TraceContext.current())
+        async for chunk in stream:
             if "delta" in chunk:
+                first = first or time.perf_counter()
                 sink(chunk["delta"])
             else:
                 reply = chunk["done"]
-        return reply
+        return reply, first
 
     def _sender(self, pool: str):
         async def send(key: str, rows: list) -> list[dict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +34,9 @@ from cluster.openai_serving import (
     ConclaveService,
     conclave_headers,
 )
+from cluster.request_ids import RequestIds
+from cluster.shutdown_gate import ShutdownGate, ShutdownGuard
+from cluster.tracing import Traced
 
 log = logging.getLogger(__name__)
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 502, 503, 504)}
@@ -46,12 +49,16 @@ class GatewayParts:
     metrics: ConclaveMetrics
     timeout_s: float
     max_body_bytes: int
+    gate: ShutdownGate = field(default_factory=ShutdownGate)
 
 
 def build_http_app(parts: GatewayParts) -> FastAPI:
     """The FastAPI app serving the OpenAI, route, admin, health and metrics endpoints."""
     app = FastAPI(title="Conclave", version="0.1.0", responses=_ERRORS)
     app.add_middleware(BodyLimit, max_bytes=parts.max_body_bytes)
+    app.add_middleware(ShutdownGuard, gate=parts.gate)
+    app.add_middleware(Traced)
+    app.add_middleware(RequestIds)  # outermost: refusals name their request too
     _add_error_handlers(app, parts.metrics)
     _add_openai_routes(app, parts)
     _add_admin_routes(app, parts.admin)

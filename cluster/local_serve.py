@@ -4,6 +4,7 @@ benchmark): Ray (local, or the cluster at ``address``), Serve's HTTP proxy, the 
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import httpx
@@ -75,8 +76,26 @@ def _poll(check, failure: str, deadline_s: float, interval_s: float = 0.5) -> No
         time.sleep(interval_s)
 
 
+def drain_app(grace_s: float, name: str = APP_NAME) -> int:
+    """Have the gateway refuse new requests and wait up to ``grace_s`` for those in
+    flight; returns how many were still running (0: all answered)."""
+    from ray import serve
+    from ray.exceptions import RayError
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        call = serve.get_app_handle(name).drain.remote(grace_s)
+        return call.result(timeout_s=grace_s + 30)
+    except (RayError, RayServeException, TimeoutError) as err:  # gone already: nothing to wait for
+        print(f"could not drain {name!r}: {type(err).__name__}", file=sys.stderr)
+        return 0
+
+
 def stop_app(name: str = APP_NAME, shutdown: bool = True) -> None:
-    """Delete the app; with ``shutdown`` also stop Serve and this process's Ray."""
+    """Delete the app; with ``shutdown`` also stop the local Ray this process started,
+    and Serve's controller and proxy with it. (``serve.shutdown()`` first would kill the
+    controller under the driver's own long-poll calls, which Ray reports on stdout as
+    failed tasks: noise on every clean stop.)"""
     import ray
     from ray import serve
 
@@ -84,5 +103,4 @@ def stop_app(name: str = APP_NAME, shutdown: bool = True) -> None:
         return
     serve.delete(name)
     if shutdown:
-        serve.shutdown()
         ray.shutdown()

@@ -16,6 +16,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _SLOW = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+# vLLM's buckets, trimmed at both ends
+_TTFT = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40)
+_TPOT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
 
 
 class ConclaveMetrics:
@@ -56,6 +59,16 @@ class ConclaveMetrics:
         self.replay_no_record = Counter("conclave_replay_no_record",
                                         "Prompts a replay expert had no recorded answer "
                                         "for, by expert.", ["expert"], registry=reg)
+        # Labelled by expert: values come from the registry, never from request input.
+        self.ttft = Histogram("conclave_time_to_first_token_seconds",
+                              "Seconds from an expert call to its first token at the gateway "
+                              "(a streamed call sees it as generated; a whole reply brings "
+                              "its first token with its last), by expert.", ["expert"],
+                              buckets=_TTFT, registry=reg)
+        self.tpot = Histogram("conclave_time_per_output_token_seconds",
+                              "Seconds per completion token after the first (whole replies: "
+                              "call seconds / tokens), by expert.", ["expert"],
+                              buckets=_TPOT, registry=reg)
         self.replica_retries = Counter("conclave_replica_retries",
                                        "Calls sent again because the replica died under them, "
                                        "by deployment.", ["deployment"], registry=reg)
@@ -92,6 +105,18 @@ class ConclaveMetrics:
         for seconds in stats.get("loads", ()):
             self.model_loads.labels(pool).inc()
             self.model_load_seconds.observe(seconds)
+
+    def record_timing(self, expert: str, seconds: float, tokens: int,
+                      first_token_s: float | None = None) -> None:
+        """Time to first token and per output token of one answered expert call that
+        took ``seconds``; ``first_token_s`` when its first token was seen on the way."""
+        if tokens < 1:
+            return
+        self.ttft.labels(expert).observe(seconds if first_token_s is None else first_token_s)
+        if first_token_s is None:
+            self.tpot.labels(expert).observe(seconds / tokens)
+        elif tokens > 1:
+            self.tpot.labels(expert).observe((seconds - first_token_s) / (tokens - 1))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -29,6 +29,23 @@ class ChatMessage(_Lenient):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[TextPart] | None = None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, content: object) -> object:
+        """Name the first part type Conclave cannot take (``image_url``, ``input_audio``,
+        ``file``...) instead of pydantic's "Input should be a valid string"."""
+        if not isinstance(content, list):
+            return content
+        for index, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise ValueError(f"content part {index} is not an object")
+            kind = part.get("type", "text")
+            if kind != "text":
+                raise ValueError(f"content part {index} has type {kind!r}, which is not "
+                                 "supported: Conclave takes text parts only (no image, "
+                                 "audio or file input)")
+        return content
+
     def text(self) -> str:
         """The message's text (content parts joined)."""
         if self.content is None:
@@ -155,6 +172,7 @@ class ConclaveInfo(BaseModel):
     cache: Literal["hit", "miss", "off", "direct"]
     failovers: list[Failover] = Field(default_factory=list)
     routing_ms: float = 0.0
+    request_id: str | None = Field(None, description="The x-request-id of this request.")
 
 
 class ChatChoiceMessage(BaseModel):

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from cluster import request_ids
 from cluster.aggregation import AnswerCombiner
 from cluster.api_errors import ApiError, from_domain
 from cluster.catalog import ExpertCatalog
@@ -36,6 +37,7 @@ from cluster.output_features import feature_params, tool_calls, without_features
 from cluster.panel import ExpertCall, Panel
 from cluster.route_messages import RouteResult
 from cluster.sink_stream import DeltaSink
+from cluster.tracing import span
 from routing.aggregate import Aggregator
 from routing.decision import Decision
 from routing.errors import RoutingError
@@ -166,14 +168,18 @@ class ConclaveService:
         drafts = without_features(plan.params) if synthesised else plan.params
         run = await self._panel.run(plan.decision, plan.prompt, drafts,
                                     sink if lone else None)
-        combined = await self._combiner.combine(plan.query, plan.decision, run, plan.mode,
-                                                plan.params, None if lone else sink)
+        with span("aggregate", **{"conclave.mode": plan.mode}) as current:
+            combined = await self._combiner.combine(plan.query, plan.decision, run, plan.mode,
+                                                    plan.params, None if lone else sink)
+            current.set_attribute("conclave.aggregation", combined.mode)
+            if combined.aggregator:
+                current.set_attribute("conclave.aggregator", combined.aggregator)
         for failover in run.failovers:
             self._metrics.failovers.labels(failover.expert).inc()
         info = ConclaveInfo(experts=run.uses(), strategy=plan.decision.strategy,
                             aggregation=combined.mode, aggregator=combined.aggregator,
                             cache=plan.cache, failovers=run.failovers,
-                            routing_ms=plan.routing_ms)
+                            routing_ms=plan.routing_ms, request_id=request_ids.current())
         calls = run.answers + ([combined.extra] if combined.extra else [])
         usage = Usage(prompt_tokens=sum(a.prompt_tokens for a in calls),
                       completion_tokens=sum(a.completion_tokens for a in calls))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from cluster.api_errors import ApiError
 from cluster.openai_protocol import ExpertUse, Failover
 from cluster.sink_stream import DeltaSink
+from cluster.tracing import span
 from routing.decision import Decision
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,9 @@ class Panel:
             run.interrupted |= tap is not None and tap.used
             nxt = _next_candidate(decision, tried, self._is_live)
             log.warning("expert %s failed (%s); failover to %s", current, reason, nxt)
+            with span("failover", **{"conclave.expert": current, "conclave.reason": reason,
+                                     "conclave.replacement": nxt}):
+                pass  # a marker: the stand-in's own call follows as its sibling
             run.failovers.append(Failover(expert=current, replacement=nxt, reason=reason))
             replaces = replaces or expert
             current = nxt

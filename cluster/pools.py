@@ -35,7 +35,9 @@ from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.drain_batcher import DrainBatcher
 from cluster.expert_batch import Row, error_reply, run_batch, run_continuous
+from cluster.request_ids import install_logging
 from cluster.sink_stream import Finished, sink_stream
+from cluster.tracing import TraceContext, record_span, setup_tracing
 from experts.demo import build_demo_pool
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader, adapter_of, engine_key
@@ -52,6 +54,8 @@ class ExpertPoolServer:
 
     def __init__(self, config: dict, pool_name: str):
         cfg = parse_config(config, paths_on_load=True)
+        setup_tracing(cfg.tracing, f"pool-{pool_name}")
+        install_logging()
         self.pool = next(p for p in cfg.pools if p.name == pool_name)
         if cfg.demo_pool:  # its files live in each node's cache dir: build them on this one
             build_demo_pool()
@@ -103,27 +107,28 @@ class ExpertPoolServer:
         return reply
 
     async def generate_many(self, rows: list[tuple]) -> list[dict]:
-        """Several requests (expert id, prompt, params[, sink]) in one call: the gateway's
+        """Several requests (expert id, prompt, params[, sink[, trace]]) in one call: the gateway's
         coalesced batch for this replica's engine key. They join the key's queue together,
         so they generate in one batch (with whatever else waits there). A row that cannot
         run gets ``{"error": message}``; the others still answer."""
         key = serve.get_multiplexed_model_id()
         engine = await self._engine(key)
         if engine.continuous:
-            replies = await self._generate_continuous(engine, [Row(*row) for row in rows])
+            replies = await self._generate_continuous(key, engine, [Row(*row) for row in rows])
         else:
             replies = await asyncio.gather(
                 *(self.batcher.submit(key, Row(*row)) for row in rows), return_exceptions=True
             )
         return [error_reply(r) if isinstance(r, Exception) else r for r in replies]
 
-    async def generate_stream(self, expert_id: str, prompt: object, params: dict):
+    async def generate_stream(self, expert_id: str, prompt: object, params: dict,
+                              trace: TraceContext | None = None):
         """One request whose text comes back as it is generated: ``{"delta": text}``
         chunks, then ``{"done": reply}`` (``reply`` as from :meth:`generate_many`, which
         may be an error). The row still joins its key's batch; only its text is live."""
 
         def call(sink):
-            return self.generate_many([(expert_id, prompt, params, sink)])
+            return self.generate_many([(expert_id, prompt, params, sink, trace)])
 
         async with aclosing(sink_stream(call)) as items:  # the caller left: row skipped
             async for item in items:
@@ -138,26 +143,28 @@ class ExpertPoolServer:
 
     async def _generate_batch(self, key: str, rows: list[Row]) -> list[dict]:
         engine = await self._engine(key)
-        started = time.perf_counter()
+        started, wall = time.perf_counter(), time.time_ns()
         results = await asyncio.to_thread(self._run_rows, engine, rows)
+        return self._finished(key, rows, results, started, wall)
+
+    async def _generate_continuous(self, key: str, engine, rows: list[Row]) -> list[dict]:
+        started, wall = time.perf_counter(), time.time_ns()
+        live = await asyncio.to_thread(self._live, {row.expert for row in rows})
+        replies = await run_continuous(engine, rows, lambda e: self._spec(e, live),
+                                       self.loader.prepare)
+        return self._finished(key, rows, replies, started, wall)
+
+    def _finished(self, key: str, rows: list[Row], replies: list[dict], started: float,
+                  wall: int) -> list[dict]:
+        """The replies of one batch (or one call's rows), with their ``stats``: the first
+        carries the batch size, seconds and the model loads since the last reply."""
         loads, self._loads = self._loads, []
         self.rows_served += len(rows)
         stats = {"batch_size": len(rows), "loads": loads,
                  "seconds": time.perf_counter() - started}
-        for i, result in enumerate(results):
-            result["stats"] = stats if i == 0 else {"batch_size": 0, "loads": []}
-        return results
-
-    async def _generate_continuous(self, engine, rows: list[Row]) -> list[dict]:
-        started = time.perf_counter()
-        live = await asyncio.to_thread(self._live, {row.expert for row in rows})
-        replies = await run_continuous(engine, rows, lambda e: self._spec(e, live),
-                                       self.loader.prepare)
-        loads, self._loads = self._loads, []
         for i, reply in enumerate(replies):
-            reply["stats"] = ({"batch_size": len(rows), "loads": loads,
-                               "seconds": time.perf_counter() - started}
-                              if i == 0 else {"batch_size": 0, "loads": []})
+            reply["stats"] = stats if i == 0 else {"batch_size": 0, "loads": []}
+        trace_batch(self.pool.name, key, rows, replies, wall)
         return replies
 
     def _forget_removed(self, _added, removed, _version) -> None:
@@ -241,3 +248,14 @@ def limit_torch_threads(num_cpus: float) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(num_cpus)))
+
+
+def trace_batch(pool: str, key: str, rows: list[Row], results: list[dict], start_ns: int) -> None:
+    """One span per traced row of a finished batch, under that row's own trace."""
+    end_ns = time.time_ns()
+    for row, result in zip(rows, results, strict=True):
+        record_span("pool.generate", row.trace, start_ns, end_ns, **{
+            "conclave.pool": pool, "conclave.engine": key, "conclave.expert": row.expert,
+            "conclave.batch_size": len(rows), "conclave.error": result.get("error"),
+            "conclave.prompt_tokens": result.get("prompt_tokens"),
+            "conclave.completion_tokens": result.get("completion_tokens")})

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from cluster.route_messages import CacheStatus, RouteQuery, RouteResult
+from cluster.tracing import TraceContext, record_span
 from routing.aggregator_store import Chooser, apply_chooser
 from routing.decision import Decision
 from routing.errors import RoutingError
@@ -54,6 +55,7 @@ class RouteBatcher:
         try:
             decisions = self.router.route([queries[i].query for i in members], options)
             cached = self.router.cache is not None
+            phases = dict(self.router.phases)
         except RoutingError as err:
             for i in members:
                 found[i] = err
@@ -61,4 +63,24 @@ class RouteBatcher:
         if choose is not None:
             apply_chooser(decisions, choose)
         for i, decision in zip(members, decisions, strict=True):
-            found[i] = (decision, "hit" if decision.cached else "miss" if cached else "off")
+            status = "hit" if decision.cached else "miss" if cached else "off"
+            found[i] = (decision, status)
+            trace_route(queries[i].trace, phases, decision.strategy, status, decision.experts,
+                        len(members))
+
+
+def trace_route(context: TraceContext | None, phases: dict[str, tuple[int, int]],
+                strategy: str, cache: str, experts: list[str], batch_size: int) -> None:
+    """The router's spans for one query of a batch: the batch's encoder pass, its
+    pattern-cache lookup and, on a miss, the strategy, under the query's own trace."""
+    if context is None or context.traceparent is None or not phases:
+        return
+    start, end = phases["encode"][0], phases["strategy"][1]
+    router = record_span("router", context, start, end, **{
+        "conclave.strategy": strategy, "conclave.experts": experts, "conclave.cache": cache,
+        "conclave.batch_size": batch_size})
+    record_span("encode", router, *phases["encode"])
+    record_span("pattern_cache.lookup", router, *phases["cache"], **{"conclave.cache": cache})
+    if cache != "hit":
+        record_span("routing.strategy", router, *phases["strategy"], **{
+            "conclave.strategy": strategy, "conclave.experts": experts})

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from cluster.tracing import TraceContext
 from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import RouteOptions
@@ -22,6 +23,7 @@ class RouteQuery:
 
     query: str
     options: RouteOptions
+    trace: TraceContext | None = None  # the gateway's routing span, for the router's spans
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ import logging
 
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
+from cluster.request_ids import install_logging
 from cluster.route_batch import RouteBatcher
 from cluster.route_messages import RouteQuery, RouteResult
+from cluster.tracing import setup_tracing
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from routing.aggregator_store import AggregatorStore, StoredAggregators, spec_domain
@@ -37,6 +39,8 @@ class RouterServer:
 
     def __init__(self, config: dict):
         cfg = parse_config(config, paths_on_load=True)
+        setup_tracing(cfg.tracing, "router")
+        install_logging()
         client = connect(cfg.redis.url)
         self.catalog = ExpertCatalog(ExpertRegistry(client, namespace=cfg.redis.namespace))
         self.catalog.refresh()

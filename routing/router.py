@@ -13,6 +13,7 @@ as wrong on the validated questions).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -54,6 +55,8 @@ class Router:
         self.default_strategy, self.cache, self.version = default_strategy, cache, version
         self.costs = dict(costs or {})
         self.prior = dict(prior or {})  # expert -> mean validation score (the fallback)
+        # (start, end) wall-clock ns of the last route()'s encode, cache and strategy steps
+        self.phases: dict[str, tuple[int, int]] = {}
         self.unavailable: dict[str, str] = {}  # strategy -> why it could not be fitted
         self.temperatures: dict[str, float] = {}  # strategy -> k=auto calibration
         self._calibration: OutcomeTable | None = None  # a sample of the fit table, for it
@@ -112,12 +115,15 @@ class Router:
         if not queries:
             return []
         options = options.with_strategy(name)  # the cache keys on the strategy that decides
+        started = time.time_ns()
         embeddings = self.encoder.encode(list(queries))  # raises on an empty query
+        encoded = time.time_ns()
         version = self.version()
         decisions: list[Decision | None] = [
             self._cached(q, e, version, options) for q, e in zip(queries, embeddings,
                                                                  strict=True)
         ]
+        looked_up = time.time_ns()
         todo = [i for i, d in enumerate(decisions) if d is None]
         if todo:
             texts = [queries[i] for i in todo]
@@ -129,6 +135,8 @@ class Router:
                 decisions[i] = decision
                 if self.cache is not None:
                     self.cache.store(queries[i], embeddings[i], version, options, decision)
+        self.phases = {"encode": (started, encoded), "cache": (encoded, looked_up),
+                       "strategy": (looked_up, time.time_ns())}
         return decisions
 
     def add_expert(self, expert_id: str, outcomes: OutcomeTable, cost: float = 0.0) -> None:

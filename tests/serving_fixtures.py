@@ -117,6 +117,8 @@ def conclave_server(serve_instance, serving_redis, tiny_lm, tiny_adapters,
     base = tmp_path_factory.getbasetemp()
     broken = broken_model(tmp_path_factory.mktemp("broken-model"))
     args = app_args(serving_redis, tiny_lm, tiny_adapters, broken, [str(base)])
+    # every replica appends its spans here (tests/integration/test_tracing.py reads them)
+    args["tracing"] = {"enabled": True, "exporter": "file", "file": str(base / "spans.jsonl")}
     serve.run(build_app(args), name=APP, route_prefix="/")
     wait_for_expert(serve_instance, "general")  # its vLLM engine has started
     yield ConclaveServer(serve_instance, ADMIN_TOKEN, serving_redis, "itest", args)

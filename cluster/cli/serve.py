@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import signal
+import threading
 
 import click
 
@@ -24,8 +25,9 @@ DEFAULT_URL = "http://127.0.0.1:8000"
               help="Ray cluster address (default: start a local Ray in this process).")
 @click.option("--port", default=None, type=int, help="HTTP port (default: serving.port).")
 def serve_command(config_path: str | None, address: str | None, port: int | None) -> None:
-    """Serve Conclave's OpenAI-compatible API until Ctrl-C."""
-    from cluster.local_serve import start_app, stop_app
+    """Serve Conclave's OpenAI-compatible API until Ctrl-C or SIGTERM; then stop taking
+    requests, let those in flight finish (serving.shutdown_grace_s) and exit 0."""
+    from cluster.local_serve import drain_app, start_app, stop_app
 
     try:
         config = read_config(config_path)
@@ -35,12 +37,39 @@ def serve_command(config_path: str | None, address: str | None, port: int | None
     click.echo(f"Conclave is serving at {url}  (OpenAI base URL: {url}/v1)")
     click.echo("Press Ctrl-C to stop.")
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        click.echo("stopping…")
+        name = wait_for_stop_signal()
+        grace = config.serving.shutdown_grace_s
+        click.echo(f"{name}: refusing new requests, up to {grace:g}s for those in flight…")
+        left = drain_app(grace)
+        if left:
+            click.echo(f"{left} request(s) still running after {grace:g}s; stopping anyway")
     finally:
         stop_app(shutdown=address is None)
+    click.echo("stopped")
+
+
+def wait_for_stop_signal() -> str:
+    """Block until SIGTERM or SIGINT arrives; its name. A second one during the drain
+    raises KeyboardInterrupt: stop now, without waiting for requests in flight.
+
+    Installed once Ray is up, on purpose: in the driver Ray's core worker puts a crash
+    handler on SIGTERM (absl's failure signal handler: the "*** SIGTERM received ***"
+    native stack dump) and ``ray.init`` a Python one that exits with status 15. A stop
+    request is no crash; these handlers replace both for SIGTERM (SEGV & co keep Ray's)."""
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum, _frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        received.append(signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    while not stop.wait(1.0):
+        pass
+    return signal.Signals(received[0]).name
 
 
 @main.command("route")

@@ -18,6 +18,7 @@ from cluster.http_app import GatewayParts, build_http_app
 from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
 from cluster.route_messages import RouteResult
+from cluster.shutdown_gate import ShutdownGate
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from experts.spec import ExpertSpec
@@ -77,7 +78,7 @@ class FakeBackends:
 
 
 @contextlib.contextmanager
-def gateway_client(redis_url: str):
+def gateway_client(redis_url: str, gate: ShutdownGate | None = None):
     """``(TestClient, FakeBackends, ExpertCatalog)`` over alpha, beta and gamma; k=2,
     a 0.5 s request timeout, a 4 KiB body limit, max_tokens up to 100."""
     config = parse_config({
@@ -94,7 +95,8 @@ def gateway_client(redis_url: str):
     metrics = ConclaveMetrics()
     service = ConclaveService(config, backends.route, backends.call, catalog, metrics)
     admin = ExpertAdmin(catalog, TOKEN, ["/nonexistent-root"])
-    app = build_http_app(GatewayParts(service, admin, metrics, 0.5, 4096))
+    app = build_http_app(GatewayParts(service, admin, metrics, 0.5, 4096,
+                                      gate or ShutdownGate()))
     try:
         with TestClient(app) as client:
             yield client, backends, catalog

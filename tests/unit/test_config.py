@@ -117,3 +117,15 @@ def test_deploy_render_refuses_an_unknown_strategy(tmp_path):
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "unknown routing strategy 'nosuch'; valid:" in lines[0]
+
+
+def test_tracing_is_off_by_default_and_checks_its_exporter():
+    assert parse_config({}).tracing.enabled is False
+    assert parse_config({}).serving.shutdown_grace_s == 30
+    with pytest.raises(ConfigError, match="needs tracing.file"):
+        parse_config({"tracing": {"enabled": True, "exporter": "file"}})
+    with pytest.raises(ConfigError, match="sampling_ratio"):
+        parse_config({"tracing": {"sampling_ratio": 1.5}})
+    traced = parse_config({"tracing": {"enabled": True, "exporter": "memory",
+                                       "sampling_ratio": 0.25}})
+    assert traced.tracing.sampling_ratio == 0.25

@@ -132,3 +132,26 @@ def test_dockerfile_suits_kuberay_pods():
     text = dockerfile()
     assert re.search(r"apt-get install [^\n]*\bwget\b", text)
     assert re.search(r"PATH=\$VIRTUAL_ENV/bin:.*> /etc/profile\.d/\S+\.sh", text)
+
+
+def test_prometheus_scrapes_the_gateway_and_grafana_loads_the_dashboard():
+    services = compose()["services"]
+    mounts = {name: dict(v.rsplit(":", 1)[0].split(":", 1) for v in services[name]["volumes"]
+                         if v.startswith("./")) for name in ("prometheus", "grafana")}
+    (prom_file,) = [src for src, dst in mounts["prometheus"].items() if dst.endswith(".yml")]
+    scrape = yaml.safe_load((ROOT / prom_file).read_text())["scrape_configs"]
+    (job,) = scrape
+    assert job["metrics_path"] == "/metrics"
+    head_port = services["ray-head"]["ports"][0].split(":")[-1]
+    assert job["static_configs"][0]["targets"] == [f"ray-head:{head_port}"]
+    grafana = {dst: ROOT / src for src, dst in mounts["grafana"].items()}
+    provisioning = grafana["/etc/grafana/provisioning"]
+    (provider,) = yaml.safe_load(
+        (provisioning / "dashboards" / "conclave.yaml").read_text())["providers"]
+    dashboards = grafana[provider["options"]["path"]]
+    dashboard = json.loads((dashboards / "conclave.json").read_text())
+    (source,) = yaml.safe_load(
+        (provisioning / "datasources" / "prometheus.yaml").read_text())["datasources"]
+    assert source["url"] == "http://prometheus:9090"
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    assert uids == {source["uid"]}

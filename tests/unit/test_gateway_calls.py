@@ -9,9 +9,12 @@ import asyncio
 import pytest
 from ray.exceptions import RayActorError
 
+from cluster import request_ids
 from cluster.api_errors import ApiError
+from cluster.config import TracingConfig
 from cluster.gateway import Gateway
 from cluster.route_messages import RouteQuery, RouteResult
+from cluster.tracing import memory_spans, setup_tracing
 from experts.errors import ExpertError
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
@@ -65,7 +68,7 @@ def route_replies(queries: list[RouteQuery]) -> list[RouteResult]:
 def generation_replies(rows: list) -> list[dict]:
     return [{"error": "ValueError: bad row"} if prompt == "bad" else
             {"text": f"{expert}: {prompt}", "prompt_tokens": 1, "completion_tokens": 2}
-            for expert, prompt, _ in rows]
+            for expert, prompt, *_ in rows]
 
 
 def make_gateway(redis_url: str, router: FakeDeployment, pool: FakeDeployment) -> Gateway:
@@ -165,3 +168,29 @@ def _samples(gateway: Gateway, family: str):
         if metric.name == family:
             return [s for s in metric.samples if s.name.endswith("_total")]
     return []
+
+
+def test_each_call_out_carries_its_request_trace_context(gateway_for):
+    gateway, router, pool = gateway_for()
+    setup_tracing(TracingConfig(enabled=True, exporter="memory"), "test")
+
+    async def one(request_id: str):
+        with request_ids.bound(request_id):
+            await gateway._route("q", RouteOptions(k=1))
+            await gateway._call_expert("alpha", "p", {})
+
+    async def scenario():
+        await asyncio.gather(one("r1"), one("r2"))
+
+    try:
+        asyncio.run(scenario())
+        spans = {s.context.span_id: s for s in memory_spans()}
+    finally:
+        setup_tracing(TracingConfig(), "test")
+    sent = [query.trace for _, queries in router.batches for query in queries]
+    sent += [row[-1] for _, rows in pool.batches for row in rows]
+    assert sorted(c.request_id for c in sent) == ["r1", "r1", "r2", "r2"]
+    for context in sent:  # the parent the replica continues from: the call's own span
+        parent = spans[int(context.traceparent.split("-")[2], 16)]
+        assert parent.name in {"route", "expert"}
+        assert parent.attributes["conclave.request_id"] == context.request_id

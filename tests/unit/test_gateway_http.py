@@ -3,11 +3,18 @@ Redis, and plain async functions standing in for the router and the expert pools
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import threading
+import time
 
 import pytest
 from gateway_fakes import AUTH, TOKEN, gateway_client
 from prometheus_client.parser import text_string_to_metric_families
+
+from cluster.request_ids import RequestIdFilter
+from cluster.shutdown_gate import ShutdownGate
 
 
 @pytest.fixture()
@@ -146,6 +153,31 @@ def test_bad_input_is_4xx_with_openai_error_body(setup, body, status, param):
         assert error["param"] == param
 
 
+@pytest.mark.parametrize("part, kind", [
+    ({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}, "image_url"),
+    ({"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+     "input_audio"),
+    ({"type": "file", "file": {"file_id": "file-1"}}, "file"),
+])
+def test_non_text_content_part_is_a_400_naming_its_type(setup, part, kind):
+    client, backends, _ = setup
+    content = [{"type": "text", "text": "what is in this?"}, part]
+    resp = chat(client, messages=[{"role": "user", "content": content}])
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == "messages.0.content"
+    assert f"content part 1 has type {kind!r}" in error["message"]
+    assert "text parts only" in error["message"]
+    assert backends.calls == []
+
+
+def test_text_content_parts_are_joined(setup):
+    client, _, _ = setup
+    content = [{"type": "text", "text": "what is "}, {"text": "2+2?"}]
+    resp = chat(client, messages=[{"role": "user", "content": content}])
+    assert resp.status_code == 200, resp.text
+
+
 def test_request_timeout_is_504(setup):
     client, backends, _ = setup
     backends.hang = True
@@ -205,3 +237,70 @@ def test_metrics_parse_as_prometheus_text(setup):
                  if s.name == "conclave_failovers_total"}
     assert failovers == {"beta": 1.0}
     assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_drain_waits_for_requests_in_flight_then_refuses_new_ones(redis_url):
+    gate = ShutdownGate()
+    with gateway_client(redis_url, gate) as (client, backends, _):
+        backends.hang = True  # held until the 0.5 s request timeout (504)
+        slow = threading.Thread(target=chat, args=(client,))
+        slow.start()
+        while gate.in_flight == 0:
+            time.sleep(0.01)
+        assert asyncio.run(gate.drain(0.05)) == 1  # grace over, still running
+        refused = chat(client)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "shutting_down"
+        assert refused.headers["retry-after"] == "1"
+        assert client.get("/healthz").status_code == 503
+        assert client.get("/metrics").status_code == 200  # scrapes still work
+        assert asyncio.run(gate.drain(5)) == 0  # the held one ended (its timeout)
+        slow.join()
+
+
+class Records(logging.Handler):
+    """Keeps the records it gets, through the request-id filter (as the real handler)."""
+
+    def __init__(self):
+        super().__init__()
+        self.addFilter(RequestIdFilter())
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_request_id_is_generated_and_returned(setup):
+    client, _, _ = setup
+    resp = chat(client)
+    request_id = resp.headers["x-request-id"]
+    assert len(request_id) == 32 and resp.json()["conclave"]["request_id"] == request_id
+    assert chat(client).headers["x-request-id"] != request_id  # one per request
+
+
+@pytest.mark.parametrize("sent, kept", [("req-42.a:b", True), ("Root=1-5759e988;Sampled=1", True),
+                                        ("x" * 129, False), ("has space", False),
+                                        ("caf\u00e9", False)])
+def test_incoming_request_id_is_kept_when_sane(setup, sent, kept):
+    client, backends, _ = setup
+    backends.failing = {"beta"}  # a failover: the panel logs a warning mid-request
+    records = Records()
+    logging.getLogger("cluster.panel").addHandler(records)
+    try:
+        resp = client.post("/v1/chat/completions", headers={"x-request-id": sent.encode()},
+                           json={"model": "conclave",
+                                 "messages": [{"role": "user", "content": "hi"}]})
+    finally:
+        logging.getLogger("cluster.panel").removeHandler(records)
+    request_id = resp.json()["conclave"]["request_id"]
+    assert (request_id == sent) is kept
+    if not kept:  # replaced, and the response says by what
+        assert resp.headers["x-request-id"] == request_id and len(request_id) == 32
+    failover_lines = [r for r in records.records if "failover" in r.getMessage()]
+    assert failover_lines and {r.request_id for r in failover_lines} == {request_id}
+
+
+def test_refusals_carry_a_request_id_too(setup):
+    client, _, _ = setup
+    resp = client.post("/v1/chat/completions", json={"model": "conclave"})
+    assert resp.status_code == 400 and len(resp.headers["x-request-id"]) == 32

@@ -47,6 +47,7 @@ class ScriptedRouter:
     """Router-like: k experts named after the query; "boom" fails its whole group."""
 
     cache = None
+    phases: dict = {}  # no timings to trace
 
     def __init__(self):
         self.calls: list[tuple[list[str], RouteOptions]] = []

@@ -1,0 +1,173 @@
+"""OpenTelemetry tracing: one trace per request, across every Ray hop.
+
+Each process (the gateway, router and pool replicas) sets up its own tracer from the
+config's ``tracing`` section (:func:`setup_tracing`); off, every span is the API's no-op.
+The trace context crosses a Ray hop inside Conclave's own messages, as a
+:class:`TraceContext` (the W3C ``traceparent`` string and the request id) on each routed
+query and each generation row, not through Ray's tracing hooks; the replica continues the
+trace from it. An incoming ``traceparent`` header starts the gateway's span under the
+caller's trace.
+
+Batched work (one encoder pass, one generate for many rows) is recorded once per request:
+a span per row under that row's own context, with the batch's times and size.
+
+Exporters: ``otlp`` (OTLP over HTTP to ``endpoint``; needs ``opentelemetry-exporter-otlp``),
+``file`` (each finished span as one JSON line appended to ``file``: every replica writes
+its own lines; tests and debugging), ``memory`` (kept in the process: the cost of tracing
+without a collector, for benchmarks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from cluster import request_ids
+
+if TYPE_CHECKING:
+    from cluster.config import TracingConfig
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_NOOP = trace.NoOpTracer()
+_state: dict = {"tracer": _NOOP, "provider": None, "memory": None}
+_UNTRACED_PATHS = frozenset({"/metrics", "/healthz"})  # scrapes and probes: no traces
+
+
+def setup_tracing(config: TracingConfig, component: str) -> None:
+    """This process's tracer for ``config`` (replaces any earlier one; off: no-op)."""
+    provider = _state["provider"]
+    if provider is not None:
+        provider.shutdown()
+    _state.update(tracer=_NOOP, provider=None, memory=None)
+    if not config.enabled:
+        return
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    resource = Resource.create({"service.name": config.service_name,
+                                "conclave.component": component})
+    provider = TracerProvider(resource=resource,
+                              sampler=ParentBased(TraceIdRatioBased(config.sampling_ratio)))
+    provider.add_span_processor(_processor(config))
+    _state.update(tracer=provider.get_tracer("conclave"), provider=provider)
+
+
+def _processor(config: TracingConfig):
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SimpleSpanProcessor,
+    )
+
+    if config.exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return BatchSpanProcessor(OTLPSpanExporter(endpoint=config.endpoint))
+    if config.exporter == "file":
+        out = open(config.file, "a", encoding="utf-8")  # noqa: SIM115 - lives with the provider
+        return SimpleSpanProcessor(ConsoleSpanExporter(out=out, formatter=_json_line))
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    _state["memory"] = InMemorySpanExporter()
+    return SimpleSpanProcessor(_state["memory"])
+
+
+def _json_line(span) -> str:
+    return json.dumps(json.loads(span.to_json()), separators=(",", ":")) + "\n"
+
+
+def memory_spans() -> list:
+    """Spans the ``memory`` exporter holds in this process (none for the others)."""
+    memory = _state["memory"]
+    return list(memory.get_finished_spans()) if memory is not None else []
+
+
+def tracer() -> trace.Tracer:
+    return _state["tracer"]
+
+
+@dataclass(frozen=True)
+class TraceContext:
+    """What a message carries across a Ray hop: the W3C ``traceparent`` of the span that
+    sent it (None: not traced or not sampled) and the request id."""
+
+    traceparent: str | None = None
+    request_id: str | None = None
+
+    @classmethod
+    def current(cls) -> TraceContext:
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier)
+        return cls(carrier.get("traceparent"), request_ids.current())
+
+    def parent(self) -> otel_context.Context | None:
+        """The OpenTelemetry context to start child spans in (None: a new trace)."""
+        if self.traceparent is None:
+            return None
+        return _PROPAGATOR.extract({"traceparent": self.traceparent})
+
+
+def incoming_parent(traceparent: str | None) -> otel_context.Context | None:
+    """The caller's trace from an HTTP ``traceparent`` header (None: start a new one)."""
+    return TraceContext(traceparent).parent()
+
+
+@contextlib.contextmanager
+def span(name: str, parent: otel_context.Context | None = None, **attributes):
+    """A span around the block (a child of the current span, or of ``parent``), named
+    with the current request id; yields it to add attributes."""
+    attrs = {k: v for k, v in attributes.items() if v is not None}
+    if request_ids.current():
+        attrs["conclave.request_id"] = request_ids.current()
+    with tracer().start_as_current_span(name, context=parent, attributes=attrs) as current:
+        yield current
+
+
+def record_span(name: str, context: TraceContext | None, start_ns: int, end_ns: int,
+                **attributes) -> TraceContext | None:
+    """A finished span for work already done (one row of a batch), under ``context``;
+    the context of the new span, for its own children (None: nothing to trace under)."""
+    if context is None or context.traceparent is None:
+        return None
+    attrs = {k: v for k, v in attributes.items() if v is not None}
+    if context.request_id:
+        attrs["conclave.request_id"] = context.request_id
+    done = tracer().start_span(name, context=context.parent(), attributes=attrs,
+                               start_time=start_ns)
+    done.end(end_time=end_ns)
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(done))
+    return TraceContext(carrier.get("traceparent"), context.request_id)
+
+
+class Traced:
+    """ASGI middleware: one server span per HTTP request, under an incoming
+    ``traceparent`` when there is one; inside :class:`cluster.request_ids.RequestIds`."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") in _UNTRACED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        header = headers.get(b"traceparent")
+        parent = incoming_parent(header.decode("latin-1") if header else None)
+        name = f"{scope.get('method', 'HTTP')} {scope.get('path', '')}"
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                current.set_attribute("http.response.status_code", message["status"])
+            await send(message)
+
+        with span(name, parent, **{"http.request.method": scope.get("method"),
+                                   "url.path": scope.get("path")}) as current:
+            await self.app(scope, receive, send_status)
