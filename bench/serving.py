@@ -36,7 +36,7 @@ def mode_config(batched: bool, namespace: str):
     data = config.model_dump(mode="json")
     data["redis"]["namespace"] = namespace  # a fresh pattern cache per mode
     if not batched:
-        data["routing"].update(batch_size=1, batch_wait_timeout_s=0.0)
+        data["routing"].update(batch_size=1)
         for pool in data["pools"]:
             pool.update(max_batch_size=1, batch_wait_timeout_s=0.0)
     return type(config).model_validate(data)

@@ -39,10 +39,12 @@ class ExpertAdmin:
     After a change returns, this replica's catalog already reflects it (it refreshes
     synchronously), so a removed expert gets no new work from here on."""
 
-    def __init__(self, catalog: ExpertCatalog, token: str | None, roots: list[str]):
+    def __init__(self, catalog: ExpertCatalog, token: str | None, roots: list[str],
+                 engines: dict | None = None):
         self._catalog = catalog
         self._token = token
-        self._paths = ExpertLoader(catalog.get, roots)  # only its path check is used
+        # only its checks are used (paths, adapter base and rank); ``engines``: per pool
+        self._paths = ExpertLoader(catalog.get, roots, engines=engines)
 
     def authorise(self, header: str | None) -> None:
         """Raise 401 unless ``header`` is ``Bearer <the token>``."""
@@ -68,6 +70,7 @@ class ExpertAdmin:
         try:
             for ref in (spec.model, spec.adapter):
                 self._paths.check_path(spec, ref)
+            self._paths.check_adapter(spec)
             version = self._catalog.registry.add(spec)
         except ExpertError as err:
             raise from_domain(err) from None

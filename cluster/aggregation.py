@@ -18,10 +18,10 @@ from cluster.panel import (
     ExpertCall,
     PanelRun,
     Tap,
-    TextSink,
     failure_reason,
     streaming,
 )
+from cluster.sink_stream import DeltaSink
 from routing.aggregate import Aggregator, synthesis_prompt
 from routing.decision import Decision
 
@@ -44,7 +44,7 @@ class AnswerCombiner:
         self._is_live = is_live
 
     async def combine(self, query: str, decision: Decision, run: PanelRun, mode: str,
-                      params: dict, sink: TextSink | None = None) -> Combined:
+                      params: dict, sink: DeltaSink | None = None) -> Combined:
         """One answer from the panel's; with ``sink``, a synthesis streams into it."""
         answered = Decision(query=query, experts=[a.expert for a in run.answers],
                             weights=[a.weight for a in run.answers], strategy=decision.strategy,

@@ -10,9 +10,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from experts.loader import EngineChoice, ExpertLoader, resolve_engine
 from experts.spec import ExpertSpec, check_references
+from routing.options import RouteOptionFields
 
 
 class _Strict(BaseModel):
@@ -47,28 +56,41 @@ class PatternCacheConfig(_Strict):
     store_answers: bool = Field(False, description="Also cache final answers (may go stale).")
 
 
-class RoutingConfig(_Strict):
-    strategy: str = Field("knn", description="Default strategy: skills, pilots, knn, glider, hybrid.")
-    k: int = Field(3, ge=1, le=16, description="Experts recruited per query.")
-    cost_weight: float = Field(0.0, ge=0.0, description="λ: score − λ·cost. Per request too.")
-    sample: bool = Field(False, description="Sample k experts by weight instead of top-k.")
-    seed: int = Field(0, description="Seed for sampling.")
+class RoutingConfig(RouteOptionFields):
+    """The routing defaults every request starts from (k, cost_weight, sample, seed,
+    aggregation: the fields of :class:`routing.options.RouteOptions`, defined there once),
+    and how the router runs."""
+
+    strategy: str = Field(
+        "knn", description="Default strategy (the request's `strategy` overrides it): "
+        "skills, skills-paper, pilots, knn, glider, hybrid.")
+    strategies: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Options per strategy name, e.g. `knn: {k: 50}`: "
+        "its constructor's arguments (see routing/strategies/<name>.py); checked at load.")
     outcomes: str | None = Field(
         None,
         description="Outcome data dir (questions.jsonl + scores.csv) to build profiles from; "
         "default: the experts' example questions.",
     )
-    aggregation: Literal["auto", "vote", "synthesis", "best"] = Field(
-        "auto", description="How k answers become one: vote for multiple choice, else synthesis."
-    )
     cache: PatternCacheConfig = Field(default_factory=PatternCacheConfig, description="Cache.")
     batch_size: int = Field(
-        32, ge=1, description="Concurrent queries routed in one encoder pass (1: no batching)."
-    )
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="Wait to fill a routing batch.")
+        32, ge=1, description="Concurrent queries the gateway sends the router in one call, "
+        "routed in one encoder pass (1: no batching).")
     num_replicas: int = Field(
         1, ge=1, description="Router replicas; with 2 or more, a call to one that dies is "
         "retried on another at once instead of waiting for its replacement.")
+
+    @model_validator(mode="after")
+    def _strategy_options(self) -> RoutingConfig:
+        from routing.errors import RoutingError
+        from routing.strategies import check_strategy
+
+        for name, options in self.strategies.items():
+            try:
+                check_strategy(name, options)
+            except RoutingError as err:
+                raise ValueError(f"strategies.{name}: {err}") from None
+        return self
 
 
 class AutoscalingConfig(_Strict):
@@ -88,6 +110,10 @@ class PoolConfig(_Strict):
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Engine arguments for every model expert of the pool "
         "(for vllm: AsyncEngineArgs fields, e.g. max_model_len, enable_prefix_caching).")
+    max_loras: int = Field(8, ge=1, description="vLLM: LoRA adapters in one running batch.")
+    max_lora_rank: int = Field(
+        16, ge=1, description="vLLM: largest LoRA rank served; a LoRA expert above it is "
+        "refused when registered.")
     num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is off.")
     num_cpus: float = Field(0.0, ge=0.0, description="CPUs reserved per replica.")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs reserved per replica.")
@@ -100,6 +126,24 @@ class PoolConfig(_Strict):
     batch_wait_timeout_s: float = Field(0.02, ge=0.0, description="Wait to fill a batch.")
     max_ongoing_requests: int = Field(64, ge=1, description="Per replica, before queueing.")
     autoscaling: AutoscalingConfig | None = Field(None, description="Serve autoscaling, if any.")
+
+    @field_validator("engine_args")
+    @classmethod
+    def _known_engine_args(cls, value: dict) -> dict:
+        from experts.vllm_engine import check_engine_args
+
+        check_engine_args(value)
+        return value
+
+    def engine_choice(self) -> EngineChoice:
+        """The pool's engine settings, for an :class:`~experts.loader.ExpertLoader`."""
+        return EngineChoice(engine=self.engine, engine_args=dict(self.engine_args),
+                            max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
+                            num_cpus=self.num_cpus)
+
+    def resolved_engine(self) -> str:
+        """The pool's engine with ``auto`` resolved (vllm where vLLM is installed)."""
+        return resolve_engine(self.engine)
 
     @property
     def most_replicas(self) -> int:
@@ -150,6 +194,10 @@ class ConclaveConfig(_Strict):
         for spec in self.experts:
             if spec.pool not in names:
                 raise ValueError(f"expert {spec.id!r}: unknown pool {spec.pool!r}")
+        checks = ExpertLoader({s.id: s for s in self.experts}.__getitem__,
+                              engines={pool.name: pool.engine_choice() for pool in self.pools})
+        for spec in self.experts:
+            checks.check_adapter(spec)
         return self
 
     def start_specs(self) -> list[ExpertSpec]:

@@ -26,11 +26,12 @@ from cluster.drain_batcher import DrainBatcher
 from cluster.http_app import GatewayParts, build_http_app
 from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
+from cluster.route_messages import RouteQuery, RouteResult
 from experts.errors import ExpertError
 from experts.loader import engine_key
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
-from routing.strategies.base import RoutingError
+from routing.options import RouteOptions
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +51,29 @@ class Gateway:
         routing = self.config.routing
         self._routes = Coalescer(self._send_routes, routing.batch_size, routing.num_replicas)
         self._rows = {pool.name: Coalescer(self._sender(pool.name), pool.max_batch_size,
-                                           pool.most_replicas) for pool in self.config.pools}
+                                           calls_in_flight(pool)) for pool in self.config.pools}
         self.service = ConclaveService(self.config, self._route, self._call_expert,
                                        self.catalog, self.metrics)
         self.admin = ExpertAdmin(self.catalog, token or admin_token(self.config.serving),
-                                 allowed_roots(self.config.serving))
+                                 allowed_roots(self.config.serving),
+                                 {pool.name: pool.engine_choice() for pool in self.config.pools})
 
     def __serve_build_asgi_app__(self):
         serving = self.config.serving
         return build_http_app(GatewayParts(self.service, self.admin, self.metrics,
                                            serving.request_timeout_s, serving.max_body_bytes))
 
-    async def _route(self, query: str, options: dict) -> dict:
+    async def _route(self, query: str, options: RouteOptions) -> RouteResult:
+        """The router's decision; its :class:`RoutingError` raised here for a bad query."""
         try:
-            reply = await self._routes("router", (query, options))
+            result = await self._routes("router", RouteQuery(query, options))
         except RayActorError:  # died twice: no live router replica right now
             raise ApiError(503, "the router is restarting; retry shortly", type="api_error",
                            code="router_unavailable", headers={"Retry-After": "2"}) from None
-        if "error" in reply:
-            raise RoutingError(reply["error"])
-        return reply
+        return result.raise_error()
 
-    async def _send_routes(self, _key: str, items: list) -> list[dict]:
-        return await self._retrying("router", lambda: self._router.route_many.remote(items))
+    async def _send_routes(self, _key: str, queries: list[RouteQuery]) -> list[RouteResult]:
+        return await self._retrying("router", lambda: self._router.route_many.remote(queries))
 
     async def _call_expert(self, expert_id: str, prompt: object, params: dict,
                            sink=None) -> dict:
@@ -83,6 +84,8 @@ class Gateway:
         else:
             reply = await self._stream(spec, prompt, params, sink)
         self.metrics.record_generation(spec.pool, expert_id, reply)
+        if "client_error" in reply:  # the request's fault (e.g. too long): not a failover
+            raise ApiError(400, reply["client_error"], code="invalid_request")
         if "error" in reply:
             raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
         return reply
@@ -126,6 +129,16 @@ class Gateway:
                         type(err).__name__)
             self.metrics.replica_retries.labels(deployment).inc()
             return await call()
+
+
+def calls_in_flight(pool) -> int:
+    """How many ``generate_many`` calls per engine key the gateway keeps in flight to a
+    pool. A batch engine (hf) runs one batch at a time per replica, so rows queue here and
+    form the next batch meanwhile; a vLLM engine batches by itself, so calls go out as they
+    come (rows arriving together still share one call)."""
+    if pool.resolved_engine() == "vllm":
+        return pool.max_ongoing_requests * pool.most_replicas
+    return pool.most_replicas
 
 
 class Coalescer:

@@ -19,9 +19,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from cluster.admin import ExpertAdmin
+from cluster.answer_stream import chat_events, completion_events, plan_headers
 from cluster.api_errors import ApiError, from_validation, timeout_error
 from cluster.body_limit import BodyLimit
-from cluster.live_stream import chat_events, completion_events, plan_headers
 from cluster.metrics import CONTENT_TYPE, ConclaveMetrics
 from cluster.openai_protocol import (
     ChatCompletionRequest,

@@ -13,24 +13,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from routing.options import RouteOptions
+
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
-
-
-class ConclaveOptions(BaseModel):
-    """Routing options in the body (``"conclave": {...}``); they override the model string."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    k: int | None = Field(None, ge=1, le=16, description="Experts recruited for the query.")
-    strategy: str | None = Field(None, description="Routing strategy name.")
-    cost_weight: float | None = Field(None, ge=0.0, description="λ in score − λ·cost.")
-    sample: bool | None = Field(None, description="Sample experts by weight instead of top-k.")
-    seed: int | None = Field(None, description="Seed for sampling.")
-    aggregation: Literal["auto", "vote", "synthesis", "best"] | None = Field(
-        None, description="How the experts' answers become one."
-    )
 
 
 class TextPart(_Lenient):
@@ -61,7 +48,8 @@ class _SamplingRequest(_Lenient):
     n: int = Field(1, ge=1, le=1, description="Only one choice per prompt is supported.")
     stream: bool = False
     user: str | None = None
-    conclave: ConclaveOptions | None = None
+    conclave: RouteOptions | None = Field(
+        None, description="Routing options; they override the model string's.")
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -118,7 +106,8 @@ class RouteRequest(_Lenient):
     query: str | None = None
     messages: list[ChatMessage] | None = None
     model: str = "conclave"
-    conclave: ConclaveOptions | None = None
+    conclave: RouteOptions | None = Field(
+        None, description="Routing options; they override the model string's.")
 
     def text(self) -> str:
         if self.query is not None:

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 
 from cluster.api_errors import ApiError
 from cluster.openai_protocol import ExpertUse, Failover
+from cluster.sink_stream import DeltaSink
 from routing.decision import Decision
 
 log = logging.getLogger(__name__)
 
-# expert id, prompt, sampling params[, sink=TextSink] -> {"text", "prompt_tokens",
+# expert id, prompt, sampling params[, sink=DeltaSink] -> {"text", "prompt_tokens",
 # "completion_tokens", ...}; with a sink, the text also goes there as it is generated
 ExpertCall = Callable[..., Awaitable[dict]]
-TextSink = Callable[[str], None]
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Panel:
         self._is_live = is_live
 
     async def run(self, decision: Decision, prompt: object, params: dict,
-                  sink: TextSink | None = None) -> PanelRun:
+                  sink: DeltaSink | None = None) -> PanelRun:
         run = PanelRun(answers=[])
         decision = live_decision(decision, self._is_live)
         tried: set[str] = set(decision.experts)
@@ -103,6 +103,8 @@ class Panel:
                     return _answer(current, weight, out, replaces)
                 except TimeoutError:
                     reason = f"timed out after {self._timeout_s:g}s"
+                except ApiError:  # the request's own fault (400): no other expert would do
+                    raise
                 except Exception as err:  # any expert failure is failed over, not surfaced
                     reason = failure_reason(err)
             run.interrupted |= tap is not None and tap.used
@@ -117,7 +119,7 @@ class Panel:
 class Tap:
     """A sink that remembers whether anything went through it."""
 
-    def __init__(self, sink: TextSink):
+    def __init__(self, sink: DeltaSink):
         self.sink = sink
         self.used = False
 

@@ -2,12 +2,17 @@
 
 Requests carry the expert's *engine key* as Serve's multiplexed model id (a LoRA expert's
 key is its base model's), so every expert on one base lands on replicas that already
-hold that base, and a :class:`~cluster.drain_batcher.DrainBatcher` keyed by that id
-generates concurrent requests for those experts together, adapters mixed per row: the
-online form of batching by assigned expert. (Not ``@serve.batch``: it closes batches on a
-timer while the engine is still busy, see :mod:`cluster.drain_batcher`.) The gateway sends
-its coalesced rows as one ``generate_many`` call; ``generate_stream`` returns one row's text
-as it is generated (the row still generates in the shared batch).
+hold that base: the online form of batching by assigned expert.
+- A vLLM engine batches by itself: every row goes straight in as its own request and
+  joins the running batch at token level (continuous batching), adapters mixed.
+- A batch engine (HF, replay) gets concurrent rows together from a
+  :class:`~cluster.drain_batcher.DrainBatcher` keyed by that id, adapters mixed per row.
+  (Not ``@serve.batch``: it closes batches on a timer while the engine is still busy, see
+  :mod:`cluster.drain_batcher`.)
+The gateway sends its coalesced rows as one ``generate_many`` call; ``generate_stream``
+returns one row's text as it is generated (the row still generates with the others).
+A replica whose vLLM engine process died reports unhealthy (``check_health``), so Serve
+replaces it; rows caught by the death are retried once on a fresh engine.
 
 Each reply carries ``stats`` (batch size, seconds of model loads since the last reply),
 which the gateway turns into metrics.
@@ -28,7 +33,7 @@ from cluster.admin import allowed_roots
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.drain_batcher import DrainBatcher
-from cluster.expert_batch import Row, run_batch
+from cluster.expert_batch import Row, error_reply, run_batch, run_continuous
 from cluster.sink_stream import Finished, sink_stream
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader, adapter_of, engine_key
@@ -50,8 +55,9 @@ class ExpertPoolServer:
         self.catalog = ExpertCatalog(self.registry).start()
         self.embedder = LazyEmbedder(cfg.encoder)
         self.loader = ExpertLoader(self.catalog.get, allowed_roots(cfg.serving),
-                                   embed=self.embedder)
+                                   embed=self.embedder, engines=self.pool.engine_choice())
         self.models = ModelPool(self.loader, max_models=self.pool.max_resident_models)
+        self.catalog.on_change(self._forget_removed)
         self._loads: list[float] = []
         self.batcher = DrainBatcher(self._generate_batch, self.pool.max_batch_size,
                                     self.pool.batch_wait_timeout_s)
@@ -92,11 +98,14 @@ class ExpertPoolServer:
         so they generate in one batch (with whatever else waits there). A row that cannot
         run gets ``{"error": message}``; the others still answer."""
         key = serve.get_multiplexed_model_id()
-        replies = await asyncio.gather(
-            *(self.batcher.submit(key, Row(*row)) for row in rows), return_exceptions=True
-        )
-        return [{"error": f"{type(r).__name__}: {r}"} if isinstance(r, Exception) else r
-                for r in replies]
+        engine = await self._engine(key)
+        if engine.continuous:
+            replies = await self._generate_continuous(engine, [Row(*row) for row in rows])
+        else:
+            replies = await asyncio.gather(
+                *(self.batcher.submit(key, Row(*row)) for row in rows), return_exceptions=True
+            )
+        return [error_reply(r) if isinstance(r, Exception) else r for r in replies]
 
     async def generate_stream(self, expert_id: str, prompt: object, params: dict):
         """One request whose text comes back as it is generated: ``{"delta": text}``
@@ -127,6 +136,40 @@ class ExpertPoolServer:
         for i, result in enumerate(results):
             result["stats"] = stats if i == 0 else {"batch_size": 0, "loads": []}
         return results
+
+    async def _generate_continuous(self, engine, rows: list[Row]) -> list[dict]:
+        started = time.perf_counter()
+        live = await asyncio.to_thread(self._live, {row.expert for row in rows})
+        replies = await run_continuous(engine, rows, lambda e: self._spec(e, live),
+                                       self.loader.prepare)
+        loads, self._loads = self._loads, []
+        for i, reply in enumerate(replies):
+            reply["stats"] = ({"batch_size": len(rows), "loads": loads,
+                               "seconds": time.perf_counter() - started}
+                              if i == 0 else {"batch_size": 0, "loads": []})
+        return replies
+
+    def _forget_removed(self, _added, removed, _version) -> None:
+        """A removed LoRA expert's adapter leaves the engines that hold it."""
+        for engine in (self.models.peek(key) for key in self.models.resident()):
+            for expert_id in removed:
+                if engine is not None and expert_id in getattr(engine, "adapters", {}):
+                    engine.unload_adapter(expert_id)
+
+    async def check_health(self) -> None:
+        """Serve's health probe: unhealthy when a resident vLLM engine's process is dead
+        and not being restarted (Serve then replaces the replica)."""
+        engines = {key: self.models.peek(key) for key in self.models.resident()}
+        dead = [key for key, e in engines.items()
+                if getattr(e, "errored", False) and not getattr(e, "restarting", False)]
+        if dead:
+            raise RuntimeError(f"pool {self.pool.name}: engine process dead for {dead}")
+
+    def __del__(self):
+        # Serve deletes the replica on shutdown: stop the engine processes with it.
+        models = getattr(self, "models", None)
+        if models is not None:
+            models.clear()
 
     def _run_rows(self, engine, rows: list[Row]) -> list[dict]:
         """One batch, in a worker thread (the registry check is a Redis round trip)."""

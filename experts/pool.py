@@ -75,6 +75,11 @@ class ModelPool:
             self._evict(room_for_one=False, keep=key)
             return engine
 
+    def peek(self, key: str) -> GenerationEngine | None:
+        """The resident engine for ``key``, or None (does not load, nor count as a use)."""
+        with self._lock:
+            return self._engines.get(key)
+
     def is_loaded(self, key: str) -> bool:
         """Whether ``key`` is resident (does not count as a use)."""
         with self._lock:

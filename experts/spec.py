@@ -110,6 +110,14 @@ class ExpertSpec(BaseModel):
         "fields), over its pool's `engine_args`.",
     )
 
+    @field_validator("engine_args")
+    @classmethod
+    def _known_engine_args(cls, value: dict) -> dict:
+        from experts.vllm_engine import check_engine_args
+
+        check_engine_args(value)
+        return value
+
     @field_validator("id")
     @classmethod
     def _slug(cls, value: str) -> str:

@@ -12,18 +12,19 @@ as wrong on the validated questions).
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 
 import numpy as np
 
 from experts.spec import ExpertSpec
-from routing.decision import Decision, RouteOptions
+from routing.decision import Decision
+from routing.errors import RoutingError
+from routing.options import RouteOptions
 from routing.outcomes import OutcomeTable, load_outcomes
 from routing.selection import select
 from routing.strategies import STRATEGIES, make_strategy
-from routing.strategies.base import RoutingError, RoutingStrategy
+from routing.strategies.base import RoutingStrategy, StrategyContext
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,12 @@ class Router:
             )
         if not queries:
             return []
+        options = options.with_strategy(name)  # the cache keys on the strategy that decides
         embeddings = self.encoder.encode(list(queries))  # raises on an empty query
         version = self.version()
         decisions: list[Decision | None] = [
-            self._cached(q, e, version, name, options) for q, e in zip(queries, embeddings,
-                                                                         strict=True)
+            self._cached(q, e, version, options) for q, e in zip(queries, embeddings,
+                                                                 strict=True)
         ]
         todo = [i for i, d in enumerate(decisions) if d is None]
         if todo:
@@ -101,7 +103,7 @@ class Router:
             for i, decision in zip(todo, fresh, strict=True):
                 decisions[i] = decision
                 if self.cache is not None:
-                    self.cache.store(queries[i], embeddings[i], version, decision)
+                    self.cache.store(queries[i], embeddings[i], version, options, decision)
         return decisions
 
     def add_expert(self, expert_id: str, outcomes: OutcomeTable, cost: float = 0.0) -> None:
@@ -127,16 +129,12 @@ class Router:
         self.costs.pop(expert_id, None)
         self.prior.pop(expert_id, None)
 
-    def _cached(self, query, embedding, version, name, options) -> Decision | None:
+    def _cached(self, query, embedding, version, options: RouteOptions) -> Decision | None:
         if self.cache is None:
             return None
-        decision = self.cache.lookup(query, embedding, version)
-        # The cache keys on text only: reuse a decision made under the same options.
-        if decision is None or decision.strategy != name or (
-            decision.explanation.get("options") != options.model_dump()
-        ):
-            return None
-        decision.query = query  # a near hit was decided for a neighbour's text
+        decision = self.cache.lookup(query, embedding, version, options)
+        if decision is not None:
+            decision.query = query  # a near hit was decided for a neighbour's text
         return decision
 
 
@@ -186,10 +184,9 @@ def build_router(config, specs: list[ExpertSpec], outcomes: OutcomeTable | None,
     if outcomes is not None and specs:
         _match_specs(outcomes, specs)
     outcomes = startup_outcomes(specs, outcomes, profiles)
-    strategies = {
-        name: make_strategy(name, **_strategy_kwargs(cls, encoder, specs))
-        for name, cls in STRATEGIES.items()
-    }
+    context = StrategyContext(encoder, {spec.id: spec.task_instruction for spec in specs})
+    strategies = {name: make_strategy(name, config.routing.strategies.get(name), context)
+                  for name in STRATEGIES}
     if config.routing.strategy not in strategies:
         raise RoutingError(
             f"routing.strategy {config.routing.strategy!r} unknown; valid: {sorted(strategies)}"
@@ -241,13 +238,3 @@ def _match_specs(outcomes: OutcomeTable, specs: list[ExpertSpec]) -> None:
             f"or drop the columns (experts: {ids})"
         )
 
-
-def _strategy_kwargs(cls, encoder, specs: list[ExpertSpec]) -> dict:
-    # Pass what a strategy's constructor accepts: the encoder, the experts' instructions.
-    accepted = inspect.signature(cls).parameters
-    kwargs = {}
-    if "encoder" in accepted:
-        kwargs["encoder"] = encoder
-    if "instructions" in accepted:
-        kwargs["instructions"] = {spec.id: spec.task_instruction for spec in specs}
-    return kwargs

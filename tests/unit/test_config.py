@@ -37,6 +37,12 @@ def expert(expert_id: str, **fields) -> dict:
         ({"experts": [expert("Not A Slug")]}, "'Not A Slug' is not a slug"),
         ({"experts": [expert("a", pool="gpu")]}, "unknown pool 'gpu'"),
         ({"routing": {"k": 0}}, "routing.k"),
+        ({"routing": {"strategy": "nosuch"}},
+         "routing.strategy: unknown routing strategy 'nosuch'; valid: glider, hybrid, knn"),
+        ({"routing": {"strategies": {"knnn": {}}}}, "unknown routing strategy 'knnn'; valid:"),
+        ({"routing": {"strategies": {"knn": {"kk": 5}}}}, "strategy 'knn': bad options"),
+        ({"routing": {"strategies": {"knn": {"k": 0}}}}, "knn needs k >= 1"),
+        ({"routing": {"strategies": {"glider": {"encoder": "x"}}}}, "come from the router"),
     ],
 )
 def test_bad_config_names_the_problem(data, message):
@@ -83,3 +89,28 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(bad)
+
+
+def test_per_strategy_options_reach_the_router(minilm):
+    from experts.spec import ExpertSpec
+    from routing.router import build_router
+
+    config = parse_config({"routing": {"strategies": {"knn": {"k": 7, "temperature": 0.5}}}})
+    specs = [ExpertSpec(id=name, model="org/tiny", examples=[f"a question on {name}"] * 2)
+             for name in ("alpha", "beta")]
+    router = build_router(config, specs, None, encoder=minilm)
+    knn = router.strategies["knn"]
+    assert (knn.k, knn.temperature) == (7, 0.5)
+
+
+def test_deploy_render_refuses_an_unknown_strategy(tmp_path):
+    from click.testing import CliRunner
+
+    from cluster.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routing:\n  strategy: nosuch\n")
+    result = CliRunner().invoke(main, ["deploy", "render", "--config", str(bad)])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "unknown routing strategy 'nosuch'; valid:" in lines[0]

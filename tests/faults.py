@@ -1,4 +1,5 @@
-"""Real faults for a running Conclave application, for tests/reliability and bench/soak.py.
+"""Real faults for a running Conclave application, for tests/reliability and bench/soak.py
+(test tooling: not part of the installed packages).
 
 - :func:`kill_replica`: ``ray.kill`` one replica actor of a deployment (Serve starts a new
   one; requests in flight there fail and the gateway fails them over).
