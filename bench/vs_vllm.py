@@ -48,8 +48,7 @@ MODES = {
     "conclave-k1": ("conclave", lambda adapter: "conclave:k=1"),
     "conclave-base": ("conclave", lambda adapter: BASE_NAME),
 }
-SYSTEMS = ("vllm", "ray", "conclave")
-WARMUP = 8  # requests per mode before timing (loads the adapters, compiles, fills caches)
+SYSTEMS = ("conclave", "vllm", "ray")
 
 
 def engine_environment(threads: int) -> None:
@@ -73,27 +72,48 @@ def run_size(bundle: Bundle, args) -> dict[str, Sample]:
     """Every mode of every system over all requests, in ABBA order of slices."""
     modes = [m for m in MODES if MODES[m][0] in args.systems]
     samples = {m: Sample() for m in modes}
+    count = token_counter(bundle.base)
     size = -(-len(bundle.requests) // args.passes)
     for p in range(args.passes):
         part = bundle.requests[p * size:(p + 1) * size]
-        order = args.systems if p % 2 == 0 else args.systems[::-1]
-        for system in order:
+        for system in args.systems if p % 2 == 0 else args.systems[::-1]:
             mine = [m for m in modes if MODES[m][0] == system]
             mine = mine if p % 2 == 0 else mine[::-1]
-            started = time.perf_counter()
-            with start(system, bundle, args) as url:
-                print(f"[{bundle.size}] pass {p + 1}: {system} up in "
-                      f"{time.perf_counter() - started:.0f}s", flush=True)
+            try:
+                run_system(system, mine, bundle, part, count, samples, args, p)
+            except Exception as err:  # noqa: BLE001 -- a system that fails counts as errors
+                print(f"[{bundle.size}] pass {p + 1}: {system} failed: {err!r}", flush=True)
                 for mode in mine:
-                    model = MODES[mode][1]
-                    send(url, models_for(bundle.requests[-WARMUP:], model), WARMUP,
-                         args.max_tokens)
-                    sample = send(url, models_for(part, model), args.concurrency,
-                                  args.max_tokens)
-                    print(f"  {mode}: {sample.summary()['tokens_per_s']:.1f} tok/s, "
-                          f"{sample.errors} errors", flush=True)
-                    samples[mode].add(sample)
+                    samples[mode].errors += len(part)
+                    samples[mode].error_texts.append(f"{system} failed: {err!r}"[:300])
     return samples
+
+
+def run_system(system: str, modes: list[str], bundle: Bundle, part, count, samples, args,
+               p: int) -> None:
+    """Start ``system``, send ``part`` to each of its ``modes`` (after a warm-up of one
+    request per adapter, not among the requests), stop it."""
+    warmup = [(a.examples[0], a.name) for a in bundle.adapters]
+    started = time.perf_counter()
+    with start(system, bundle, args) as url:
+        print(f"[{bundle.size}] pass {p + 1}: {system} up in "
+              f"{time.perf_counter() - started:.0f}s", flush=True)
+        for mode in modes:
+            model = MODES[mode][1]
+            send(url, models_for(warmup, model), len(warmup), args.max_tokens, count)
+            sample = send(url, models_for(part, model), args.concurrency, args.max_tokens,
+                          count)
+            print(f"  {mode}: {sample.summary()['tokens_per_s']:.1f} tok/s, "
+                  f"{sample.errors} errors", flush=True)
+            samples[mode].add(sample)
+
+
+def token_counter(base: Path):
+    """Tokens in a text, by the base model's tokenizer (the same count for every system)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def figures(samples: dict[str, Sample]) -> dict:
@@ -123,7 +143,7 @@ def figures(samples: dict[str, Sample]) -> dict:
 
 
 def table(size: str, out: dict, args) -> str:
-    lines = [f"\n{size} base: {args.requests} requests per mode, concurrency "
+    lines = [f"\n{size} base: {out['requests']} requests per mode, concurrency "
              f"{args.concurrency}, max_tokens {args.max_tokens}, {args.passes} passes ABBA",
              f"{'MODE':<16} {'REQ/S':>7} {'TOK/S':>8} {'TTFT P50':>9} {'TTFT P99':>9} "
              f"{'LAT P50':>9} {'LAT P99':>9} {'ERRORS':>6}"]
@@ -152,6 +172,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", choices=("small", "tiny", "both"), default="both")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--small-requests", type=int, default=None,
+                        help="requests for the ~100M base (default: --requests); vLLM's CPU "
+                        "LoRA path makes it slow")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--passes", type=int, default=2,
                         help="slices of the requests; the systems take turns, ABBA")
@@ -176,15 +199,21 @@ def main() -> None:
     sizes = ("small", "tiny") if args.size == "both" else (args.size,)
     results = {}
     for size in sizes:
-        results[size] = figures(run_size(build_bundle(size, args.requests), args))
+        n = args.small_requests or args.requests if size == "small" else args.requests
+        results[size] = figures(run_size(build_bundle(size, n), args))
+        results[size]["requests"] = n
         print(table(size, results[size], args), flush=True)
-    if args.json_path:
-        head = results.get("small", {})
-        doc = {**head, **({"tiny": results["tiny"]} if "tiny" in results else {}),
-               "requests": args.requests, "concurrency": args.concurrency,
-               "max_tokens": args.max_tokens, "passes": args.passes,
-               "threads": args.threads, "ray_serve_llm_adapters": False}
-        Path(args.json_path).write_text(json.dumps(doc, indent=2))
+        if args.json_path:  # after each base, so a long run keeps what it measured
+            write_json(results, args)
+
+
+def write_json(results: dict, args) -> None:
+    """The ~100M base's figures at the top level, the tiny base's under ``tiny``."""
+    doc = {**results.get("small", {}),
+           **({"tiny": results["tiny"]} if "tiny" in results else {}),
+           "concurrency": args.concurrency, "max_tokens": args.max_tokens,
+           "passes": args.passes, "threads": args.threads, "ray_serve_llm_adapters": False}
+    Path(args.json_path).write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

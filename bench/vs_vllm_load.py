@@ -47,18 +47,17 @@ class Sample:
                 "error_examples": self.error_texts[:3]}
 
 
-async def _one(client, model: str, text: str, max_tokens: int, out: Sample) -> None:
+async def _one(client, model: str, text: str, max_tokens: int, out: Sample,
+               count: Callable[[str], int]) -> None:
     started = time.perf_counter()
-    first, tokens, chunks = None, None, 0
+    first, pieces = None, []
     try:
         stream = await client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": text}], max_tokens=max_tokens,
-            temperature=0.0, stream=True, stream_options={"include_usage": True})
+            temperature=0.0, stream=True)
         async for chunk in stream:
-            if chunk.usage is not None:
-                tokens = chunk.usage.completion_tokens
             if chunk.choices and chunk.choices[0].delta.content:
-                chunks += 1
+                pieces.append(chunk.choices[0].delta.content)
                 first = first or time.perf_counter()
     except Exception as err:  # noqa: BLE001 -- any failure is one error of the system
         out.errors += 1
@@ -67,11 +66,13 @@ async def _one(client, model: str, text: str, max_tokens: int, out: Sample) -> N
     end = time.perf_counter()
     out.ttft.append((first or end) - started)
     out.latency.append(end - started)
-    out.tokens += tokens if tokens is not None else chunks  # no usage: one token a chunk
+    # Conclave's stream has no usage chunk and a delta need not be one token: count every
+    # system's tokens the same way, by tokenizing what it streamed.
+    out.tokens += count("".join(pieces))
 
 
 async def _run(url: str, jobs: Sequence[tuple[str, str]], concurrency: int,
-               max_tokens: int) -> Sample:
+               max_tokens: int, count: Callable[[str], int]) -> Sample:
     from openai import AsyncOpenAI
 
     out = Sample()
@@ -80,7 +81,7 @@ async def _run(url: str, jobs: Sequence[tuple[str, str]], concurrency: int,
 
     async def gated(model: str, text: str) -> None:
         async with gate:
-            await _one(client, model, text, max_tokens, out)
+            await _one(client, model, text, max_tokens, out, count)
 
     try:
         started = time.perf_counter()
@@ -91,10 +92,11 @@ async def _run(url: str, jobs: Sequence[tuple[str, str]], concurrency: int,
     return out
 
 
-def send(url: str, jobs: Sequence[tuple[str, str]], concurrency: int,
-         max_tokens: int) -> Sample:
-    """Send ``jobs`` (prompt, model) to the OpenAI server at ``url``; blocking."""
-    return asyncio.run(_run(url, jobs, concurrency, max_tokens))
+def send(url: str, jobs: Sequence[tuple[str, str]], concurrency: int, max_tokens: int,
+         count: Callable[[str], int]) -> Sample:
+    """Send ``jobs`` (prompt, model) to the OpenAI server at ``url``; blocking.
+    ``count(text)``: the tokens in a streamed answer."""
+    return asyncio.run(_run(url, jobs, concurrency, max_tokens, count))
 
 
 def models_for(jobs: Sequence[tuple[str, str]], model: Callable[[str], str]):

@@ -104,11 +104,20 @@ def _signal_group(pgid: int, sig: int) -> bool:
     return True
 
 
-def _local_ray(num_cpus: int) -> None:
+def _local_ray(num_cpus: int, tries: int = 3) -> None:
+    """A local Ray; retried, since on a loaded machine its raylet can miss the 30 s Ray
+    gives it to register."""
     import ray
 
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             namespace="vs-vllm")
+    for attempt in range(tries):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     namespace="vs-vllm")
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == tries - 1:
+                raise
 
 
 def _stop_ray() -> None:
@@ -164,7 +173,8 @@ def conclave_config(bundle: Bundle, port: int, namespace: str) -> dict:
         "experts": experts,
         "redis": {"url": "embedded", "namespace": namespace},
         "routing": {"strategy": "knn", "k": 1},
-        "pools": [{"name": "default", "engine": "vllm", "engine_args": {**ENGINE, **LORA},
+        "pools": [{"name": "default", "engine": "vllm", "engine_args": dict(ENGINE),
+                   "max_loras": LORA["max_loras"], "max_lora_rank": LORA["max_lora_rank"],
                    "num_cpus": 1, "max_resident_models": 1, "max_ongoing_requests": 256}],
         "serving": {"host": "127.0.0.1", "port": port, "request_timeout_s": 1800,
                     "expert_timeout_s": 1800, "max_ongoing_requests": 256},
