@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -68,7 +69,8 @@ class ExpertAdmin:
         except ValidationError as err:
             raise from_validation(err.errors()) from None
         try:
-            for ref in (spec.model, spec.adapter):
+            replay = spec.replay and str(Path(spec.replay.data).expanduser().resolve())
+            for ref in (spec.model, spec.adapter, replay):
                 self._paths.check_path(spec, ref)
             self._paths.check_adapter(spec)
             version = self._catalog.registry.add(spec)

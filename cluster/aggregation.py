@@ -76,6 +76,7 @@ class AnswerCombiner:
         extra = Answer(expert=synthesiser, weight=0.0, text=str(out.get("text", "")),
                        prompt_tokens=int(out.get("prompt_tokens", 0)),
                        completion_tokens=int(out.get("completion_tokens", 0)),
-                       finish_reason=str(out.get("finish_reason", "stop")))
+                       finish_reason=str(out.get("finish_reason", "stop")),
+                       logprobs=out.get("logprobs"))
         result = aggregator.finish(query, answered, responses, extra.text, synthesiser)
         return Combined(result.answer, extra.finish_reason, result.mode, synthesiser, extra)

@@ -131,8 +131,13 @@ def _generate(engine, rows: list[Row], members: list, embed, results: list) -> N
 
 def generation_reply(out: Generation) -> dict:
     """One row's reply to the gateway."""
-    return {"text": out.text, "prompt_tokens": out.prompt_tokens,
-            "completion_tokens": out.completion_tokens, "finish_reason": out.finish_reason}
+    reply = {"text": out.text, "prompt_tokens": out.prompt_tokens,
+             "completion_tokens": out.completion_tokens, "finish_reason": out.finish_reason}
+    if out.logprobs is not None:
+        reply["logprobs"] = out.logprobs
+    if out.no_record:  # counted by the gateway (conclave_replay_no_record)
+        reply["no_record"] = True
+    return reply
 
 
 def error_reply(err: Exception) -> dict:

@@ -40,7 +40,7 @@ class Gateway:
     """OpenAI-compatible front door of one Conclave application."""
 
     def __init__(self, config: dict, router, pools: dict, token: str | None = None):
-        self.config = parse_config(config)
+        self.config = parse_config(config, paths_on_load=True)
         registry = ExpertRegistry(connect(self.config.redis.url),
                                   namespace=self.config.redis.namespace)
         self.catalog = ExpertCatalog(registry).start()

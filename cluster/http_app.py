@@ -106,7 +106,10 @@ def _add_admin_routes(app: FastAPI, admin: ExpertAdmin) -> None:
 def _add_ops_routes(app: FastAPI, parts: GatewayParts) -> None:
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "experts": len(parts.service.models().data) - 1}
+        # unhealthy: experts whose last call failed on their replica (e.g. a model path
+        # missing on that node), with the error; they are failed over meanwhile.
+        return {"status": "ok", "experts": len(parts.service.models().data) - 1,
+                "unhealthy": dict(parts.metrics.unhealthy)}
 
     @app.get("/metrics")
     async def metrics():

@@ -46,6 +46,13 @@ class _SamplingRequest(_Lenient):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = Field(1, ge=1, le=1, description="Only one choice per prompt is supported.")
+    response_format: dict | None = Field(
+        None, description="{'type': 'json_object'} or {'type': 'json_schema', 'json_schema': "
+        "{'schema': ...}}: guided decoding (vLLM engines).")
+    tools: list[dict] | None = Field(None, description="Functions the model may call.")
+    tool_choice: str | dict | None = Field(
+        None, description="'required' or {'type': 'function', 'function': {'name': ...}} force "
+        "a call (guided decoding); 'auto' needs a tool parser and is refused.")
     stream: bool = False
     user: str | None = None
     conclave: RouteOptions | None = Field(
@@ -60,6 +67,8 @@ class _SamplingRequest(_Lenient):
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = Field(None, description="Return the chosen tokens' logprobs.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token.")
 
     @field_validator("messages")
     @classmethod
@@ -84,6 +93,7 @@ class ChatCompletionRequest(_SamplingRequest):
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[str]
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token.")
 
     @field_validator("prompt")
     @classmethod
@@ -149,13 +159,15 @@ class ConclaveInfo(BaseModel):
 
 class ChatChoiceMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[dict] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: ChatChoiceMessage
     finish_reason: str
+    logprobs: dict | None = Field(None, description="{'content': [per-token logprobs]}.")
 
 
 def new_id(prefix: str) -> str:

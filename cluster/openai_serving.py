@@ -32,9 +32,11 @@ from cluster.openai_protocol import (
     RouteRequest,
     Usage,
 )
+from cluster.output_features import feature_params, tool_calls, without_features
 from cluster.panel import ExpertCall, Panel
 from cluster.route_messages import RouteResult
 from cluster.sink_stream import DeltaSink
+from routing.aggregate import Aggregator
 from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import MODEL_PREFIX, RouteOptions
@@ -65,6 +67,7 @@ class FinalAnswer:
     usage: Usage
     info: ConclaveInfo
     interrupted: bool = False  # streamed text went out that this answer does not continue
+    logprobs: list[dict] | None = None  # of the call whose text is the answer, if asked
 
 
 class ConclaveService:
@@ -86,9 +89,14 @@ class ConclaveService:
         return ModelList(data=cards)
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
-        out = await self.run(await self.plan(req.query(), req.prompt(), req))
-        choice = ChatChoice(index=0, message=ChatChoiceMessage(content=out.text),
-                            finish_reason=out.finish_reason)
+        plan = await self.plan(req.query(), req.prompt(), req)
+        out = await self.run(plan)
+        calls = tool_calls(plan.params, out.text)
+        message = (ChatChoiceMessage(content=None, tool_calls=calls) if calls
+                   else ChatChoiceMessage(content=out.text))
+        choice = ChatChoice(index=0, message=message,
+                            finish_reason="tool_calls" if calls else out.finish_reason,
+                            logprobs=None if out.logprobs is None else {"content": out.logprobs})
         return ChatCompletionResponse(model=req.model, choices=[choice], usage=out.usage,
                                       conclave=out.info)
 
@@ -153,7 +161,10 @@ class ConclaveService:
         the call that writes the final answer (a lone expert's, or the synthesis) goes to
         ``sink`` as it is generated."""
         lone = len(set(plan.decision.experts)) == 1
-        run = await self._panel.run(plan.decision, plan.prompt, plan.params,
+        synthesised = not lone and Aggregator(mode=plan.mode).mode_for(
+            plan.query, plan.decision) == "synthesis"
+        drafts = without_features(plan.params) if synthesised else plan.params
+        run = await self._panel.run(plan.decision, plan.prompt, drafts,
                                     sink if lone else None)
         combined = await self._combiner.combine(plan.query, plan.decision, run, plan.mode,
                                                 plan.params, None if lone else sink)
@@ -167,7 +178,9 @@ class ConclaveService:
         usage = Usage(prompt_tokens=sum(a.prompt_tokens for a in calls),
                       completion_tokens=sum(a.completion_tokens for a in calls))
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        return FinalAnswer(combined.text, combined.finish_reason, usage, info, run.interrupted)
+        final = combined.extra or (run.answers[0] if lone else None)
+        return FinalAnswer(combined.text, combined.finish_reason, usage, info, run.interrupted,
+                           final.logprobs if final is not None else None)
 
     async def _call_router(self, query: str, options: RouteOptions) -> RouteResult:
         started = time.perf_counter()
@@ -190,7 +203,7 @@ class ConclaveService:
         params = {key: value for key, value in params.items() if value is not None}
         if req.stop is not None:
             params["stop"] = req.stop_list()
-        return params
+        return {**params, **feature_params(req)}
 
 
 def add_usage(a: Usage, b: Usage) -> Usage:

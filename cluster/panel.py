@@ -43,6 +43,7 @@ class Answer:
     completion_tokens: int
     finish_reason: str
     replaces: str | None = None
+    logprobs: list[dict] | None = None
 
 
 @dataclass
@@ -177,6 +178,7 @@ def _answer(expert: str, weight: float, out: dict, replaces: str | None) -> Answ
         completion_tokens=int(out.get("completion_tokens", 0)),
         finish_reason=str(out.get("finish_reason", "stop")),
         replaces=replaces,
+        logprobs=out.get("logprobs"),
     )
 
 

@@ -26,6 +26,7 @@ import threading
 import time
 from contextlib import aclosing
 
+import ray
 import redis
 from ray import serve
 
@@ -35,6 +36,7 @@ from cluster.config import parse_config
 from cluster.drain_batcher import DrainBatcher
 from cluster.expert_batch import Row, error_reply, run_batch, run_continuous
 from cluster.sink_stream import Finished, sink_stream
+from experts.demo import build_demo_pool
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader, adapter_of, engine_key
 from experts.pool import ModelPool
@@ -49,8 +51,10 @@ class ExpertPoolServer:
     """Loads engines on demand (LRU, ``max_resident_models``) and generates in batches."""
 
     def __init__(self, config: dict, pool_name: str):
-        cfg = parse_config(config)
+        cfg = parse_config(config, paths_on_load=True)
         self.pool = next(p for p in cfg.pools if p.name == pool_name)
+        if cfg.demo_pool:  # its files live in each node's cache dir: build them on this one
+            build_demo_pool()
         self.registry = ExpertRegistry(connect(cfg.redis.url), namespace=cfg.redis.namespace)
         self.catalog = ExpertCatalog(self.registry).start()
         self.embedder = LazyEmbedder(cfg.encoder)
@@ -59,6 +63,7 @@ class ExpertPoolServer:
         self.models = ModelPool(self.loader, max_models=self.pool.max_resident_models)
         self.catalog.on_change(self._forget_removed)
         self._loads: list[float] = []
+        self.rows_served = 0
         self.batcher = DrainBatcher(self._generate_batch, self.pool.max_batch_size,
                                     self.pool.batch_wait_timeout_s)
         limit_torch_threads(self.pool.num_cpus)
@@ -78,7 +83,12 @@ class ExpertPoolServer:
         only to replicas that report it until those are saturated, spreads them over every
         replica instead of piling them on whichever happened to load it first."""
         keys = dict.fromkeys(engine_key(s) for s in self.catalog.specs() if s.pool == self.pool.name)
-        for key in list(keys)[: self.pool.max_resident_models]:
+        keys = list(keys)[: self.pool.max_resident_models]
+        # Started side by side in the model pool first (Serve's multiplexed loader takes one
+        # model at a time, and a vLLM engine takes seconds to start its process), then
+        # registered with Serve, which then finds them loaded.
+        await asyncio.gather(*map(self._load_engine, keys), return_exceptions=True)
+        for key in keys:
             try:
                 await self._engine(key)
             except Exception as err:  # a bad expert must not stop the replica; calls report it
@@ -120,9 +130,9 @@ class ExpertPoolServer:
                 yield {"done": item.result[0]} if isinstance(item, Finished) else {"delta": item}
 
     async def _load_engine(self, key: str):
-        loads, started = self.models.stats.loads, time.perf_counter()
+        fresh, started = not self.models.is_loaded(key), time.perf_counter()
         engine = await asyncio.to_thread(self.models.get, key)
-        if self.models.stats.loads > loads:  # not just a hit in the pool's own LRU
+        if fresh:  # a load, not a hit in the pool's own LRU: reported in the next reply
             self._loads.append(time.perf_counter() - started)
         return engine
 
@@ -131,6 +141,7 @@ class ExpertPoolServer:
         started = time.perf_counter()
         results = await asyncio.to_thread(self._run_rows, engine, rows)
         loads, self._loads = self._loads, []
+        self.rows_served += len(rows)
         stats = {"batch_size": len(rows), "loads": loads,
                  "seconds": time.perf_counter() - started}
         for i, result in enumerate(results):
@@ -193,8 +204,10 @@ class ExpertPoolServer:
         return self.catalog.get(expert_id)
 
     def stats(self) -> dict:
-        return {"pool": self.pool.name, "resident": self.models.resident(),
-                **self.models.stats.as_dict()}
+        """This replica: its node, the experts its catalog holds, rows served, engines."""
+        return {"pool": self.pool.name, "node": ray.get_runtime_context().get_node_id(),
+                "experts": self.catalog.ids(), "rows_served": self.rows_served,
+                "resident": self.models.resident(), **self.models.stats.as_dict()}
 
 
 class LazyEmbedder:

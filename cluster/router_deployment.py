@@ -36,7 +36,7 @@ class RouterServer:
     """Routes queries for the gateway: :class:`RouteQuery` in, :class:`RouteResult` out."""
 
     def __init__(self, config: dict):
-        cfg = parse_config(config)
+        cfg = parse_config(config, paths_on_load=True)
         client = connect(cfg.redis.url)
         self.catalog = ExpertCatalog(ExpertRegistry(client, namespace=cfg.redis.namespace))
         self.catalog.refresh()

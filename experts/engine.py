@@ -56,6 +56,7 @@ class Generation:
     trace: list | None = None  # per-token routing trace (mixtures), when asked for
     # per generated token: {"token", "logprob", "top_logprobs": [{"token", "logprob"}]}
     logprobs: list[dict] | None = None
+    no_record: bool = False  # a replay engine had no recorded answer for this prompt
 
 
 class GenerationEngine(ABC):

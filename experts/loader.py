@@ -15,7 +15,7 @@ from pathlib import Path
 from experts.adapters import check_adapter_base, check_adapter_rank
 from experts.engine import GenerationEngine
 from experts.errors import ExpertError
-from experts.spec import ExpertSpec, is_local_path
+from experts.spec import ExpertSpec, is_local_path, require_local_path
 
 
 def engine_key(spec: ExpertSpec) -> str:
@@ -91,6 +91,7 @@ class ExpertLoader:
         self.engines: dict[str, Callable[[ExpertSpec], GenerationEngine]] = {
             "hf": self._load_hf,
             "vllm": self._load_vllm,
+            "replay": self._load_replay,
         }
 
     def __call__(self, key: str) -> GenerationEngine:
@@ -123,6 +124,8 @@ class ExpertLoader:
         base expert's model, or (on vLLM) above the pool's ``max_lora_rank``."""
         if spec.kind != "lora" or not spec.adapter or not is_local_path(spec.adapter):
             return
+        if not Path(spec.adapter).expanduser().exists():  # checked on the node that loads it
+            return
         base = self.lookup(spec.base)
         if base.model:
             check_adapter_base(spec.adapter, base.model)
@@ -131,8 +134,11 @@ class ExpertLoader:
             check_adapter_rank(spec.adapter, choice.max_lora_rank)
 
     def check_path(self, spec: ExpertSpec, ref: str | None) -> None:
-        """Refuse a local path outside ``allowed_roots``."""
-        if not ref or not is_local_path(ref) or self.allowed_roots is None:
+        """Refuse a local path outside ``allowed_roots``, or missing on this node."""
+        if not ref or not is_local_path(ref):
+            return
+        require_local_path(spec.id, ref)
+        if self.allowed_roots is None:
             return
         path = _resolve(ref)
         if not any(path == root or root in path.parents for root in self.allowed_roots):
@@ -176,6 +182,13 @@ class ExpertLoader:
             device=self.device,
             trust_remote_code=spec.trust_remote_code,
         )
+
+    def _load_replay(self, spec: ExpertSpec) -> GenerationEngine:
+        from experts.replay_engine import ReplayEngine
+
+        # Always a local folder, however it is spelled: checked against the allowed roots.
+        self.check_path(spec, str(_resolve(spec.replay.data)))
+        return ReplayEngine.from_spec(spec)
 
     def _load_mixture(self, spec: ExpertSpec) -> GenerationEngine:
         from experts.mixture_engine import load_mixture

@@ -35,13 +35,14 @@ SERVE_NAMESPACE = "serve"
 class Replica:
     name: str  # SERVE_REPLICA::<app>#<deployment>#<id>
     pid: int
+    node_id: str = ""  # the Ray node it runs on
 
 
 def replicas(app: str, deployment: str) -> list[Replica]:
     """The live replica actors of ``deployment`` in ``app``, sorted by name."""
     prefix = f"SERVE_REPLICA::{app}#{deployment}#"
     found = [
-        Replica(info["Name"], int(info.get("Pid") or 0))
+        Replica(info["Name"], int(info.get("Pid") or 0), info["Address"]["NodeID"])
         for info in ray._private.state.actors().values()  # the GCS actor table
         if info.get("State") == "ALIVE" and str(info.get("Name", "")).startswith(prefix)
     ]

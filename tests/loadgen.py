@@ -132,9 +132,10 @@ class MixedLoad:
         self.timeout_s = timeout_s
 
     async def run(self, requests: int | None = None, duration_s: float | None = None,
-                  faults: Sequence[Fault] = ()) -> LoadReport:
+                  faults: Sequence[Fault] = (), until_faults_done: bool = False) -> LoadReport:
         """Send ``requests`` requests, or keep sending for ``duration_s`` seconds (the
-        first bound reached ends it); fire ``faults`` on their schedule."""
+        first bound reached ends it); fire ``faults`` on their schedule. With
+        ``until_faults_done``, the load also ends once every fault's action returned."""
         if requests is None and duration_s is None:
             raise ValueError("bound the load: give requests or duration_s")
         progress = _Progress(requests, duration_s)
@@ -143,6 +144,8 @@ class MixedLoad:
         limits = httpx.Limits(max_connections=self.concurrency)
         async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
             firing = [asyncio.create_task(_fire(f, progress, records)) for f in faults]
+            if until_faults_done and firing:
+                progress.stop = lambda: all(task.done() for task in firing)
             await asyncio.gather(*(self._worker(client, progress, outcomes)
                                    for _ in range(self.concurrency)))
             progress.finished = True
@@ -194,11 +197,12 @@ class _Progress:
         self.started = time.monotonic()
         self.issued = 0
         self.finished = False
+        self.stop: Callable[[], bool] = lambda: False  # ends the load early when true
 
     def next_index(self) -> int | None:
         """The next request's number, or None once the bound is reached."""
         late = self.duration_s is not None and time.monotonic() - self.started >= self.duration_s
-        if late or (self.requests is not None and self.issued >= self.requests):
+        if late or self.stop() or (self.requests is not None and self.issued >= self.requests):
             return None
         self.issued += 1
         return self.issued - 1

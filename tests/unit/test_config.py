@@ -38,7 +38,7 @@ def expert(expert_id: str, **fields) -> dict:
         ({"experts": [expert("a", pool="gpu")]}, "unknown pool 'gpu'"),
         ({"routing": {"k": 0}}, "routing.k"),
         ({"routing": {"strategy": "nosuch"}},
-         "routing.strategy: unknown routing strategy 'nosuch'; valid: glider, hybrid, knn"),
+         "routing.strategy: unknown routing strategy 'nosuch'; valid: contrastive, glider, hybrid, knn"),
         ({"routing": {"strategies": {"knnn": {}}}}, "unknown routing strategy 'knnn'; valid:"),
         ({"routing": {"strategies": {"knn": {"kk": 5}}}}, "strategy 'knn': bad options"),
         ({"routing": {"strategies": {"knn": {"k": 0}}}}, "knn needs k >= 1"),
@@ -52,11 +52,11 @@ def test_bad_config_names_the_problem(data, message):
     assert "\n" not in str(err.value)
 
 
-def test_lora_on_a_known_base_validates(tiny_adapters):
+def test_lora_on_a_known_base_validates(tiny_lm, tiny_adapters):
     config = parse_config(
         {
             "experts": [
-                expert("base"),
+                expert("base", model=str(tiny_lm)),
                 {
                     "id": "alpha",
                     "kind": "lora",
@@ -67,6 +67,9 @@ def test_lora_on_a_known_base_validates(tiny_adapters):
         }
     )
     assert [spec.kind for spec in config.experts] == ["model", "lora"]
+    with pytest.raises(ConfigError, match="is for base"):  # made for another base
+        parse_config({"experts": [expert("base"), {"id": "alpha", "kind": "lora", "base": "base",
+                                                   "adapter": str(tiny_adapters["alpha"])}]})
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "hf-small.yaml"])
