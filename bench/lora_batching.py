@@ -1,10 +1,16 @@
 """LoRA batching: 8 adapters on one base, 64 prompts mixed across them, four ways.
 
+``--engine hf`` (default here; the GPU check runs it):
+
 - mixed:        one batch of 64 rows, each row with its own adapter, through the gathered
                 LoRA kernel (``experts/gathered_lora.py``, the engine's default)
 - mixed_peft:   the same batch through peft's own mixed path (a loop over the adapters)
 - per_adapter:  one batch per adapter (8 batches of 8)
 - single:       one prompt at a time (64 calls)
+
+``--engine vllm``: the same workload on one vLLM engine (``max_loras`` 8): mixed is all 64
+requests submitted at once (one continuous batch, adapters mixed by vLLM's LoRA kernels),
+per_adapter 8 rounds of 8, single one request at a time; there is no mixed_peft.
 
 Greedy decoding, a fixed number of new tokens; best of ``--repeats`` runs per mode (the
 machine may be shared). Prints a table; ``--json FILE`` writes the figures, the goal's
@@ -75,17 +81,32 @@ def run_mode(engine, batching: str, prompts, names, params) -> tuple[float, list
     return time.perf_counter() - start, outputs
 
 
-def load_engines(base: Path, adapters: list[Path], device: str | None, params) -> dict:
-    """One engine per LoRA kernel, each holding every adapter, warmed up."""
-    from experts.hf_engine import HFEngine
+def modes(engine: str) -> dict:
+    """The modes measured on ``engine``: mode → (engine key, batching)."""
+    if engine == "vllm":
+        return {mode: ("vllm", batching) for mode, (kernel, batching) in MODES.items()
+                if kernel == "gathered"}
+    return MODES
 
+
+def load_engines(base: Path, adapters: list[Path], args, params) -> dict:
+    """The engines the modes need (one per HF LoRA kernel, or one vLLM engine), each
+    holding every adapter, warmed up."""
     prompts, names = workload()
     engines = {}
-    for kernel in sorted({kernel for kernel, _ in MODES.values()}):
-        engine = engines[kernel] = HFEngine(str(base), device=device, lora_kernel=kernel)
+    for key in sorted({key for key, _ in modes(args.engine).values()}):
+        if key == "vllm":
+            from experts.vllm_engine import VLLMEngine
+
+            engine = VLLMEngine(str(base), max_loras=ADAPTERS, max_lora_rank=8)
+        else:
+            from experts.hf_engine import HFEngine
+
+            engine = HFEngine(str(base), device=args.device, lora_kernel=key)
+        engines[key] = engine
         for path in adapters:
             engine.load_adapter(path.name, str(path))
-        engine.generate(prompts[:4], params, names[:4])
+        engine.generate(prompts[:ADAPTERS], params, names[:ADAPTERS])
     return engines
 
 
@@ -101,9 +122,9 @@ def measure(args) -> dict:
     outputs: dict[str, list] = {}
     with tempfile.TemporaryDirectory(prefix="lora-bench-") as tmp:
         base, adapters = build_models(Path(tmp), args.hidden, args.layers)
-        engines = load_engines(base, adapters, args.device, params)
+        engines = load_engines(base, adapters, args, params)
         for _ in range(args.repeats):
-            for mode, (kernel, batching) in MODES.items():
+            for mode, (kernel, batching) in modes(args.engine).items():
                 seconds, outputs[mode] = run_mode(engines[kernel], batching, prompts, names, params)
                 best[mode] = min(best.get(mode, seconds), seconds)
         for engine in engines.values():
@@ -117,7 +138,8 @@ def summarise(args, best: dict[str, float], outputs: dict[str, list]) -> dict:
     texts = {mode: [o.text for o in outs] for mode, outs in outputs.items()}
     return {
         "mixed_vs_per_adapter": rate["mixed"] / rate["per_adapter"],
-        "gathered_vs_peft_mixed": rate["mixed"] / rate["mixed_peft"],
+        "gathered_vs_peft_mixed": (rate["mixed"] / rate["mixed_peft"]
+                                   if "mixed_peft" in rate else None),
         "mixed_vs_single": rate["mixed"] / rate["single"],
         "per_adapter_vs_single": rate["per_adapter"] / rate["single"],
         "tokens_per_s": rate,
@@ -125,6 +147,7 @@ def summarise(args, best: dict[str, float], outputs: dict[str, list]) -> dict:
         "tokens": tokens,
         "outputs_match": all(texts[mode] == texts["single"] for mode in texts),
         "setup": {
+            "engine": args.engine,
             "adapters": ADAPTERS,
             "prompts": PROMPTS,
             "new_tokens": args.new_tokens,
@@ -138,14 +161,16 @@ def summarise(args, best: dict[str, float], outputs: dict[str, list]) -> dict:
 
 
 def print_table(figures: dict) -> None:
+    print(f"engine: {figures['setup']['engine']}")
     print(f"{'mode':<12} {'seconds':>8} {'tokens':>7} {'tokens/s':>9}")
-    for mode in MODES:
+    for mode in figures["seconds"]:
         print(
             f"{mode:<12} {figures['seconds'][mode]:>8.3f} {figures['tokens'][mode]:>7} "
             f"{figures['tokens_per_s'][mode]:>9.1f}"
         )
     print(f"mixed / per_adapter: {figures['mixed_vs_per_adapter']:.2f}x   (goal >= 3x)")
-    print(f"mixed / mixed_peft:  {figures['gathered_vs_peft_mixed']:.2f}x   (gathered kernel)")
+    if figures["gathered_vs_peft_mixed"] is not None:
+        print(f"mixed / mixed_peft:  {figures['gathered_vs_peft_mixed']:.2f}x   (gathered kernel)")
     print(f"mixed / single:      {figures['mixed_vs_single']:.2f}x")
     print(f"outputs identical across modes (greedy): {figures['outputs_match']}")
 
@@ -153,6 +178,8 @@ def print_table(figures: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", dest="json_file", help="Write the figures to this file.")
+    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                        help="Generation engine to measure.")
     parser.add_argument("--new-tokens", type=int, default=16, help="Tokens generated per prompt.")
     parser.add_argument("--hidden", type=int, default=256, help="Hidden size of the base.")
     parser.add_argument("--layers", type=int, default=4, help="Layers of the base.")

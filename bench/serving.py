@@ -2,12 +2,13 @@
 concurrency C over HTTP, Conclave's batched path against a baseline in which every request
 is dispatched alone (router batch size 1, per-expert batch size 1, no batch wait).
 
-    python bench/serving.py [--requests 400] [--concurrency 32] [--rounds 2] [--json FILE]
-    python bench/serving.py --compare tracing [--json FILE]
+    python bench/serving.py [--engine vllm|hf|both] [--requests 400] [--concurrency 32]
+                            [--rounds 2] [--json FILE]
 
-``--compare tracing`` runs the batched app twice instead, tracing off and on (sampling 1.0,
-every replica keeping its spans in memory), and reports ``tracing_overhead`` (requests/s
-off / on; goal <= 1.05).
+``--engine vllm`` or ``hf`` compares the batched path with the baseline on that engine;
+``--engine both`` runs the batched path on vLLM and on transformers side by side and writes
+``vllm_vs_hf_throughput``. Each engine runs at its own best demo setting: vLLM one pool
+replica (it batches in its own engine process), transformers two (one GIL per replica).
 
 Both apps run side by side; the requests go in slices to one mode then the other, in ABBA
 order, so a busy machine slows both alike. Prints requests/s, p50/p99 latency, errors,
@@ -33,20 +34,19 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "demo.yaml"
 
 
-def mode_config(mode: str, namespace: str):
-    """The demo config for one mode: batched (as configured), baseline (batching off
-    everywhere), untraced (as configured), traced (tracing on, spans kept in memory)."""
+def mode_config(engine: str, batched: bool, namespace: str):
+    """The demo config on ``engine``, with batching on (as configured) or off everywhere."""
     from cluster.config import load_config
 
     config = load_config(CONFIG)
     data = config.model_dump(mode="json")
     data["redis"]["namespace"] = namespace  # a fresh pattern cache per mode
-    if mode == "baseline":
-        data["routing"].update(batch_size=1, batch_wait_timeout_s=0.0)
+    for pool in data["pools"]:
+        pool.update(engine=engine, num_replicas=1 if engine == "vllm" else 2)
+    if not batched:
+        data["routing"].update(batch_size=1)
         for pool in data["pools"]:
             pool.update(max_batch_size=1, batch_wait_timeout_s=0.0)
-    if mode == "traced":
-        data["tracing"] = {"enabled": True, "exporter": "memory", "sampling_ratio": 1.0}
     return type(config).model_validate(data)
 
 
@@ -91,9 +91,11 @@ def metric_sum(url: str, family: str, suffix: str = "_total") -> float:
                for s in f.samples if s.name.endswith(suffix))
 
 
-# comparison -> its two modes; the figure is the first's requests/s over the second's
-# (batching: the speed-up; tracing: the overhead)
-COMPARISONS = {"batching": ("batched", "baseline"), "tracing": ("untraced", "traced")}
+def modes(engine: str) -> dict[str, tuple[str, bool]]:
+    """Mode name → (engine, batched)."""
+    if engine == "both":
+        return {"vllm": ("vllm", True), "hf": ("hf", True)}
+    return {"batched": (engine, True), "baseline": (engine, False)}
 
 
 def start_modes(args) -> dict[str, str]:
@@ -101,8 +103,8 @@ def start_modes(args) -> dict[str, str]:
     from cluster.local_serve import start_app
 
     urls = {}
-    for name in COMPARISONS[args.compare]:
-        config = mode_config(name, f"bench-{name}-{os.getpid()}")
+    for name, (engine, batched) in modes(args.engine).items():
+        config = mode_config(engine, batched, f"bench-{name}-{os.getpid()}")
         urls[name] = start_app(config, name=f"bench-{name}", port=args.port,
                                route_prefix=f"/{name}")
         asyncio.run(load(urls[name], questions(8), 4, args.max_tokens))  # load the models
@@ -129,22 +131,38 @@ def run_rounds(urls: dict[str, str], args) -> dict:
     return {name: summarise(raw[name], urls[name]) for name in urls}
 
 
-def cpu_seconds(mode: str) -> dict[str, float]:
+def cpu_seconds(mode: str, root_pid: int | None = None) -> dict[str, float]:
     """CPU seconds so far of the mode's Serve replicas, by deployment, and of Serve's HTTP
-    proxy (shared by both modes, but only one mode has requests in flight at a time)."""
+    proxy (shared by both modes, but only one mode has requests in flight at a time).
+    With ``root_pid``, only processes descended from it (one Ray cluster's, not another
+    job's proxy on the same machine)."""
     import psutil
 
     out: dict[str, float] = {}
+    prefix = f"ray::ServeReplica:bench-{mode}:"
     for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        if root_pid is not None and not _has_parent(proc, lambda p: p.pid == root_pid):
+            continue
         line = " ".join(proc.info["cmdline"] or [])
-        prefix = f"ray::ServeReplica:bench-{mode}:"
-        # the title may name the method running: "...:pool-default.handle_request"
-        role = (line[len(prefix):].split()[0].split(".")[0] if line.startswith(prefix)
-                else "proxy" if line.startswith("ray::ProxyActor") else None)
+        role = (line[len(prefix):].split()[0] if line.startswith(prefix)
+                else "proxy" if line.startswith("ray::ProxyActor")
+                else "vllm-engine" if line.startswith("VLLM::") and _has_parent(
+                    proc, lambda p: " ".join(p.cmdline()).startswith(prefix))
+                else None)
         if role and proc.info["cpu_times"]:
             times = proc.info["cpu_times"]
             out[role] = out.get(role, 0.0) + times.user + times.system
     return out
+
+
+def _has_parent(proc, matches) -> bool:
+    """Whether some ancestor of ``proc`` satisfies ``matches(parent)``."""
+    import psutil
+
+    try:
+        return any(matches(parent) for parent in proc.parents())
+    except psutil.Error:  # gone meanwhile
+        return False
 
 
 def summarise(raw: dict, url: str) -> dict:
@@ -162,14 +180,13 @@ def summarise(raw: dict, url: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=("vllm", "hf", "both"), default="vllm")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2,
                         help="slices of the requests, sent to the two modes in ABBA order")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="batching",
-                        help="batching: batched vs baseline; tracing: tracing off vs on")
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
     from cluster.local_serve import offline_defaults
@@ -197,19 +214,15 @@ def report(results: dict, args) -> None:
     for name, r in results.items():
         parts = ", ".join(f"{role} {ms:.1f}" for role, ms in r["cpu_ms_per_request"].items())
         print(f"  {name:<10} {r['cpu_ms_total']:6.1f}  ({parts})")
-    first, second = COMPARISONS[args.compare]
+    first, second = results
     ratio = results[first]["rps"] / results[second]["rps"]
-    if args.compare == "tracing":
-        key = "tracing_overhead"
-        print(f"tracing overhead (requests/s off / on): {ratio:.3f} (goal <= 1.05)")
-    else:
-        key = "throughput_ratio"
-        print(f"throughput ratio (batched / baseline): {ratio:.2f}x (goal >= 3x)")
+    key = "vllm_vs_hf_throughput" if args.engine == "both" else "throughput_ratio"
+    print(f"{key} ({first} / {second}): {ratio:.2f}x")
     if args.json_path:
-        main_mode = results[first]
+        lead = results[first]
         Path(args.json_path).write_text(json.dumps({
-            key: ratio, "p50_ms": main_mode["p50_ms"], "p99_ms": main_mode["p99_ms"],
-            "errors": main_mode["errors"] + results[second]["errors"], "modes": results,
+            key: ratio, "engine": args.engine, "p50_ms": lead["p50_ms"], "p99_ms": lead["p99_ms"],
+            "errors": sum(r["errors"] for r in results.values()), "modes": results,
             "requests": args.requests, "concurrency": args.concurrency,
             "rounds": args.rounds}, indent=2))
 

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import secrets
+import sys
 import tempfile
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def extra_spec() -> dict:
 
 def fault_cycle(url: str, token: str, redis) -> list[tuple[str, object]]:
     """(name, action) of each fault, in the order they fire (then again from the top)."""
-    from cluster.faults import crash_replica, kill_replica
+    from faults import crash_replica, kill_replica
 
     auth = {"Authorization": f"Bearer {token}"}
 
@@ -83,7 +84,7 @@ def fault_cycle(url: str, token: str, redis) -> list[tuple[str, object]]:
 
 
 def schedule(cycle: list, minutes: float, every_s: float) -> list:
-    from cluster.loadgen import Fault
+    from loadgen import Fault
 
     faults = []
     for i in range(int(minutes * 60 // every_s)):
@@ -94,8 +95,9 @@ def schedule(cycle: list, minutes: float, every_s: float) -> list:
 
 
 def soak(args) -> dict:
-    from cluster.faults import RestartableRedis
-    from cluster.loadgen import MixedLoad
+    from faults import RestartableRedis
+    from loadgen import MixedLoad
+
     from cluster.local_serve import start_app, stop_app
 
     redis = RestartableRedis(tempfile.mkdtemp(prefix="csoak-"),
@@ -118,6 +120,8 @@ def soak(args) -> dict:
 
 
 def main() -> None:
+    # The load generator and the faults are test tooling (tests/loadgen.py, tests/faults.py).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--fault-every", type=float, default=20.0, help="seconds")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -39,10 +40,12 @@ class ExpertAdmin:
     After a change returns, this replica's catalog already reflects it (it refreshes
     synchronously), so a removed expert gets no new work from here on."""
 
-    def __init__(self, catalog: ExpertCatalog, token: str | None, roots: list[str]):
+    def __init__(self, catalog: ExpertCatalog, token: str | None, roots: list[str],
+                 engines: dict | None = None):
         self._catalog = catalog
         self._token = token
-        self._paths = ExpertLoader(catalog.get, roots)  # only its path check is used
+        # only its checks are used (paths, adapter base and rank); ``engines``: per pool
+        self._paths = ExpertLoader(catalog.get, roots, engines=engines)
 
     def authorise(self, header: str | None) -> None:
         """Raise 401 unless ``header`` is ``Bearer <the token>``."""
@@ -66,8 +69,10 @@ class ExpertAdmin:
         except ValidationError as err:
             raise from_validation(err.errors()) from None
         try:
-            for ref in (spec.model, spec.adapter):
+            replay = spec.replay and str(Path(spec.replay.data).expanduser().resolve())
+            for ref in (spec.model, spec.adapter, replay):
                 self._paths.check_path(spec, ref)
+            self._paths.check_adapter(spec)
             version = self._catalog.registry.add(spec)
         except ExpertError as err:
             raise from_domain(err) from None

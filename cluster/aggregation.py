@@ -18,10 +18,10 @@ from cluster.panel import (
     ExpertCall,
     PanelRun,
     Tap,
-    TextSink,
     failure_reason,
     streaming,
 )
+from cluster.sink_stream import DeltaSink
 from routing.aggregate import Aggregator, synthesis_prompt
 from routing.decision import Decision
 
@@ -44,7 +44,7 @@ class AnswerCombiner:
         self._is_live = is_live
 
     async def combine(self, query: str, decision: Decision, run: PanelRun, mode: str,
-                      params: dict, sink: TextSink | None = None) -> Combined:
+                      params: dict, sink: DeltaSink | None = None) -> Combined:
         """One answer from the panel's; with ``sink``, a synthesis streams into it."""
         answered = Decision(query=query, experts=[a.expert for a in run.answers],
                             weights=[a.weight for a in run.answers], strategy=decision.strategy,
@@ -76,6 +76,7 @@ class AnswerCombiner:
         extra = Answer(expert=synthesiser, weight=0.0, text=str(out.get("text", "")),
                        prompt_tokens=int(out.get("prompt_tokens", 0)),
                        completion_tokens=int(out.get("completion_tokens", 0)),
-                       finish_reason=str(out.get("finish_reason", "stop")))
+                       finish_reason=str(out.get("finish_reason", "stop")),
+                       logprobs=out.get("logprobs"))
         result = aggregator.finish(query, answered, responses, extra.text, synthesiser)
         return Combined(result.answer, extra.finish_reason, result.mode, synthesiser, extra)

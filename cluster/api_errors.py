@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from cluster.openai_protocol import ErrorBody, ErrorResponse
 from experts.errors import ExpertError, ExpertExistsError, UnknownExpertError
-from routing.strategies.base import RoutingError
+from routing.errors import RoutingError
 
 
 class ApiError(Exception):

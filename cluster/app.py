@@ -6,7 +6,9 @@ The one entry point for ``conclave serve``, ``serve run``/``serve deploy`` and K
     gateway (ingress, FastAPI)  ←  router (encoder, strategies, pattern cache)
                                 ←  one expert pool per ``pools`` entry
 
-``build_app`` runs in the driver: it resolves ``redis.url: embedded`` to the running
+``build_app`` runs in the driver: it checks the app against the cluster
+(:mod:`cluster.placement`: every deployment fits some node; no node-local Redis on a
+multi-node cluster), resolves ``redis.url: embedded`` to the running
 embedded server's ``unix://`` socket (replicas on this machine reach it there; a
 multi-node cluster needs a ``redis://`` URL) and seeds the registry with the config's
 experts (and the demo pool when ``demo_pool``), then binds the deployments.
@@ -17,12 +19,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve import Application
 
 from cluster.admin import admin_token
 from cluster.config import ConclaveConfig, ConfigError, PoolConfig, parse_config
 from cluster.gateway import Gateway
+from cluster.placement import (
+    alive_nodes,
+    check_cluster,
+    front_actor_options,
+    pool_actor_options,
+)
 from cluster.pools import ExpertPoolServer
 from cluster.router_deployment import RouterServer
 from experts.redis_conn import connect, resolve_url
@@ -35,7 +44,9 @@ APP_NAME = "conclave"
 def build_app(args: dict[str, Any] | None = None) -> Application:
     """The bound application for ``args`` (a ConclaveConfig dict); :class:`ConfigError`
     when it does not validate."""
-    config = runtime_config(parse_config(args))
+    config = parse_config(args)
+    check_cluster(config, redis_url(config), alive_nodes() if ray.is_initialized() else [])
+    config = runtime_config(config)
     seed_registry(config)
     data = config.model_dump(mode="json")
     pools = {
@@ -50,9 +61,14 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     return gateway.bind(data, router, pools, admin_token(config.serving))
 
 
+def redis_url(config: ConclaveConfig) -> str:
+    """The Redis URL asked for: the env override, else the config's."""
+    return os.environ.get(REDIS_ENV) or config.redis.url
+
+
 def runtime_config(config: ConclaveConfig) -> ConclaveConfig:
     """``config`` with the Redis URL replicas should use (env override, embedded → unix)."""
-    url = resolve_url(os.environ.get(REDIS_ENV) or config.redis.url)
+    url = resolve_url(redis_url(config))
     return config.model_copy(update={"redis": config.redis.model_copy(update={"url": url})})
 
 
@@ -70,16 +86,13 @@ def seed_registry(config: ConclaveConfig) -> list[str]:
 
 def pool_options(pool: PoolConfig) -> dict[str, Any]:
     """Serve deployment options for one expert pool."""
-    actor: dict[str, Any] = {"num_cpus": pool.num_cpus, "num_gpus": pool.num_gpus}
-    if pool.memory_gb:
-        actor["memory"] = int(pool.memory_gb * 2**30)
     options: dict[str, Any] = {
-        "ray_actor_options": actor,
+        "ray_actor_options": pool_actor_options(pool),
         # A batch can only fill when that many requests may be in flight.
         "max_ongoing_requests": max(pool.max_ongoing_requests, pool.max_batch_size),
     }
     if pool.autoscaling is not None:
-        options["autoscaling_config"] = pool.autoscaling.model_dump()
+        options["autoscaling_config"] = pool.autoscaling.model_dump(exclude_none=True)
     else:
         options["num_replicas"] = pool.num_replicas
     return options
@@ -88,7 +101,7 @@ def pool_options(pool: PoolConfig) -> dict[str, Any]:
 def router_options(config: ConclaveConfig) -> dict[str, Any]:
     return {
         "num_replicas": config.routing.num_replicas,
-        "ray_actor_options": {"num_cpus": 0},
+        "ray_actor_options": front_actor_options(config.routing.resources),
         "max_ongoing_requests": max(config.serving.max_ongoing_requests,
                                     config.routing.batch_size),
     }
@@ -97,7 +110,7 @@ def router_options(config: ConclaveConfig) -> dict[str, Any]:
 def gateway_options(config: ConclaveConfig) -> dict[str, Any]:
     serving = config.serving
     return {
-        "ray_actor_options": {"num_cpus": 0},
+        "ray_actor_options": front_actor_options(serving.resources),
         "max_ongoing_requests": serving.max_ongoing_requests,
         "max_queued_requests": serving.max_queued_requests,
         # Over the queue limit: 503 with Retry-After, never a hang.

@@ -8,16 +8,45 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from experts.spec import ExpertSpec, check_references
+from experts.loader import EngineChoice, ExpertLoader, resolve_engine
+from experts.spec import PATHS_ON_LOAD, ExpertSpec, check_references
+from routing.options import RouteOptionFields
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# Ray sets these from num_cpus / num_gpus / memory_gb; as custom resources they are refused.
+_RAY_BUILTIN = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
+def _custom_resources(value: dict[str, float]) -> dict[str, float]:
+    for name in value:
+        if name in _RAY_BUILTIN or name.startswith("accelerator_type:"):
+            raise ValueError(f"resource {name!r} is set by num_cpus / num_gpus / memory_gb / "
+                             "accelerator_type, not under resources")
+    return value
+
+
+NodeResources = Annotated[dict[str, Annotated[float, Field(gt=0)]],
+                          AfterValidator(_custom_resources)]
+_RESOURCES = ("Custom Ray resources each replica needs, e.g. {expert-node: 1}: it runs only "
+              "on nodes started with them (`ray start --resources`, a KubeRay worker group's "
+              "rayStartParams). See README, Running on a cluster.")
 
 
 class RedisConfig(_Strict):
@@ -48,28 +77,58 @@ class PatternCacheConfig(_Strict):
     store_answers: bool = Field(False, description="Also cache final answers (may go stale).")
 
 
-class RoutingConfig(_Strict):
-    strategy: str = Field("knn", description="Default strategy: skills, pilots, knn, glider, hybrid.")
-    k: int = Field(3, ge=1, le=16, description="Experts recruited per query.")
-    cost_weight: float = Field(0.0, ge=0.0, description="λ: score − λ·cost. Per request too.")
-    sample: bool = Field(False, description="Sample k experts by weight instead of top-k.")
-    seed: int = Field(0, description="Seed for sampling.")
+class OutcomeSubset(_Strict):
+    """Which part of `routing.outcomes` the router is fitted on (routing/served_outcomes.py)."""
+
+    split: Literal["all", "train"] = Field(
+        "all", description="all questions, or the train part of `conclave eval`'s split (the "
+        "questions every model answered, split as `conclave eval --seed` does), so the test "
+        "part stays held out.")
+    seed: int = Field(0, description="Seed of that split, as `conclave eval --seed`.")
+    experts_only: bool = Field(
+        False, description="Drop the data's columns no expert claims (models not in this "
+        "panel) instead of refusing them. A replay expert claims its `replay.model` column.")
+
+
+class RoutingConfig(RouteOptionFields):
+    """The routing defaults every request starts from (k, cost_weight, sample, seed,
+    aggregation: the fields of :class:`routing.options.RouteOptions`, defined there once),
+    and how the router runs."""
+
+    strategy: str = Field(
+        "knn", description="Default strategy (the request's `strategy` overrides it): "
+        "skills, skills-paper, pilots, knn, glider, hybrid.")
+    strategies: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Options per strategy name, e.g. `knn: {k: 50}`: "
+        "its constructor's arguments (see routing/strategies/<name>.py); checked at load.")
     outcomes: str | None = Field(
         None,
         description="Outcome data dir (questions.jsonl + scores.csv) to build profiles from; "
         "default: the experts' example questions.",
     )
-    aggregation: Literal["auto", "vote", "synthesis", "best"] = Field(
-        "auto", description="How k answers become one: vote for multiple choice, else synthesis."
-    )
+    outcomes_subset: OutcomeSubset = Field(
+        default_factory=OutcomeSubset, description="Which questions and columns of "
+        "`outcomes` profiles are built from (default: all of them).")
     cache: PatternCacheConfig = Field(default_factory=PatternCacheConfig, description="Cache.")
     batch_size: int = Field(
-        32, ge=1, description="Concurrent queries routed in one encoder pass (1: no batching)."
-    )
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="Wait to fill a routing batch.")
+        32, ge=1, description="Concurrent queries the gateway sends the router in one call, "
+        "routed in one encoder pass (1: no batching).")
     num_replicas: int = Field(
         1, ge=1, description="Router replicas; with 2 or more, a call to one that dies is "
         "retried on another at once instead of waiting for its replacement.")
+    resources: NodeResources = Field(default_factory=dict, description=_RESOURCES)
+
+    @model_validator(mode="after")
+    def _strategy_options(self) -> RoutingConfig:
+        from routing.errors import RoutingError
+        from routing.strategies import check_strategy
+
+        for name, options in self.strategies.items():
+            try:
+                check_strategy(name, options)
+            except RoutingError as err:
+                raise ValueError(f"strategies.{name}: {err}") from None
+        return self
 
 
 class AutoscalingConfig(_Strict):
@@ -79,6 +138,12 @@ class AutoscalingConfig(_Strict):
         1, gt=0, description="Scale up above this many calls in flight per replica. The "
         "gateway sends a pool batches, at most one per replica (of max_replicas) per engine at "
         "once, so 1 means every replica busy; queued rows wait at the gateway.")
+    upscale_delay_s: float | None = Field(
+        None, ge=0, description="Seconds the load must stay high before a replica is added "
+        "(default: Serve's, 30).")
+    downscale_delay_s: float | None = Field(
+        None, ge=0, description="Seconds the load must stay low before a replica is removed "
+        "(default: Serve's, 600).")
 
 
 class PoolConfig(_Strict):
@@ -89,10 +154,18 @@ class PoolConfig(_Strict):
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Engine arguments for every model expert of the pool "
         "(for vllm: AsyncEngineArgs fields, e.g. max_model_len, enable_prefix_caching).")
+    max_loras: int = Field(8, ge=1, description="vLLM: LoRA adapters in one running batch.")
+    max_lora_rank: int = Field(
+        16, ge=1, description="vLLM: largest LoRA rank served; a LoRA expert above it is "
+        "refused when registered.")
     num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is off.")
     num_cpus: float = Field(0.0, ge=0.0, description="CPUs reserved per replica.")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs reserved per replica.")
     memory_gb: float = Field(0.0, ge=0.0, description="Memory reserved per replica (0: none).")
+    resources: NodeResources = Field(default_factory=dict, description=_RESOURCES)
+    accelerator_type: str | None = Field(
+        None, description="Ray accelerator type each replica needs (e.g. A100, L4): only "
+        "nodes with that GPU model; needs num_gpus > 0.")
     max_resident_models: int = Field(4, ge=1, description="Models kept loaded per replica (LRU).")
     preload: bool = Field(
         True, description="Load the pool's first max_resident_models engines when a replica "
@@ -101,6 +174,30 @@ class PoolConfig(_Strict):
     batch_wait_timeout_s: float = Field(0.02, ge=0.0, description="Wait to fill a batch.")
     max_ongoing_requests: int = Field(64, ge=1, description="Per replica, before queueing.")
     autoscaling: AutoscalingConfig | None = Field(None, description="Serve autoscaling, if any.")
+
+    @field_validator("engine_args")
+    @classmethod
+    def _known_engine_args(cls, value: dict) -> dict:
+        from experts.vllm_engine import check_engine_args
+
+        check_engine_args(value)
+        return value
+
+    def engine_choice(self) -> EngineChoice:
+        """The pool's engine settings, for an :class:`~experts.loader.ExpertLoader`."""
+        return EngineChoice(engine=self.engine, engine_args=dict(self.engine_args),
+                            max_loras=self.max_loras, max_lora_rank=self.max_lora_rank,
+                            num_cpus=self.num_cpus)
+
+    def resolved_engine(self) -> str:
+        """The pool's engine with ``auto`` resolved (vllm where vLLM is installed)."""
+        return resolve_engine(self.engine)
+
+    @model_validator(mode="after")
+    def _accelerator_needs_gpus(self) -> PoolConfig:
+        if self.accelerator_type and not self.num_gpus:
+            raise ValueError(f"pool {self.name!r}: accelerator_type needs num_gpus > 0")
+        return self
 
     @property
     def most_replicas(self) -> int:
@@ -127,6 +224,14 @@ class ServingConfig(_Strict):
         default_factory=list,
         description="Local model/adapter paths must lie under one of these (empty: cache dir).",
     )
+    resources: NodeResources = Field(
+        default_factory=dict, description="Custom Ray resources each gateway replica needs "
+        "(keep it off the expert nodes, e.g. {frontend: 1} on the head).")
+    autoscaling_nodes: bool = Field(
+        False, description="The Ray autoscaler adds nodes on demand (KubeRay "
+        "enableInTreeAutoscaling): the app is multi-node from the start, so a node-local "
+        "Redis is refused, and a deployment no alive node can host waits for a new node "
+        "instead of failing the deploy.")
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM/SIGINT, `conclave serve` refuses new requests "
         "(503) and gives those in flight this long to finish before Serve shuts down.")
@@ -180,6 +285,10 @@ class ConclaveConfig(_Strict):
         for spec in self.experts:
             if spec.pool not in names:
                 raise ValueError(f"expert {spec.id!r}: unknown pool {spec.pool!r}")
+        checks = ExpertLoader({s.id: s for s in self.experts}.__getitem__,
+                              engines={pool.name: pool.engine_choice() for pool in self.pools})
+        for spec in self.experts:
+            checks.check_adapter(spec)
         return self
 
     def start_specs(self) -> list[ExpertSpec]:
@@ -197,10 +306,14 @@ class ConfigError(ValueError):
     """A config that does not validate; the message names the offending key."""
 
 
-def parse_config(data: dict[str, Any] | None) -> ConclaveConfig:
-    """Validate a plain dict; raise :class:`ConfigError` with one readable line per problem."""
+def parse_config(data: dict[str, Any] | None, *, paths_on_load: bool = False) -> ConclaveConfig:
+    """Validate a plain dict; raise :class:`ConfigError` with one readable line per problem.
+
+    ``paths_on_load``: the experts' local paths are not checked here (a replica, which may
+    run on another node than the one that wrote the config; it checks them on load)."""
     try:
-        return ConclaveConfig.model_validate(data or {})
+        return ConclaveConfig.model_validate(data or {},
+                                             context=PATHS_ON_LOAD if paths_on_load else None)
     except ValidationError as err:
         raise ConfigError(_describe(err)) from None
 

@@ -1,5 +1,6 @@
-"""One batch of expert requests on one loaded engine: the plain logic under the pool
-deployment's batcher (no Ray here, so it is unit-testable).
+"""Expert requests on one loaded engine: the plain logic under the pool deployment (no Ray
+here, so it is unit-testable). :func:`run_batch` runs one batch on a batch engine (HF,
+replay); :func:`run_continuous` hands rows to an engine that batches by itself (vLLM).
 
 All rows share one engine (a base model and its LoRA adapters); each row names its
 expert, whose adapter (or ``None`` for the base) is passed per row, so a mixed-adapter
@@ -14,18 +15,21 @@ then runs through ``engine.generate_streaming``, still as one batch with the oth
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cluster.tracing import TraceContext
-from experts.engine import GenerationEngine, GenerationParams, TextSink
+from experts.engine import Generation, GenerationEngine, GenerationParams, TextSink
+from experts.errors import PromptTooLongError, UnsupportedFeatureError
 from experts.spec import ExpertSpec
 
 log = logging.getLogger(__name__)
 
 LENGTH_RATIO = 3.0
-_PARAM_KEYS = ("max_new_tokens", "temperature", "top_p", "stop", "seed")
+_PARAM_KEYS = ("max_new_tokens", "temperature", "top_p", "stop", "seed", "response_format",
+               "logprobs", "tools", "tool_choice")
 
 
 @dataclass
@@ -70,14 +74,43 @@ def run_batch(
             spec = spec_of(row.expert)
             prepare(engine, spec)
             params = merged_params(spec, row.params)
+            engine.check_features(params)
             key = (*_group_key(params), spec.kind == "mixture")
             groups.setdefault(key, []).append((i, adapter_of(spec), params))
         except Exception as err:  # one bad expert must not sink its batch-mates
-            results[i] = {"error": f"{type(err).__name__}: {err}"}
+            results[i] = error_reply(err)
     for key, members in groups.items():
         for chunk in length_chunks(members, [prompt_chars(rows[i].prompt) for i, _, _ in members]):
             _generate(engine, rows, chunk, key[-1] and embed, results)
     return results
+
+
+async def run_continuous(
+    engine: GenerationEngine,
+    rows: list[Row],
+    spec_of: Callable[[str], ExpertSpec],
+    prepare: Callable[[GenerationEngine, ExpertSpec], str | None],
+) -> list[dict]:
+    """Rows for an engine that batches by itself (vLLM): each its own request, all sent at
+    once, so they join its running batch. Rows caught by the death of the engine's process
+    are retried once, on the engine restarted in place: a crash loses no request."""
+
+    async def one(row: Row) -> dict:
+        spec = spec_of(row.expert)
+        adapter = prepare(engine, spec)
+        out = await engine.agenerate(row.prompt, merged_params(spec, row.params), adapter,
+                                     row.sink)
+        return generation_reply(out)
+
+    replies = await asyncio.gather(*map(one, rows), return_exceptions=True)
+    if engine.errored:
+        log.error("the engine process of %s died; restarting it", engine.model_name)
+        await asyncio.to_thread(engine.restart)
+        failed = [i for i, reply in enumerate(replies) if isinstance(reply, Exception)]
+        again = await asyncio.gather(*(one(rows[i]) for i in failed), return_exceptions=True)
+        for i, reply in zip(failed, again, strict=True):
+            replies[i] = reply
+    return [error_reply(r) if isinstance(r, Exception) else r for r in replies]
 
 
 def _generate(engine, rows: list[Row], members: list, embed, results: list) -> None:
@@ -95,9 +128,27 @@ def _generate(engine, rows: list[Row], members: list, embed, results: list) -> N
     else:
         outputs = engine.generate(prompts, members[0][2], adapters=adapters, **extra)
     for i, out in zip(index, outputs, strict=True):
-        results[i] = {"text": out.text, "prompt_tokens": out.prompt_tokens,
-                      "completion_tokens": out.completion_tokens,
-                      "finish_reason": out.finish_reason}
+        results[i] = generation_reply(out)
+
+
+def generation_reply(out: Generation) -> dict:
+    """One row's reply to the gateway."""
+    reply = {"text": out.text, "prompt_tokens": out.prompt_tokens,
+             "completion_tokens": out.completion_tokens, "finish_reason": out.finish_reason}
+    if out.logprobs is not None:
+        reply["logprobs"] = out.logprobs
+    if out.no_record:  # counted by the gateway (conclave_replay_no_record)
+        reply["no_record"] = True
+    return reply
+
+
+def error_reply(err: Exception) -> dict:
+    """The reply of a row that could not run; ``client_error`` when the request itself was
+    at fault (HTTP 400 at the gateway, not a failover)."""
+    reply = {"error": f"{type(err).__name__}: {err}"}
+    if isinstance(err, PromptTooLongError | UnsupportedFeatureError):
+        reply["client_error"] = str(err)
+    return reply
 
 
 def _fan_out(sinks: list[Callable[[str], None] | None]) -> TextSink:

@@ -28,13 +28,14 @@ from cluster.http_app import GatewayParts, build_http_app
 from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
 from cluster.request_ids import install_logging
+from cluster.route_messages import RouteQuery, RouteResult
 from cluster.shutdown_gate import ShutdownGate
 from cluster.tracing import TraceContext, setup_tracing, span
 from experts.errors import ExpertError
 from experts.loader import engine_key
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
-from routing.strategies.base import RoutingError
+from routing.options import RouteOptions
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class Gateway:
     """OpenAI-compatible front door of one Conclave application."""
 
     def __init__(self, config: dict, router, pools: dict, token: str | None = None):
-        self.config = parse_config(config)
+        self.config = parse_config(config, paths_on_load=True)
         install_logging()
         setup_tracing(self.config.tracing, "gateway")
         registry = ExpertRegistry(connect(self.config.redis.url),
@@ -56,11 +57,12 @@ class Gateway:
         routing = self.config.routing
         self._routes = Coalescer(self._send_routes, routing.batch_size, routing.num_replicas)
         self._rows = {pool.name: Coalescer(self._sender(pool.name), pool.max_batch_size,
-                                           pool.most_replicas) for pool in self.config.pools}
+                                           calls_in_flight(pool)) for pool in self.config.pools}
         self.service = ConclaveService(self.config, self._route, self._call_expert,
                                        self.catalog, self.metrics)
         self.admin = ExpertAdmin(self.catalog, token or admin_token(self.config.serving),
-                                 allowed_roots(self.config.serving))
+                                 allowed_roots(self.config.serving),
+                                 {pool.name: pool.engine_choice() for pool in self.config.pools})
         self.gate = ShutdownGate()
 
     def __serve_build_asgi_app__(self):
@@ -74,23 +76,24 @@ class Gateway:
         number still running when the wait ended (``conclave serve`` on SIGTERM)."""
         return await self.gate.drain(grace_s)
 
-    async def _route(self, query: str, options: dict) -> dict:
-        with span("route", **{"conclave.strategy": options.get("strategy"),
-                              "conclave.k": options.get("k")}) as current:
+    async def _route(self, query: str, options: RouteOptions) -> RouteResult:
+        """The router's decision; its :class:`RoutingError` raised here for a bad query."""
+        with span("route", **{"conclave.strategy": options.strategy,
+                              "conclave.k": options.k}) as current:
             try:
-                reply = await self._routes("router", (query, options, TraceContext.current()))
+                result = await self._routes("router", RouteQuery(query, options,
+                                                                 TraceContext.current()))
             except RayActorError:  # died twice: no live router replica right now
                 raise ApiError(503, "the router is restarting; retry shortly",
                                type="api_error", code="router_unavailable",
                                headers={"Retry-After": "2"}) from None
-            if "error" in reply:
-                raise RoutingError(reply["error"])
-            current.set_attribute("conclave.experts", reply["decision"]["experts"])
-            current.set_attribute("conclave.cache", reply["cache"])
-        return reply
+            result.raise_error()
+            current.set_attribute("conclave.experts", result.decision.experts)
+            current.set_attribute("conclave.cache", result.cache)
+        return result
 
-    async def _send_routes(self, _key: str, items: list) -> list[dict]:
-        return await self._retrying("router", lambda: self._router.route_many.remote(items))
+    async def _send_routes(self, _key: str, queries: list[RouteQuery]) -> list[RouteResult]:
+        return await self._retrying("router", lambda: self._router.route_many.remote(queries))
 
     async def _call_expert(self, expert_id: str, prompt: object, params: dict,
                            sink=None) -> dict:
@@ -106,6 +109,8 @@ class Gateway:
             else:
                 reply, first = await self._stream(spec, prompt, params, sink)
             self.metrics.record_generation(spec.pool, expert_id, reply)
+            if "client_error" in reply:  # the request's fault (e.g. too long): not a failover
+                raise ApiError(400, reply["client_error"], code="invalid_request")
             if "error" in reply:
                 raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
             tokens = int(reply.get("completion_tokens", 0))
@@ -159,6 +164,16 @@ class Gateway:
                         type(err).__name__)
             self.metrics.replica_retries.labels(deployment).inc()
             return await call()
+
+
+def calls_in_flight(pool) -> int:
+    """How many ``generate_many`` calls per engine key the gateway keeps in flight to a
+    pool. A batch engine (hf) runs one batch at a time per replica, so rows queue here and
+    form the next batch meanwhile; a vLLM engine batches by itself, so calls go out as they
+    come (rows arriving together still share one call)."""
+    if pool.resolved_engine() == "vllm":
+        return pool.max_ongoing_requests * pool.most_replicas
+    return pool.most_replicas
 
 
 class Coalescer:

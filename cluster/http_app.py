@@ -19,9 +19,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from cluster.admin import ExpertAdmin
+from cluster.answer_stream import chat_events, completion_events, plan_headers
 from cluster.api_errors import ApiError, from_validation, timeout_error
 from cluster.body_limit import BodyLimit
-from cluster.live_stream import chat_events, completion_events, plan_headers
 from cluster.metrics import CONTENT_TYPE, ConclaveMetrics
 from cluster.openai_protocol import (
     ChatCompletionRequest,
@@ -113,7 +113,10 @@ def _add_admin_routes(app: FastAPI, admin: ExpertAdmin) -> None:
 def _add_ops_routes(app: FastAPI, parts: GatewayParts) -> None:
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "experts": len(parts.service.models().data) - 1}
+        # unhealthy: experts whose last call failed on their replica (e.g. a model path
+        # missing on that node), with the error; they are failed over meanwhile.
+        return {"status": "ok", "experts": len(parts.service.models().data) - 1,
+                "unhealthy": dict(parts.metrics.unhealthy)}
 
     @app.get("/metrics")
     async def metrics():

@@ -49,16 +49,31 @@ def start_app(config: ConclaveConfig, address: str | None = None, name: str = AP
 
 def wait_ready(url: str, deadline_s: float = 120.0) -> None:
     """Poll ``/v1/models`` until the gateway answers."""
+    _poll(lambda: httpx.get(url + "/v1/models", timeout=5).status_code == 200,
+          f"Conclave at {url} did not become ready", deadline_s)
+
+
+def wait_for_expert(url: str, expert: str, deadline_s: float = 600.0) -> None:
+    """Ask ``expert`` one token until it answers: its engine (a vLLM engine process, say)
+    has started."""
+    body = {"model": expert, "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 1}
+    _poll(lambda: httpx.post(f"{url}/v1/chat/completions", json=body,
+                             timeout=120).status_code == 200,
+          f"expert {expert!r} at {url} did not answer", deadline_s, interval_s=1.0)
+
+
+def _poll(check, failure: str, deadline_s: float, interval_s: float = 0.5) -> None:
     end = time.monotonic() + deadline_s
     while True:
         try:
-            if httpx.get(url + "/v1/models", timeout=5).status_code == 200:
+            if check():
                 return
         except httpx.HTTPError:
             pass
         if time.monotonic() > end:
-            raise TimeoutError(f"Conclave at {url} did not become ready in {deadline_s:g}s")
-        time.sleep(0.5)
+            raise TimeoutError(f"{failure} within {deadline_s:g}s")
+        time.sleep(interval_s)
 
 
 def drain_app(grace_s: float, name: str = APP_NAME) -> int:

@@ -9,7 +9,7 @@ share (Serve's proxy picks one per scrape); sum them in Prometheus.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -56,6 +56,9 @@ class ConclaveMetrics:
                               ["expert"], registry=reg)
         self.failovers = Counter("conclave_failovers", "Expert calls failed over, by expert.",
                                  ["expert"], registry=reg)
+        self.replay_no_record = Counter("conclave_replay_no_record",
+                                        "Prompts a replay expert had no recorded answer "
+                                        "for, by expert.", ["expert"], registry=reg)
         # Labelled by expert: values come from the registry, never from request input.
         self.ttft = Histogram("conclave_time_to_first_token_seconds",
                               "Seconds from an expert call to its first token at the gateway "
@@ -69,6 +72,10 @@ class ConclaveMetrics:
         self.replica_retries = Counter("conclave_replica_retries",
                                        "Calls sent again because the replica died under them, "
                                        "by deployment.", ["deployment"], registry=reg)
+        self.expert_up = Gauge("conclave_expert_up", "1 when the expert's last call answered, "
+                               "0 when its replica reported an error (e.g. a failed load).",
+                               ["expert"], registry=reg)
+        self.unhealthy: dict[str, str] = {}  # expert -> the error of its last call
 
     def record_route(self, seconds: float, cache: str, batch_size: int,
                      experts: list[str]) -> None:
@@ -80,8 +87,17 @@ class ConclaveMetrics:
             self.decisions.labels(expert).inc()
 
     def record_generation(self, pool: str, expert: str, reply: dict) -> None:
-        """Book one pool reply: tokens, and the batch/load events it carries."""
+        """Book one pool reply: tokens, the batch/load events it carries, and whether the
+        expert is healthy (its last reply was not an error)."""
+        error = reply.get("error")
+        self.expert_up.labels(expert).set(0 if error else 1)
+        if error:
+            self.unhealthy[expert] = str(error)[:300]
+        else:
+            self.unhealthy.pop(expert, None)
         self.tokens.labels(expert).inc(int(reply.get("completion_tokens", 0)))
+        if reply.get("no_record"):
+            self.replay_no_record.labels(expert).inc()
         stats = reply.get("stats") or {}
         if stats.get("batch_size"):
             self.batch_size.labels(pool).observe(stats["batch_size"])

@@ -13,24 +13,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from routing.options import RouteOptions
+
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
-
-
-class ConclaveOptions(BaseModel):
-    """Routing options in the body (``"conclave": {...}``); they override the model string."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    k: int | None = Field(None, ge=1, le=16, description="Experts recruited for the query.")
-    strategy: str | None = Field(None, description="Routing strategy name.")
-    cost_weight: float | None = Field(None, ge=0.0, description="λ in score − λ·cost.")
-    sample: bool | None = Field(None, description="Sample experts by weight instead of top-k.")
-    seed: int | None = Field(None, description="Seed for sampling.")
-    aggregation: Literal["auto", "vote", "synthesis", "best"] | None = Field(
-        None, description="How the experts' answers become one."
-    )
 
 
 class TextPart(_Lenient):
@@ -76,9 +63,17 @@ class _SamplingRequest(_Lenient):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = Field(1, ge=1, le=1, description="Only one choice per prompt is supported.")
+    response_format: dict | None = Field(
+        None, description="{'type': 'json_object'} or {'type': 'json_schema', 'json_schema': "
+        "{'schema': ...}}: guided decoding (vLLM engines).")
+    tools: list[dict] | None = Field(None, description="Functions the model may call.")
+    tool_choice: str | dict | None = Field(
+        None, description="'required' or {'type': 'function', 'function': {'name': ...}} force "
+        "a call (guided decoding); 'auto' needs a tool parser and is refused.")
     stream: bool = False
     user: str | None = None
-    conclave: ConclaveOptions | None = None
+    conclave: RouteOptions | None = Field(
+        None, description="Routing options; they override the model string's.")
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -89,6 +84,8 @@ class _SamplingRequest(_Lenient):
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = Field(None, description="Return the chosen tokens' logprobs.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token.")
 
     @field_validator("messages")
     @classmethod
@@ -113,6 +110,7 @@ class ChatCompletionRequest(_SamplingRequest):
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[str]
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token.")
 
     @field_validator("prompt")
     @classmethod
@@ -135,7 +133,8 @@ class RouteRequest(_Lenient):
     query: str | None = None
     messages: list[ChatMessage] | None = None
     model: str = "conclave"
-    conclave: ConclaveOptions | None = None
+    conclave: RouteOptions | None = Field(
+        None, description="Routing options; they override the model string's.")
 
     def text(self) -> str:
         if self.query is not None:
@@ -178,13 +177,15 @@ class ConclaveInfo(BaseModel):
 
 class ChatChoiceMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[dict] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: ChatChoiceMessage
     finish_reason: str
+    logprobs: dict | None = Field(None, description="{'content': [per-token logprobs]}.")
 
 
 def new_id(prefix: str) -> str:

@@ -28,24 +28,27 @@ from cluster.openai_protocol import (
     CompletionRequest,
     CompletionResponse,
     ConclaveInfo,
-    ConclaveOptions,
     ModelCard,
     ModelList,
     RouteRequest,
     Usage,
 )
-from cluster.panel import ExpertCall, Panel, TextSink
+from cluster.output_features import feature_params, tool_calls, without_features
+from cluster.panel import ExpertCall, Panel
+from cluster.route_messages import RouteResult
+from cluster.sink_stream import DeltaSink
 from cluster.tracing import span
-from routing.decision import MODEL_PREFIX, Decision, RouteOptions
-from routing.strategies.base import RoutingError
+from routing.aggregate import Aggregator
+from routing.decision import Decision
+from routing.errors import RoutingError
+from routing.options import MODEL_PREFIX, RouteOptions
 
-# query, options → {"decision": Decision dict, "cache": "hit"|"miss"|"off", "routing_ms",
-# "batch_size"}
-RouteCall = Callable[[str, dict], Awaitable[dict]]
+# query, options → the router's result; raises RoutingError for a query it cannot route
+RouteCall = Callable[[str, RouteOptions], Awaitable[RouteResult]]
 
 
 @dataclass
-class Plan:
+class RoutedPrompt:
     """One prompt, routed: who will answer and how their answers combine."""
 
     query: str
@@ -58,7 +61,7 @@ class Plan:
 
 
 @dataclass
-class Outcome:
+class FinalAnswer:
     """One prompt answered by the panel."""
 
     text: str
@@ -66,6 +69,7 @@ class Outcome:
     usage: Usage
     info: ConclaveInfo
     interrupted: bool = False  # streamed text went out that this answer does not continue
+    logprobs: list[dict] | None = None  # of the call whose text is the answer, if asked
 
 
 class ConclaveService:
@@ -87,16 +91,21 @@ class ConclaveService:
         return ModelList(data=cards)
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
-        out = await self._answer(req.query(), req.prompt(), req)
-        choice = ChatChoice(index=0, message=ChatChoiceMessage(content=out.text),
-                            finish_reason=out.finish_reason)
+        plan = await self.plan(req.query(), req.prompt(), req)
+        out = await self.run(plan)
+        calls = tool_calls(plan.params, out.text)
+        message = (ChatChoiceMessage(content=None, tool_calls=calls) if calls
+                   else ChatChoiceMessage(content=out.text))
+        choice = ChatChoice(index=0, message=message,
+                            finish_reason="tool_calls" if calls else out.finish_reason,
+                            logprobs=None if out.logprobs is None else {"content": out.logprobs})
         return ChatCompletionResponse(model=req.model, choices=[choice], usage=out.usage,
                                       conclave=out.info)
 
     async def completions(self, req: CompletionRequest) -> CompletionResponse:
         choices, infos, usage = [], [], Usage()
         for index, prompt in enumerate(req.prompts()):
-            out = await self._answer(prompt, prompt, req)
+            out = await self.run(await self.plan(prompt, prompt, req))
             text = prompt + out.text if req.echo else out.text
             choices.append(CompletionChoice(index=index, text=text,
                                             finish_reason=out.finish_reason))
@@ -105,7 +114,7 @@ class ConclaveService:
         return CompletionResponse(model=req.model, choices=choices, usage=usage,
                                   conclave=infos)
 
-    async def plan_completions(self, req: CompletionRequest) -> list[Plan]:
+    async def plan_completions(self, req: CompletionRequest) -> list[RoutedPrompt]:
         """Every prompt of a completions request, routed."""
         return [await self.plan(prompt, prompt, req) for prompt in req.prompts()]
 
@@ -118,12 +127,12 @@ class ConclaveService:
             raise ApiError(400, f"model {req.model!r} is one expert; nothing to route",
                            param="model")
         routed = await self._call_router(query, options)
-        return {"decision": routed["decision"], "cache": routed["cache"],
-                "routing_ms": routed["routing_ms"], "options": options}
+        return {"decision": routed.decision.to_dict(), "cache": routed.cache,
+                "routing_ms": routed.routing_ms, "options": options.model_dump()}
 
-    def route_options(self, model: str, body: ConclaveOptions | None) -> dict | None:
-        """Routing options from config defaults, the model string, then the body;
-        None when ``model`` names one expert. Unknown models → 404."""
+    def route_options(self, model: str, body: RouteOptions | None) -> RouteOptions | None:
+        """Routing options: the config's defaults, under the model string's, under the
+        body's; None when ``model`` names one expert. Unknown models → 404."""
         if model != MODEL_PREFIX and not model.startswith(MODEL_PREFIX + ":"):
             if model in self._catalog:
                 return None
@@ -131,18 +140,12 @@ class ConclaveService:
                            f"'{MODEL_PREFIX}' and every expert", param="model",
                            code="model_not_found")
         try:
-            parsed = RouteOptions.parse_model_string(model)
+            options = RouteOptions.parse_model_string(model).over(self.config.routing)
         except RoutingError as err:
             raise ApiError(400, str(err), param="model", code="invalid_value") from None
-        cfg = self.config.routing
-        options = {"k": cfg.k, "strategy": cfg.strategy, "cost_weight": cfg.cost_weight,
-                   "sample": cfg.sample, "seed": cfg.seed, "aggregation": cfg.aggregation}
-        options.update({key: getattr(parsed, key) for key in parsed.model_fields_set})
-        if body is not None:
-            options.update(body.model_dump(exclude_none=True))
-        return options
+        return body.over(options) if body is not None else options
 
-    async def plan(self, query: str, prompt: object, req) -> Plan:
+    async def plan(self, query: str, prompt: object, req) -> RoutedPrompt:
         """Route one prompt (or take the expert asked for directly): everything that can
         fail on bad input happens here, before a streamed response starts."""
         params = self._params(req)
@@ -150,17 +153,20 @@ class ConclaveService:
         if options is None:
             decision = Decision(query=query, experts=[req.model], weights=[1.0],
                                 strategy="direct", ranked=[(req.model, 1.0)], explanation={})
-            return Plan(query, prompt, params, decision, "direct", 0.0, "best")
+            return RoutedPrompt(query, prompt, params, decision, "direct", 0.0, "best")
         routed = await self._call_router(query, options)
-        return Plan(query, prompt, params, Decision.from_dict(routed["decision"]),
-                    routed["cache"], routed["routing_ms"], options["aggregation"])
+        return RoutedPrompt(query, prompt, params, routed.decision, routed.cache, routed.routing_ms,
+                    options.aggregation)
 
-    async def run(self, plan: Plan, sink: TextSink | None = None) -> Outcome:
+    async def run(self, plan: RoutedPrompt, sink: DeltaSink | None = None) -> FinalAnswer:
         """Ask the plan's experts and combine their answers. With ``sink``, the text of
         the call that writes the final answer (a lone expert's, or the synthesis) goes to
         ``sink`` as it is generated."""
         lone = len(set(plan.decision.experts)) == 1
-        run = await self._panel.run(plan.decision, plan.prompt, plan.params,
+        synthesised = not lone and Aggregator(mode=plan.mode).mode_for(
+            plan.query, plan.decision) == "synthesis"
+        drafts = without_features(plan.params) if synthesised else plan.params
+        run = await self._panel.run(plan.decision, plan.prompt, drafts,
                                     sink if lone else None)
         with span("aggregate", **{"conclave.mode": plan.mode}) as current:
             combined = await self._combiner.combine(plan.query, plan.decision, run, plan.mode,
@@ -178,20 +184,18 @@ class ConclaveService:
         usage = Usage(prompt_tokens=sum(a.prompt_tokens for a in calls),
                       completion_tokens=sum(a.completion_tokens for a in calls))
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        return Outcome(combined.text, combined.finish_reason, usage, info, run.interrupted)
+        final = combined.extra or (run.answers[0] if lone else None)
+        return FinalAnswer(combined.text, combined.finish_reason, usage, info, run.interrupted,
+                           final.logprobs if final is not None else None)
 
-    async def _answer(self, query: str, prompt: object, req) -> Outcome:
-        return await self.run(await self.plan(query, prompt, req))
-
-    async def _call_router(self, query: str, options: dict) -> dict:
+    async def _call_router(self, query: str, options: RouteOptions) -> RouteResult:
         started = time.perf_counter()
         try:
             routed = await self._route(query, options)
-        except (RoutingError, ValueError) as err:
-            raise from_domain(_unwrap(err)) from None
-        decision = routed["decision"]
-        self._metrics.record_route(time.perf_counter() - started, routed["cache"],
-                                   routed.get("batch_size", 0), decision["experts"])
+        except RoutingError as err:
+            raise from_domain(err) from None
+        self._metrics.record_route(time.perf_counter() - started, routed.cache,
+                                   routed.batch_size, routed.decision.experts)
         return routed
 
     def _params(self, req) -> dict:
@@ -205,13 +209,7 @@ class ConclaveService:
         params = {key: value for key, value in params.items() if value is not None}
         if req.stop is not None:
             params["stop"] = req.stop_list()
-        return params
-
-
-def _unwrap(err: Exception) -> Exception:
-    # A RoutingError raised in the router replica arrives wrapped by Ray.
-    cause = getattr(err, "cause", None)
-    return cause if isinstance(cause, RoutingError | ValueError) else err
+        return {**params, **feature_params(req)}
 
 
 def add_usage(a: Usage, b: Usage) -> Usage:

@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 
 from cluster.api_errors import ApiError
 from cluster.openai_protocol import ExpertUse, Failover
+from cluster.sink_stream import DeltaSink
 from cluster.tracing import span
 from routing.decision import Decision
 
 log = logging.getLogger(__name__)
 
-# expert id, prompt, sampling params[, sink=TextSink] -> {"text", "prompt_tokens",
+# expert id, prompt, sampling params[, sink=DeltaSink] -> {"text", "prompt_tokens",
 # "completion_tokens", ...}; with a sink, the text also goes there as it is generated
 ExpertCall = Callable[..., Awaitable[dict]]
-TextSink = Callable[[str], None]
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Answer:
     completion_tokens: int
     finish_reason: str
     replaces: str | None = None
+    logprobs: list[dict] | None = None
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Panel:
         self._is_live = is_live
 
     async def run(self, decision: Decision, prompt: object, params: dict,
-                  sink: TextSink | None = None) -> PanelRun:
+                  sink: DeltaSink | None = None) -> PanelRun:
         run = PanelRun(answers=[])
         decision = live_decision(decision, self._is_live)
         tried: set[str] = set(decision.experts)
@@ -104,6 +105,8 @@ class Panel:
                     return _answer(current, weight, out, replaces)
                 except TimeoutError:
                     reason = f"timed out after {self._timeout_s:g}s"
+                except ApiError:  # the request's own fault (400): no other expert would do
+                    raise
                 except Exception as err:  # any expert failure is failed over, not surfaced
                     reason = failure_reason(err)
             run.interrupted |= tap is not None and tap.used
@@ -121,7 +124,7 @@ class Panel:
 class Tap:
     """A sink that remembers whether anything went through it."""
 
-    def __init__(self, sink: TextSink):
+    def __init__(self, sink: DeltaSink):
         self.sink = sink
         self.used = False
 
@@ -179,6 +182,7 @@ def _answer(expert: str, weight: float, out: dict, replaces: str | None) -> Answ
         completion_tokens=int(out.get("completion_tokens", 0)),
         finish_reason=str(out.get("finish_reason", "stop")),
         replaces=replaces,
+        logprobs=out.get("logprobs"),
     )
 
 

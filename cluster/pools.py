@@ -2,12 +2,17 @@
 
 Requests carry the expert's *engine key* as Serve's multiplexed model id (a LoRA expert's
 key is its base model's), so every expert on one base lands on replicas that already
-hold that base, and a :class:`~cluster.drain_batcher.DrainBatcher` keyed by that id
-generates concurrent requests for those experts together, adapters mixed per row: the
-online form of batching by assigned expert. (Not ``@serve.batch``: it closes batches on a
-timer while the engine is still busy, see :mod:`cluster.drain_batcher`.) The gateway sends
-its coalesced rows as one ``generate_many`` call; ``generate_stream`` returns one row's text
-as it is generated (the row still generates in the shared batch).
+hold that base: the online form of batching by assigned expert.
+- A vLLM engine batches by itself: every row goes straight in as its own request and
+  joins the running batch at token level (continuous batching), adapters mixed.
+- A batch engine (HF, replay) gets concurrent rows together from a
+  :class:`~cluster.drain_batcher.DrainBatcher` keyed by that id, adapters mixed per row.
+  (Not ``@serve.batch``: it closes batches on a timer while the engine is still busy, see
+  :mod:`cluster.drain_batcher`.)
+The gateway sends its coalesced rows as one ``generate_many`` call; ``generate_stream``
+returns one row's text as it is generated (the row still generates with the others).
+A replica whose vLLM engine process died reports unhealthy (``check_health``), so Serve
+replaces it; rows caught by the death are retried once on a fresh engine.
 
 Each reply carries ``stats`` (batch size, seconds of model loads since the last reply),
 which the gateway turns into metrics.
@@ -21,6 +26,7 @@ import threading
 import time
 from contextlib import aclosing
 
+import ray
 import redis
 from ray import serve
 
@@ -28,10 +34,11 @@ from cluster.admin import allowed_roots
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.drain_batcher import DrainBatcher
-from cluster.expert_batch import Row, run_batch
+from cluster.expert_batch import Row, error_reply, run_batch, run_continuous
 from cluster.request_ids import install_logging
 from cluster.sink_stream import Finished, sink_stream
 from cluster.tracing import TraceContext, record_span, setup_tracing
+from experts.demo import build_demo_pool
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader, adapter_of, engine_key
 from experts.pool import ModelPool
@@ -46,17 +53,21 @@ class ExpertPoolServer:
     """Loads engines on demand (LRU, ``max_resident_models``) and generates in batches."""
 
     def __init__(self, config: dict, pool_name: str):
-        cfg = parse_config(config)
+        cfg = parse_config(config, paths_on_load=True)
         setup_tracing(cfg.tracing, f"pool-{pool_name}")
         install_logging()
         self.pool = next(p for p in cfg.pools if p.name == pool_name)
+        if cfg.demo_pool:  # its files live in each node's cache dir: build them on this one
+            build_demo_pool()
         self.registry = ExpertRegistry(connect(cfg.redis.url), namespace=cfg.redis.namespace)
         self.catalog = ExpertCatalog(self.registry).start()
         self.embedder = LazyEmbedder(cfg.encoder)
         self.loader = ExpertLoader(self.catalog.get, allowed_roots(cfg.serving),
-                                   embed=self.embedder)
+                                   embed=self.embedder, engines=self.pool.engine_choice())
         self.models = ModelPool(self.loader, max_models=self.pool.max_resident_models)
+        self.catalog.on_change(self._forget_removed)
         self._loads: list[float] = []
+        self.rows_served = 0
         self.batcher = DrainBatcher(self._generate_batch, self.pool.max_batch_size,
                                     self.pool.batch_wait_timeout_s)
         limit_torch_threads(self.pool.num_cpus)
@@ -76,7 +87,13 @@ class ExpertPoolServer:
         only to replicas that report it until those are saturated, spreads them over every
         replica instead of piling them on whichever happened to load it first."""
         keys = dict.fromkeys(engine_key(s) for s in self.catalog.specs() if s.pool == self.pool.name)
-        for key in list(keys)[: self.pool.max_resident_models]:
+        keys = list(keys)[: self.pool.max_resident_models]
+        # Started side by side in the model pool first (Serve's multiplexed loader takes one
+        # model at a time, and a vLLM engine takes seconds to start its process), then
+        # registered with Serve, which then finds them loaded.
+        await asyncio.gather(*(asyncio.to_thread(self.models.get, key) for key in keys),
+                             return_exceptions=True)
+        for key in keys:
             try:
                 await self._engine(key)
             except Exception as err:  # a bad expert must not stop the replica; calls report it
@@ -91,16 +108,19 @@ class ExpertPoolServer:
         return reply
 
     async def generate_many(self, rows: list[tuple]) -> list[dict]:
-        """Several requests (expert id, prompt, params[, sink[, trace]]) in one call: the gateway's
-        coalesced batch for this replica's engine key. They join the key's queue together,
+        """Several requests (expert id, prompt, params[, sink[, trace]]) in one call: the
+        gateway's coalesced batch for this replica's engine key. They join the key's queue together,
         so they generate in one batch (with whatever else waits there). A row that cannot
         run gets ``{"error": message}``; the others still answer."""
         key = serve.get_multiplexed_model_id()
-        replies = await asyncio.gather(
-            *(self.batcher.submit(key, Row(*row)) for row in rows), return_exceptions=True
-        )
-        return [{"error": f"{type(r).__name__}: {r}"} if isinstance(r, Exception) else r
-                for r in replies]
+        engine = await self._engine(key)
+        if engine.continuous:
+            replies = await self._generate_continuous(engine, [Row(*row) for row in rows])
+        else:
+            replies = await asyncio.gather(
+                *(self.batcher.submit(key, Row(*row)) for row in rows), return_exceptions=True
+            )
+        return [error_reply(r) if isinstance(r, Exception) else r for r in replies]
 
     async def generate_stream(self, expert_id: str, prompt: object, params: dict,
                               trace: TraceContext | None = None):
@@ -127,12 +147,48 @@ class ExpertPoolServer:
         started, wall = time.perf_counter(), time.time_ns()
         results = await asyncio.to_thread(self._run_rows, engine, rows)
         loads, self._loads = self._loads, []
+        self.rows_served += len(rows)
         stats = {"batch_size": len(rows), "loads": loads,
                  "seconds": time.perf_counter() - started}
         for i, result in enumerate(results):
             result["stats"] = stats if i == 0 else {"batch_size": 0, "loads": []}
         trace_batch(self.pool.name, key, rows, results, wall)
         return results
+
+    async def _generate_continuous(self, engine, rows: list[Row]) -> list[dict]:
+        started, wall = time.perf_counter(), time.time_ns()
+        live = await asyncio.to_thread(self._live, {row.expert for row in rows})
+        replies = await run_continuous(engine, rows, lambda e: self._spec(e, live),
+                                       self.loader.prepare)
+        trace_batch(self.pool.name, serve.get_multiplexed_model_id(), rows, replies, wall)
+        loads, self._loads = self._loads, []
+        for i, reply in enumerate(replies):
+            reply["stats"] = ({"batch_size": len(rows), "loads": loads,
+                               "seconds": time.perf_counter() - started}
+                              if i == 0 else {"batch_size": 0, "loads": []})
+        return replies
+
+    def _forget_removed(self, _added, removed, _version) -> None:
+        """A removed LoRA expert's adapter leaves the engines that hold it."""
+        for engine in (self.models.peek(key) for key in self.models.resident()):
+            for expert_id in removed:
+                if engine is not None and expert_id in getattr(engine, "adapters", {}):
+                    engine.unload_adapter(expert_id)
+
+    async def check_health(self) -> None:
+        """Serve's health probe: unhealthy when a resident vLLM engine's process is dead
+        and not being restarted (Serve then replaces the replica)."""
+        engines = {key: self.models.peek(key) for key in self.models.resident()}
+        dead = [key for key, e in engines.items()
+                if getattr(e, "errored", False) and not getattr(e, "restarting", False)]
+        if dead:
+            raise RuntimeError(f"pool {self.pool.name}: engine process dead for {dead}")
+
+    def __del__(self):
+        # Serve deletes the replica on shutdown: stop the engine processes with it.
+        models = getattr(self, "models", None)
+        if models is not None:
+            models.clear()
 
     def _run_rows(self, engine, rows: list[Row]) -> list[dict]:
         """One batch, in a worker thread (the registry check is a Redis round trip)."""
@@ -156,8 +212,10 @@ class ExpertPoolServer:
         return self.catalog.get(expert_id)
 
     def stats(self) -> dict:
-        return {"pool": self.pool.name, "resident": self.models.resident(),
-                **self.models.stats.as_dict()}
+        """This replica: its node, the experts its catalog holds, rows served, engines."""
+        return {"pool": self.pool.name, "node": ray.get_runtime_context().get_node_id(),
+                "experts": self.catalog.ids(), "rows_served": self.rows_served,
+                "resident": self.models.resident(), **self.models.stats.as_dict()}
 
 
 class LazyEmbedder:

@@ -1,41 +1,24 @@
 """Route a batch of concurrent queries: one ``Router.route`` call (one encoder pass, the
-pattern cache, then the strategy) per distinct set of options in the batch.
+pattern cache, then the strategy) per distinct set of decision options in the batch.
 
-Plain Python under the router deployment's ``@serve.batch``; unit-testable without Ray.
+Plain Python under the router deployment (one call per gateway batch, on a worker thread;
+batches are serialised here); unit-testable without Ray.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from cluster.route_messages import CacheStatus, RouteQuery, RouteResult
 from cluster.tracing import TraceContext, record_span
 from routing.aggregator_store import Chooser, apply_chooser
-from routing.decision import RouteOptions
-from routing.strategies.base import RoutingError
-
-ROUTE_FIELDS = ("k", "strategy", "cost_weight", "sample", "seed")
+from routing.decision import Decision
+from routing.errors import RoutingError
 
 
-@dataclass
-class RouteItem:
-    query: str
-    options: dict  # RouteOptions fields; other keys (e.g. "aggregation") are ignored
-    trace: TraceContext | None = None  # the gateway's routing span
-
-
-def route_options(options: dict) -> RouteOptions:
-    """The :class:`RouteOptions` in ``options``; :class:`RoutingError` when invalid."""
-    try:
-        return RouteOptions(**{k: options[k] for k in ROUTE_FIELDS if k in options})
-    except ValueError as err:
-        raise RoutingError(f"bad routing options: {err}") from None
-
-
-class BatchRouter:
+class RouteBatcher:
     """Routes batches with one shared :class:`routing.router.Router`.
 
     ``lock`` guards the router against expert changes arriving from the registry thread.
@@ -47,49 +30,43 @@ class BatchRouter:
         self.aggregators = aggregators
         self.lock = threading.Lock()
 
-    def route(self, items: list[RouteItem]) -> list[dict]:
-        """One reply per item: ``{"decision", "cache", "routing_ms", "batch_size"}``, or
-        ``{"error": message}`` for an item that cannot be routed."""
+    def route(self, queries: list[RouteQuery]) -> list[RouteResult]:
+        """One result per query, in order: its decision, or the :class:`RoutingError`
+        that stopped it (this query's alone)."""
         started = time.perf_counter()
-        replies: list[dict] = [{} for _ in items]
-        groups: dict[str, list[int]] = {}
-        for i, item in enumerate(items):
-            if not isinstance(item.query, str) or not item.query.strip():
-                replies[i] = {"error": "the query is empty"}
-            else:
-                groups.setdefault(_options_key(item.options), []).append(i)
-        choose = self.aggregators() if groups and self.aggregators else None
-        for members in groups.values():
-            self._route_group(items, members, replies, choose)
+        found: list[tuple[Decision, CacheStatus] | RoutingError] = [
+            RoutingError("the query is empty")] * len(queries)
+        groups: dict[str, list[int]] = {}  # by the options a decision depends on
+        for i, item in enumerate(queries):
+            if isinstance(item.query, str) and item.query.strip():
+                groups.setdefault(item.options.decision_key(), []).append(i)
+        with self.lock:  # one batch at a time: the router and the aggregator choice
+            choose = self.aggregators() if groups and self.aggregators else None
+            for members in groups.values():
+                self._route_group(queries, members, found, choose)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        for reply in replies:
-            if "error" not in reply:
-                reply.update(routing_ms=elapsed_ms, batch_size=len(items))
-        return replies
+        return [RouteResult.failed(one) if isinstance(one, RoutingError) else
+                RouteResult(*one, routing_ms=elapsed_ms, batch_size=len(queries))
+                for one in found]
 
-    def _route_group(self, items: list[RouteItem], members: list[int],
-                     replies: list[dict], choose: Chooser | None) -> None:
+    def _route_group(self, queries: list[RouteQuery], members: list[int], found: list,
+                     choose: Chooser | None) -> None:
+        options = queries[members[0]].options
         try:
-            options = route_options(items[members[0]].options)
-            with self.lock:
-                decisions = self.router.route([items[i].query for i in members], options)
-                cached = self.router.cache is not None
-                phases = dict(self.router.phases)
+            decisions = self.router.route([queries[i].query for i in members], options)
+            cached = self.router.cache is not None
+            phases = dict(self.router.phases)
         except RoutingError as err:
             for i in members:
-                replies[i] = {"error": str(err)}
+                found[i] = err
             return
         if choose is not None:
             apply_chooser(decisions, choose)
         for i, decision in zip(members, decisions, strict=True):
             status = "hit" if decision.cached else "miss" if cached else "off"
-            replies[i] = {"decision": decision.to_dict(), "cache": status}
-            trace_route(items[i].trace, phases, decision.strategy, status, decision.experts,
+            found[i] = (decision, status)
+            trace_route(queries[i].trace, phases, decision.strategy, status, decision.experts,
                         len(members))
-
-
-def _options_key(options: dict) -> str:
-    return json.dumps({k: options.get(k) for k in ROUTE_FIELDS}, sort_keys=True)
 
 
 def trace_route(context: TraceContext | None, phases: dict[str, tuple[int, int]],

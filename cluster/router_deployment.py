@@ -1,5 +1,6 @@
-"""Router deployment: the encoder, the strategies' indexes and the pattern cache, behind
-``@serve.batch`` so concurrent requests are routed in one encoder pass.
+"""Router deployment: the encoder, the strategies' indexes and the pattern cache. Each call
+is one batch the gateway coalesced (``routing.batch_size``), routed in one encoder pass per
+set of options on a worker thread; routing is batched there, once.
 
 It follows the registry (:class:`ExpertCatalog` on ``ExpertRegistry.watch``): an added
 expert is indexed (from its stored validation outcomes, else its example questions), a
@@ -14,31 +15,30 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ray import serve
-
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.request_ids import install_logging
-from cluster.route_batch import BatchRouter, RouteItem
+from cluster.route_batch import RouteBatcher
+from cluster.route_messages import RouteQuery, RouteResult
 from cluster.tracing import setup_tracing
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from routing.aggregator_store import AggregatorStore, StoredAggregators, spec_domain
 from routing.cache import build_pattern_cache
 from routing.encoder import build_encoder
+from routing.errors import RoutingError
 from routing.outcomes import OutcomeError
 from routing.profile_store import ProfileStore
 from routing.router import build_router, outcomes_from_specs
-from routing.strategies.base import RoutingError
 
 log = logging.getLogger(__name__)
 
 
 class RouterServer:
-    """Routes queries for the gateway; one decision dict per call."""
+    """Routes queries for the gateway: :class:`RouteQuery` in, :class:`RouteResult` out."""
 
     def __init__(self, config: dict):
-        cfg = parse_config(config)
+        cfg = parse_config(config, paths_on_load=True)
         setup_tracing(cfg.tracing, "router")
         install_logging()
         client = connect(cfg.redis.url)
@@ -53,33 +53,13 @@ class RouterServer:
                               profiles=self.profiles)
         aggregators = StoredAggregators(AggregatorStore(client, namespace=cfg.redis.namespace),
                                         spec_domain(self.catalog.get), self.catalog.is_live)
-        self.batcher = BatchRouter(router, aggregators=aggregators.current)
+        self.batcher = RouteBatcher(router, aggregators=aggregators.current)
         self.catalog.on_change(self._apply)
         self.catalog.start()
-        self._route_batch.set_max_batch_size(cfg.routing.batch_size)
-        self._route_batch.set_batch_wait_timeout_s(cfg.routing.batch_wait_timeout_s)
 
-    async def route(self, query: str, options: dict) -> dict:
-        """The decision for ``query``; :class:`RoutingError` for bad options."""
-        reply = await self._route_batch(RouteItem(query, options))
-        if "error" in reply:
-            raise RoutingError(reply["error"])
-        return reply
-
-    async def route_many(self, items: list[tuple]) -> list[dict]:
-        """Several (query, options[, trace context]) in one call: the gateway's coalesced
-        batch. One reply per item, ``{"error": message}`` for one that cannot be routed."""
-        return list(await asyncio.gather(*(self._route_batch(RouteItem(*item))
-                                           for item in items)))
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _route_batch(self, items: list[RouteItem]) -> list[dict]:
-        return await asyncio.to_thread(self.batcher.route, items)
-
-    def experts(self) -> list[str]:
-        """The experts the router currently scores."""
-        with self.batcher.lock:
-            return list(self.batcher.router.experts)
+    async def route_many(self, queries: list[RouteQuery]) -> list[RouteResult]:
+        """The gateway's coalesced batch: one result per query (an error stays its own)."""
+        return await asyncio.to_thread(self.batcher.route, queries)
 
     def _apply(self, added, removed, version) -> None:
         router = self.batcher.router

@@ -7,11 +7,13 @@ tests) fail when they differ. Plain Python: nothing here imports Ray.
 - ``compose``: ``configs/compose.yaml`` → ``configs/serve-compose.yaml`` (run by the ray-head
   service with ``serve run``).
 - ``k8s``: ``configs/k8s.yaml`` → the ``serveConfigV2`` block of ``k8s/rayservice.yaml`` and
-  the ``conclave.yaml`` key of ``k8s/configmap.yaml``.
+  the ``conclave.yaml`` key of ``k8s/configmap.yaml``; :func:`k8s_placement` checks that the
+  RayService's head and worker groups have what every deployment asks for.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from typing import Any
 import yaml
 
 from cluster.config import ConclaveConfig, ConfigError
+from cluster.placement import actor_options, replica_needs, unplaceable
 
 APP_NAME = "conclave"
 APP_IMPORT_PATH = "cluster.app:build_app"
@@ -189,6 +192,50 @@ ARTIFACTS: dict[str, list[Artifact]] = {
         Artifact("k8s/configmap.yaml", configmap, yaml.safe_load, _configmap_file),
     ],
 }
+
+
+def k8s_placement(config: ConclaveConfig, root: str | Path = ".") -> list[str]:
+    """One line per deployment of ``config`` that no group of the committed RayService
+    (``k8s/rayservice.yaml``) could host: the pools' custom resources and GPUs must be
+    what a worker group's nodes start with, so the config means the same on Kubernetes."""
+    text = (Path(root) / "k8s" / "rayservice.yaml").read_text()
+    (service,) = [d for d in yaml.safe_load_all(text) if d and d.get("kind") == "RayService"]
+    needs = {name: replica_needs(options) for name, options in actor_options(config).items()}
+    return unplaceable(needs, group_resources(service))
+
+
+def group_resources(rayservice: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The Ray resources each node of a RayService's groups starts with, by group, as
+    KubeRay sets them: ``rayStartParams`` (num-cpus, num-gpus, memory, resources), else the
+    container's limits (cpu, nvidia.com/gpu, memory)."""
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    groups = {"head": cluster["headGroupSpec"]}
+    groups |= {group["groupName"]: group for group in cluster.get("workerGroupSpecs", [])}
+    return {name: _node_resources(group) for name, group in groups.items()}
+
+
+def _node_resources(group: dict[str, Any]) -> dict[str, float]:
+    params = group.get("rayStartParams") or {}
+    limits = group["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
+    resources = {"CPU": float(params.get("num-cpus", _quantity(limits.get("cpu", 0)))),
+                 "GPU": float(params.get("num-gpus", limits.get("nvidia.com/gpu", 0))),
+                 "memory": float(params.get("memory", _quantity(limits.get("memory", 0))))}
+    if params.get("resources"):  # KubeRay's form: '"{\"name\": 1}"'
+        resources |= json.loads(params["resources"].strip().strip('"').replace('\\"', '"'))
+    return resources
+
+
+_UNITS = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6,
+          "G": 1e9}
+
+
+def _quantity(value: object) -> float:
+    """A Kubernetes quantity ("500m", "24Gi", 4) as a number."""
+    text = str(value)
+    for suffix, factor in sorted(_UNITS.items(), key=lambda item: -len(item[0])):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
 
 
 def drift(config: ConclaveConfig, target: str, root: str | Path = ".") -> list[str]:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-Sink = Callable[[str], None]
+DeltaSink = Callable[[str], None]  # receives each text delta of one answer, in order
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Finished:
     result: Any
 
 
-async def sink_stream(run: Callable[[Sink], Awaitable[Any]]) -> AsyncIterator[str | Finished]:
+async def sink_stream(run: Callable[[DeltaSink], Awaitable[Any]]) -> AsyncIterator[str | Finished]:
     """Start ``run(sink)``; yield every text given to ``sink``, then ``Finished(result)``
     (the call's exception is raised instead). Closing the iterator early cancels the call."""
     loop = asyncio.get_running_loop()

@@ -62,5 +62,18 @@ def check_adapter_base(adapter: str, model: str) -> None:
         )
 
 
+def check_adapter_rank(path: str, max_rank: int) -> None:
+    """Refuse a LoRA adapter whose rank (the largest, with ``rank_pattern``) is above
+    ``max_rank``. Only local adapters are read (a hub adapter is checked by vLLM)."""
+    config_file = Path(path).expanduser() / "adapter_config.json"
+    if not is_local_path(path) or not config_file.exists():
+        return
+    config = json.loads(config_file.read_text())
+    rank = max([int(config.get("r", 0)), *map(int, (config.get("rank_pattern") or {}).values())])
+    if rank > max_rank:
+        raise ExpertError(f"adapter {path!r} has rank {rank}, above this pool's max_lora_rank "
+                          f"of {max_rank}")
+
+
 def _resolve(ref: str) -> Path:
     return Path(ref).expanduser().resolve()

@@ -16,7 +16,7 @@ from experts import demo_questions as q
 from experts.redis_conn import cache_dir
 from experts.spec import ExpertSpec, GenerationDefaults
 
-VERSION = "v1"  # bump when the build changes, so old caches are not reused
+VERSION = "v2"  # bump when the build changes, so old caches are not reused
 BASES = {
     # name: (profile, build options)
     "general-base": (q.GENERAL, {"hidden_size": 64, "layers": 2, "seed": 11}),

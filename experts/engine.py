@@ -26,6 +26,23 @@ class GenerationParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # Constrained and extra outputs, as in the OpenAI API; engines that cannot honour one
+    # raise UnsupportedFeatureError (vLLM honours all): ``response_format`` is
+    # {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}};
+    # ``logprobs`` the number of top alternatives per token (0: the chosen token's only);
+    # ``tools``/``tool_choice`` force a tool call ("required" or a named function).
+    response_format: dict | None = None
+    logprobs: int | None = None
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None
+
+    def features(self) -> list[str]:
+        """The constrained/extra outputs asked for, by OpenAI field name."""
+        asked = {"response_format": self.response_format is not None
+                 and self.response_format.get("type") != "text",
+                 "logprobs": self.logprobs is not None,
+                 "tools": bool(self.tools) and self.tool_choice not in (None, "none")}
+        return [name for name, on in asked.items() if on]
 
 
 @dataclass
@@ -37,10 +54,30 @@ class Generation:
     completion_tokens: int
     finish_reason: str = "length"  # "stop" when a stop string or EOS ended it
     trace: list | None = None  # per-token routing trace (mixtures), when asked for
+    # per generated token: {"token", "logprob", "top_logprobs": [{"token", "logprob"}]}
+    logprobs: list[dict] | None = None
+    no_record: bool = False  # a replay engine had no recorded answer for this prompt
 
 
 class GenerationEngine(ABC):
     """A loaded model that generates for a batch of prompts."""
+
+    # True for engines that batch concurrent requests themselves (vLLM): callers send each
+    # request alone (``agenerate``) instead of forming batches in front of them.
+    continuous: bool = False
+    # GenerationParams.features() this engine honours; others are refused, never ignored.
+    supported_features: frozenset[str] = frozenset()
+    name: str = "engine"
+
+    def check_features(self, params: GenerationParams) -> None:
+        """Raise :class:`UnsupportedFeatureError` for a feature this engine cannot honour."""
+        missing = [f for f in params.features() if f not in self.supported_features]
+        if missing:
+            from experts.errors import UnsupportedFeatureError
+
+            raise UnsupportedFeatureError(
+                f"the {self.name} engine does not support {missing[0]} (serve this expert "
+                "with engine: vllm)")
 
     @abstractmethod
     def generate(

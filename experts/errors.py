@@ -28,3 +28,12 @@ class ExpertExistsError(ExpertError):
 
 class IncompatibleAdapterError(ExpertError):
     """A LoRA adapter was trained for another base model than the loaded one."""
+
+
+class PromptTooLongError(ExpertError):
+    """A prompt does not fit the model's context: the request's fault (HTTP 400), not the
+    expert's, so it is not failed over to another expert."""
+
+
+class UnsupportedFeatureError(ExpertError):
+    """A request asks an engine for something it cannot honour (HTTP 400, never ignored)."""

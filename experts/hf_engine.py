@@ -18,6 +18,7 @@ from experts.adapters import check_adapter_base
 from experts.engine import Generation, GenerationEngine, GenerationParams, Prompt, TextSink
 from experts.errors import ExpertError
 from experts.gathered_lora import GatheredLoRA
+from experts.prompts import encode_prompt
 from experts.streaming import BatchTextStreamer, RowCut
 
 BASE_ROW = "__base__"  # peft's name for "no adapter" in adapter_names
@@ -26,6 +27,8 @@ LORA_KERNELS = ("gathered", "peft")  # how a mixed-adapter batch runs in each Lo
 
 class HFEngine(GenerationEngine):
     """A causal LM from a Hugging Face id or a local folder."""
+
+    name = "hf"
 
     def __init__(
         self,
@@ -186,16 +189,7 @@ class HFEngine(GenerationEngine):
         return kwargs
 
     def _encode(self, prompt: Prompt) -> list[int]:
-        """Token ids of one prompt: through the chat template when there is one."""
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not isinstance(prompt, str):  # no template: a plain transcript
-            prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-        return self.tokenizer(prompt)["input_ids"]
+        return encode_prompt(self.tokenizer, prompt)
 
     def _row_cut(self, stop: list[str]) -> RowCut:
         """Where a row ends (EOS, trailing padding, stop strings): one rule for the final

@@ -55,25 +55,48 @@ class ModelPool:
         self.max_bytes = max_bytes
         self._engines: OrderedDict[str, GenerationEngine] = OrderedDict()
         self._lock = threading.RLock()
+        self._loading: dict[str, threading.Event] = {}  # keys being loaded, set when done
         self.stats = PoolStats()
 
     def get(self, key: str) -> GenerationEngine:
-        """The engine for ``key``, loaded if needed; marks it most recently used."""
-        with self._lock:
-            engine = self._engines.get(key)
-            if engine is not None:
-                self._engines.move_to_end(key)
-                self.stats.hits += 1
-                return engine
-            # Make room first, so the old model is freed before the new one is allocated.
-            self._evict(room_for_one=True)
-            start = time.perf_counter()
+        """The engine for ``key``, loaded if needed; marks it most recently used.
+
+        Different keys load at the same time (a vLLM engine takes seconds to start its
+        process); callers asking for a key being loaded wait for that load."""
+        while True:
+            with self._lock:
+                engine = self._engines.get(key)
+                if engine is not None:
+                    self._engines.move_to_end(key)
+                    self.stats.hits += 1
+                    return engine
+                waiting = self._loading.get(key)
+                if waiting is None:
+                    # Make room first, so the old model is freed before the new one loads.
+                    self._evict(room_for_one=True)
+                    self._loading[key] = threading.Event()
+                    break
+            waiting.wait()  # another caller's load of this key; then look again
+        return self._load(key)
+
+    def _load(self, key: str) -> GenerationEngine:
+        start = time.perf_counter()
+        try:
             engine = self._loader(key)
+        finally:
+            with self._lock:
+                self._loading.pop(key).set()
+        with self._lock:
             self.stats.load_seconds += time.perf_counter() - start
             self.stats.loads += 1
             self._engines[key] = engine
             self._evict(room_for_one=False, keep=key)
-            return engine
+        return engine
+
+    def peek(self, key: str) -> GenerationEngine | None:
+        """The resident engine for ``key``, or None (does not load, nor count as a use)."""
+        with self._lock:
+            return self._engines.get(key)
 
     def is_loaded(self, key: str) -> bool:
         """Whether ``key`` is resident (does not count as a use)."""
@@ -106,7 +129,7 @@ class ModelPool:
                 self.unload(key)
 
     def _evict(self, *, room_for_one: bool, keep: str | None = None) -> None:
-        extra = 1 if room_for_one else 0
+        extra = len(self._loading) + (1 if room_for_one else 0)
         while self._engines:
             over_count = (
                 self.max_models is not None and len(self._engines) + extra > self.max_models

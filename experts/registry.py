@@ -22,7 +22,7 @@ import redis
 from pydantic import ValidationError
 
 from experts.errors import ExpertError, ExpertExistsError, UnknownExpertError
-from experts.spec import ExpertSpec
+from experts.spec import PATHS_ON_LOAD, ExpertSpec
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,10 @@ def _text(value) -> str:
 
 def _parse(expert_id: str, raw) -> ExpertSpec:
     try:
-        return ExpertSpec.model_validate_json(raw)
+        # Registered specs are shared by every node: a local path is checked by the node
+        # that loads it (where it may be missing), not by every reader.
+        return ExpertSpec.model_validate_json(raw, context=PATHS_ON_LOAD)
     except ValidationError as err:
-        # e.g. a local model path deleted since the expert was registered
         reason = err.errors()[0]["msg"].removeprefix("Value error, ")
         raise ExpertError(f"registered expert {expert_id!r} is no longer valid: {reason}") from None
 

@@ -4,16 +4,31 @@ An expert is one of
 - ``model``: a causal LM, from a Hugging Face id or a local path;
 - ``lora``: a peft adapter on top of a ``model`` expert named by ``base``;
 - ``mixture``: a base plus several ``lora`` experts, mixed token by token (GLIDER local).
+
+A ``model`` expert with ``engine: replay`` needs no ``model``: it answers with a real
+model's recorded answers (``replay: {data, model}``, :mod:`experts.replay_engine`).
 """
 
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+# Validation context: the spec came from where it may name paths of another node (the shared
+# registry, the app config a replica receives), so local paths are not checked here but by
+# the node that loads them (:func:`require_local_path`).
+PATHS_ON_LOAD = {"paths_on_load": True}
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # What generates an expert's tokens: vLLM (the default where it is installed), transformers
 # (mixtures, and a fallback), or recorded answers (replay).
@@ -52,6 +67,27 @@ class MixtureOptions(BaseModel):
         "expert everywhere. The paper uses 3 to 1000.",
     )
     top_k: int = Field(2, ge=1, description="Experts mixed per token (at most `experts`).")
+
+
+class ReplayOptions(BaseModel):
+    """A replay expert's recorded answers (``engine: replay``, :mod:`experts.replay_engine`)
+    and its latency model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(description="Outcome folder with questions.jsonl and predictions.csv "
+                      "(the shared data format); relative paths are from the working dir.")
+    model: str = Field(description="The predictions.csv column this expert replays.")
+    latency: bool = Field(False, description="Simulate generation time: first tokens after "
+                          "ttft_s, the rest at tokens_per_s over the recorded output length. "
+                          "Off: answers come at once.")
+    ttft_s: float | None = Field(None, ge=0.0, allow_inf_nan=False, description="Seconds to "
+                                 "the first token; default from the model's size in "
+                                 "models.json.")
+    tokens_per_s: float | None = Field(None, gt=0.0, allow_inf_nan=False, description="Decode "
+                                       "speed; default from the model's size.")
+    time_scale: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="Multiplies every "
+                              "simulated delay (0.1: ten times faster than modelled).")
 
 
 def is_local_path(value: str) -> bool:
@@ -110,6 +146,19 @@ class ExpertSpec(BaseModel):
         "fields), over its pool's `engine_args`.",
     )
 
+    replay: ReplayOptions | None = Field(
+        None, description="Recorded answers of a `model` expert with engine: replay (it then "
+        "needs no `model`).",
+    )
+
+    @field_validator("engine_args")
+    @classmethod
+    def _known_engine_args(cls, value: dict) -> dict:
+        from experts.vllm_engine import check_engine_args
+
+        check_engine_args(value)
+        return value
+
     @field_validator("id")
     @classmethod
     def _slug(cls, value: str) -> str:
@@ -118,9 +167,19 @@ class ExpertSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _kind_fields(self) -> ExpertSpec:
-        if self.kind == "model" and not self.model:
+    def _kind_fields(self, info: ValidationInfo) -> ExpertSpec:
+        if self.kind == "model" and not self.model and self.engine != "replay":
             raise ValueError(f"expert {self.id!r}: kind 'model' needs `model`")
+        if (self.engine == "replay") != (self.replay is not None):
+            raise ValueError(f"expert {self.id!r}: engine 'replay' and `replay: {{data, "
+                             "model}` go together")
+        if self.replay is not None:
+            from experts.replay_data import check_replay_source
+
+            try:
+                check_replay_source(self.replay.data, self.replay.model)
+            except ValueError as err:
+                raise ValueError(f"expert {self.id!r}: {err}") from None
         if self.kind in ("lora", "mixture") and not self.base:
             raise ValueError(f"expert {self.id!r}: kind {self.kind!r} needs `base`")
         if self.kind == "lora" and not self.adapter:
@@ -135,15 +194,33 @@ class ExpertSpec(BaseModel):
         if self.mixture is not None and self.mixture.top_k > len(self.experts):
             raise ValueError(f"expert {self.id!r}: mixture top_k={self.mixture.top_k} is more "
                              f"than its {len(self.experts)} experts")
-        for ref in (self.model, self.adapter):
-            if ref and is_local_path(ref) and not Path(ref).expanduser().exists():
-                raise ValueError(f"expert {self.id!r}: path {ref!r} does not exist")
+        if not (info.context or {}).get("paths_on_load"):
+            for ref in (self.model, self.adapter):
+                if missing_local_path(ref):
+                    raise ValueError(f"expert {self.id!r}: path {ref!r} does not exist")
         return self
 
     @property
     def task_instruction(self) -> str:
         """The sentence GLIDER's global router embeds for this expert."""
         return self.instruction or self.description or self.id
+
+
+def missing_local_path(ref: str | None) -> bool:
+    """``ref`` is spelled as a local path that does not exist here."""
+    return bool(ref) and is_local_path(ref) and not Path(ref).expanduser().exists()
+
+
+def require_local_path(expert_id: str, ref: str | None) -> None:
+    """Raise :class:`~experts.errors.ExpertError` when ``ref`` is a local path missing on
+    this node: paths are read by the node that loads them, which may not be the one that
+    validated the spec."""
+    from experts.errors import ExpertError
+
+    if missing_local_path(ref):
+        raise ExpertError(f"expert {expert_id!r}: local path {ref!r} does not exist on this "
+                          f"node ({socket.gethostname()}); local paths are read where the "
+                          "expert is loaded, so every node serving it needs them")
 
 
 def check_references(specs: list[ExpertSpec]) -> None:

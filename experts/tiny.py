@@ -51,7 +51,7 @@ def build_tiny_lm(
     *,
     hidden_size: int = 64,
     layers: int = 2,
-    heads: int = 4,
+    heads: int | None = None,
     intermediate_size: int | None = None,
     vocab_size: int = 512,
     seed: int = 0,
@@ -62,12 +62,15 @@ def build_tiny_lm(
 
     Returns ``path``. Same arguments, same weights (seeded). A larger ``init_std`` (say 0.2)
     makes greedy output depend more on the prompt instead of repeating one token.
+    ``heads`` defaults to one per 32 hidden units: vLLM's CPU attention takes head sizes of 32
+    and up, so the same tiny model runs on both engines.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size, chat_template=chat_template)
+    heads = heads or max(1, hidden_size // 32)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from routing.decision import Decision
+from routing.errors import RoutingError
 from routing.outcomes import OutcomeTable
 from routing.scoring import extract_choice, score_answer
-from routing.strategies.base import RoutingError
 
 MODES = ("auto", "vote", "synthesis", "best")
 _OPTION_LINE = re.compile(r"^\s*\(?([A-J])[\)\.:]\s+\S", re.M)

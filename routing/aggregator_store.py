@@ -20,7 +20,7 @@ import redis
 from experts.redis_breaker import RedisBreaker, RedisUnavailable
 from routing.aggregate import Aggregator, best_weighted
 from routing.decision import Decision
-from routing.strategies.base import RoutingError
+from routing.errors import RoutingError
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +150,3 @@ def spec_domain(lookup: Callable[[str], object]) -> Callable[[str], str]:
 
     return domain_of
 
-
-class ChoosingRouter:
-    """A router whose decisions carry the aggregator ``choose`` picks (the batch job's
-    router under a stored choice)."""
-
-    def __init__(self, router, choose: Chooser):
-        self.router, self.choose = router, choose
-
-    def route(self, queries: list[str], options=None) -> list[Decision]:
-        return apply_chooser(self.router.route(queries, options), self.choose)

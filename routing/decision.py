@@ -1,8 +1,5 @@
-"""What the router decides for one query, and the per-request options that steer it.
-
-Options can ride in the OpenAI ``model`` string so a stock client can drive them:
-``conclave:k=3,strategy=skills,cost=0.2,sample=true,seed=7``.
-"""
+"""What the router decides for one query (the options that steer it:
+:mod:`routing.options`)."""
 
 from __future__ import annotations
 
@@ -11,72 +8,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from routing.strategies.base import RoutingError
-
-MODEL_PREFIX = "conclave"
-# Model-string key → RouteOptions field.
-_KEYS = {"k": "k", "strategy": "strategy", "cost": "cost_weight", "cost_weight": "cost_weight",
-         "sample": "sample", "seed": "seed"}
-_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
-          "0": False, "false": False, "no": False, "off": False}
-
-
-class RouteOptions(BaseModel):
-    """Per-request routing options; ``None`` fields fall back to the router's defaults."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    k: int = Field(3, ge=1, le=16, description="Experts recruited for the query.")
-    strategy: str | None = Field(None, description="Strategy name; None: the router's default.")
-    cost_weight: float = Field(0.0, ge=0.0, description="λ in score − λ·cost (costs normalised).")
-    sample: bool = Field(False, description="Sample k experts by weight instead of top-k.")
-    seed: int | None = Field(None, description="Seed for sampling; None: derived from the query.")
-
-    @classmethod
-    def parse_model_string(cls, model: str) -> RouteOptions:
-        """Parse ``conclave[:key=value,...]``; bad keys or values raise :class:`RoutingError`
-        naming the valid ones."""
-        prefix, _, rest = model.strip().partition(":")
-        if prefix != MODEL_PREFIX:
-            raise RoutingError(f"model {model!r}: routed models start with {MODEL_PREFIX!r}")
-        values: dict[str, Any] = {}
-        for item in filter(None, (part.strip() for part in rest.split(","))):
-            key, eq, raw = item.partition("=")
-            key = key.strip().lower()
-            if not eq or key not in _KEYS:
-                raise RoutingError(
-                    f"model {model!r}: bad option {item!r}; valid keys: {', '.join(sorted(_KEYS))}"
-                )
-            values[_KEYS[key]] = _convert(_KEYS[key], raw.strip(), model)
-        try:
-            return cls(**values)
-        except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
-            )
-            raise RoutingError(f"model {model!r}: {problems}") from None
-
-
-def _convert(name: str, raw: str, model: str) -> Any:
-    try:
-        if name in ("k", "seed"):
-            return int(raw)
-        if name == "cost_weight":
-            value = float(raw)
-            if not math.isfinite(value):
-                raise ValueError(raw)
-            return value
-        if name == "sample":
-            return _BOOLS[raw.lower()]
-        if not raw:
-            raise ValueError(raw)
-        return raw
-    except (ValueError, KeyError):
-        kinds = {"k": "an integer 1..16", "seed": "an integer", "cost_weight": "a number >= 0",
-                 "sample": "true/false", "strategy": "a strategy name"}
-        raise RoutingError(f"model {model!r}: {name}={raw!r} must be {kinds[name]}") from None
+from routing.errors import RoutingError
 
 
 @dataclass
@@ -136,4 +69,4 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-__all__ = ["Decision", "RouteOptions", "MODEL_PREFIX"]
+__all__ = ["Decision"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from routing.strategies.base import RoutingError
+from routing.errors import RoutingError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _BUNDLED = {DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2"}

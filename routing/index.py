@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from routing.strategies.base import RoutingError
+from routing.errors import RoutingError
 
 KINDS = ("flat", "ivf", "hnsw")
 _POINTS_PER_LIST = 39  # FAISS wants at least 39 training points per IVF list

@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 
 from experts.engine import GenerationEngine, GenerationParams
-from routing.strategies.base import RoutingError
+from routing.errors import RoutingError
 
 MAX_CHARS = 20  # the paper's keyword length limit
 _TOKEN = re.compile(r"[a-z][a-z0-9'\-]*[a-z0-9]|[a-z]")

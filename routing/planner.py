@@ -158,7 +158,8 @@ class PlanRunner:
         if self.max_batch_size and len(tasks) > self.max_batch_size:
             # Similar lengths share a chunk: less left-padding to compute over.
             tasks = sorted(tasks, key=lambda task: _length(prompts[task]))
-        size = self.max_batch_size or len(tasks) or 1
+        # A continuous-batching engine (vLLM) takes the whole share at once and schedules it.
+        size = (None if engine.continuous else self.max_batch_size) or len(tasks) or 1
         for start in range(0, len(tasks), size):
             chunk = tasks[start:start + size]
             names = [adapters[name] for _, name in chunk]

@@ -12,7 +12,6 @@ as wrong on the validated questions).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -20,11 +19,14 @@ from collections.abc import Callable
 import numpy as np
 
 from experts.spec import ExpertSpec
-from routing.decision import Decision, RouteOptions
-from routing.outcomes import OutcomeTable, load_outcomes
+from routing.decision import Decision
+from routing.errors import RoutingError
+from routing.options import RouteOptions
+from routing.outcomes import OutcomeTable
 from routing.selection import select
+from routing.served_outcomes import served_outcomes
 from routing.strategies import STRATEGIES, make_strategy
-from routing.strategies.base import RoutingError, RoutingStrategy
+from routing.strategies.base import RoutingStrategy, StrategyContext
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +92,14 @@ class Router:
             )
         if not queries:
             return []
+        options = options.with_strategy(name)  # the cache keys on the strategy that decides
         started = time.time_ns()
         embeddings = self.encoder.encode(list(queries))  # raises on an empty query
         encoded = time.time_ns()
         version = self.version()
         decisions: list[Decision | None] = [
-            self._cached(q, e, version, name, options) for q, e in zip(queries, embeddings,
-                                                                         strict=True)
+            self._cached(q, e, version, options) for q, e in zip(queries, embeddings,
+                                                                 strict=True)
         ]
         looked_up = time.time_ns()
         todo = [i for i, d in enumerate(decisions) if d is None]
@@ -107,7 +110,7 @@ class Router:
             for i, decision in zip(todo, fresh, strict=True):
                 decisions[i] = decision
                 if self.cache is not None:
-                    self.cache.store(queries[i], embeddings[i], version, decision)
+                    self.cache.store(queries[i], embeddings[i], version, options, decision)
         self.phases = {"encode": (started, encoded), "cache": (encoded, looked_up),
                        "strategy": (looked_up, time.time_ns())}
         return decisions
@@ -135,16 +138,12 @@ class Router:
         self.costs.pop(expert_id, None)
         self.prior.pop(expert_id, None)
 
-    def _cached(self, query, embedding, version, name, options) -> Decision | None:
+    def _cached(self, query, embedding, version, options: RouteOptions) -> Decision | None:
         if self.cache is None:
             return None
-        decision = self.cache.lookup(query, embedding, version)
-        # The cache keys on text only: reuse a decision made under the same options.
-        if decision is None or decision.strategy != name or (
-            decision.explanation.get("options") != options.model_dump()
-        ):
-            return None
-        decision.query = query  # a near hit was decided for a neighbour's text
+        decision = self.cache.lookup(query, embedding, version, options)
+        if decision is not None:
+            decision.query = query  # a near hit was decided for a neighbour's text
         return decision
 
 
@@ -190,14 +189,15 @@ def build_router(config, specs: list[ExpertSpec], outcomes: OutcomeTable | None,
 
     encoder = encoder or build_encoder(config.encoder)
     if outcomes is None and config.routing.outcomes:
-        outcomes = load_outcomes(config.routing.outcomes)
+        subset = config.routing.outcomes_subset
+        outcomes = served_outcomes(config.routing.outcomes, specs, subset.split, subset.seed,
+                                   subset.experts_only)
     if outcomes is not None and specs:
         _match_specs(outcomes, specs)
     outcomes = startup_outcomes(specs, outcomes, profiles)
-    strategies = {
-        name: make_strategy(name, **_strategy_kwargs(cls, encoder, specs))
-        for name, cls in STRATEGIES.items()
-    }
+    context = StrategyContext(encoder, {spec.id: spec.task_instruction for spec in specs})
+    strategies = {name: make_strategy(name, config.routing.strategies.get(name), context)
+                  for name in STRATEGIES}
     if config.routing.strategy not in strategies:
         raise RoutingError(
             f"routing.strategy {config.routing.strategy!r} unknown; valid: {sorted(strategies)}"
@@ -249,13 +249,3 @@ def _match_specs(outcomes: OutcomeTable, specs: list[ExpertSpec]) -> None:
             f"or drop the columns (experts: {ids})"
         )
 
-
-def _strategy_kwargs(cls, encoder, specs: list[ExpertSpec]) -> dict:
-    # Pass what a strategy's constructor accepts: the encoder, the experts' instructions.
-    accepted = inspect.signature(cls).parameters
-    kwargs = {}
-    if "encoder" in accepted:
-        kwargs["encoder"] = encoder
-    if "instructions" in accepted:
-        kwargs["instructions"] = {spec.id: spec.task_instruction for spec in specs}
-    return kwargs

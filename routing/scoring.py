@@ -15,7 +15,7 @@ import math
 import re
 import string
 
-from routing.strategies.base import RoutingError
+from routing.errors import RoutingError
 
 METRICS = ("auto", "mc", "exact", "numeric")
 LETTERS = "ABCDEFGHIJ"

@@ -21,8 +21,10 @@ import hashlib
 
 import numpy as np
 
-from routing.decision import Decision, RouteOptions
-from routing.strategies.base import RoutingError, Scores
+from routing.decision import Decision
+from routing.errors import RoutingError
+from routing.options import RouteOptions
+from routing.strategies.base import Scores
 
 
 def select(
@@ -71,7 +73,7 @@ def _decide(query, row, scores, i, options, strategy, cost, fallback) -> Decisio
         "k": options.k,
         "cost_weight": options.cost_weight,
     }
-    explanation["options"] = options.model_dump()
+    explanation["options"] = options.decision_fields()
     return Decision(
         query=query,
         experts=[scores.experts[j] for j in picks],

@@ -17,7 +17,9 @@ offline_defaults()
 # One cache dir per test session, so tests never see a user's models or Redis file.
 os.environ.setdefault("CONCLAVE_CACHE", tempfile.mkdtemp(prefix="conclave-test-"))
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# CONCLAVE_SHARED_DATA points elsewhere (a worktree whose ../shared is not the data).
+SHARED_DATA = Path(os.environ.get("CONCLAVE_SHARED_DATA")
+                   or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 from sample_texts import TINY_TEXTS  # noqa: E402,F401  (tests/ is on sys.path)
 

@@ -112,6 +112,7 @@ def conclave_server(serve_instance, serving_redis, tiny_lm, tiny_adapters,
     from ray import serve
 
     from cluster.app import build_app
+    from cluster.local_serve import wait_for_expert
 
     base = tmp_path_factory.getbasetemp()
     broken = broken_model(tmp_path_factory.mktemp("broken-model"))
@@ -119,5 +120,7 @@ def conclave_server(serve_instance, serving_redis, tiny_lm, tiny_adapters,
     # every replica appends its spans here (tests/integration/test_tracing.py reads them)
     args["tracing"] = {"enabled": True, "exporter": "file", "file": str(base / "spans.jsonl")}
     serve.run(build_app(args), name=APP, route_prefix="/")
+    wait_for_expert(serve_instance, "general")  # its vLLM engine has started
     yield ConclaveServer(serve_instance, ADMIN_TOKEN, serving_redis, "itest", args)
     serve.delete(APP)
+

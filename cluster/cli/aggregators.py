@@ -34,7 +34,7 @@ def select(outcomes_dir: str, candidates: str | None, per_domain: int, max_token
     """Run the probe on OUTCOMES validation predictions and store the choice."""
     from routing.aggregate import select_aggregators
     from routing.aggregator_store import AggregatorChoice, AggregatorStore
-    from routing.strategies.base import RoutingError
+    from routing.errors import RoutingError
 
     outcomes = _load_outcomes(outcomes_dir)
     registry = run_guarded(lambda: open_registry(redis_url, config_path))

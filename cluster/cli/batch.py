@@ -1,5 +1,5 @@
 """``conclave batch IN.jsonl -o OUT.jsonl``: answer a file of queries offline, each expert
-loaded once per chunk (see :mod:`routing.batch`). Rerun with the same OUT to resume."""
+loaded once per chunk (see :mod:`routing.batch_job`). Rerun with the same OUT to resume."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def batch(in_path: str, out_path: str, config_path: str | None, chunk_size: int,
     """Route, plan, run and aggregate every query of IN_PATH ({"id", "text"} lines)."""
     from cluster.config import ConfigError
     from experts.errors import ExpertError
-    from routing.batch import pending
-    from routing.strategies.base import RoutingError
+    from routing.batch_job import pending
+    from routing.errors import RoutingError
 
     if not os.path.isfile(in_path):
         fail(f"input file not found: {in_path}")
@@ -54,15 +54,15 @@ def batch(in_path: str, out_path: str, config_path: str | None, chunk_size: int,
 
 def build_batch_job(config, *, chunk_size: int = 256, max_tokens: int = 64, cache: bool = True,
                     progress: bool = True):
-    """A :class:`~routing.batch.BatchJob` over the config's experts (and the demo pool).
+    """A :class:`~routing.batch_job.BatchJob` over the config's experts (and the demo pool).
     The aggregator choice stored by ``conclave aggregators select``, when there is one,
     picks each row's aggregator (:func:`routing.aggregator_store.choose_aggregator`);
     otherwise, as when it names no configured expert, the most competent expert does."""
     from experts.loader import engine_key
     from routing.aggregate import Aggregator
-    from routing.batch import BatchJob
+    from routing.batch_job import BatchJob
     from routing.cache import build_pattern_cache
-    from routing.decision import RouteOptions
+    from routing.options import RouteOptions
     from routing.planner import BatchPlanner
     from routing.router import build_router
 
@@ -78,13 +78,14 @@ def build_batch_job(config, *, chunk_size: int = 256, max_tokens: int = 64, cach
     pool_cfg = config.pools[0]
     routing = config.routing
     return BatchJob(
-        _with_stored_aggregators(router, url, config.redis.namespace, by_id),
+        router,
         BatchPlanner(lambda e: engine_key(by_id[e]), max_resident=pool_cfg.max_resident_models),
         expert_runner(specs, pool_cfg, max_tokens),
         Aggregator(mode=routing.aggregation, fallback=_most_competent(router.prior)),
-        options=RouteOptions(k=routing.k, cost_weight=routing.cost_weight,
-                             sample=routing.sample, seed=routing.seed),
-        answers=patterns, version=lambda: version, chunk_size=chunk_size, progress=progress,
+        options=RouteOptions().over(routing),
+        answers=patterns, version=lambda: version,
+        choose=stored_chooser(url, config.redis.namespace, by_id), chunk_size=chunk_size,
+        progress=progress,
     )
 
 
@@ -97,38 +98,32 @@ def expert_runner(specs, pool_cfg, max_tokens: int):
     from routing.planner import PlanRunner, spec_preparer
 
     lookup = {spec.id: spec for spec in specs}.__getitem__
-    loader = ExpertLoader(lookup)
+    loader = ExpertLoader(lookup, engines=pool_cfg.engine_choice())
     return PlanRunner(ModelPool(loader, max_models=pool_cfg.max_resident_models),
                       spec_preparer(loader, lookup), GenerationParams(max_new_tokens=max_tokens),
                       max_batch_size=pool_cfg.max_batch_size)
 
 
-def _with_stored_aggregators(router, url: str, namespace: str, by_id: dict):
-    """``router`` whose decisions carry the stored aggregator choice; ``router`` itself
-    when none is stored (or Redis cannot be read: one line says so)."""
+def stored_chooser(url: str, namespace: str, by_id: dict):
+    """The chooser of the aggregator choice stored in Redis; None when none is stored (or
+    Redis cannot be read: one line says so)."""
     from functools import partial
 
     import redis
 
     from experts.redis_conn import connect, redact
-    from routing.aggregator_store import (
-        AggregatorStore,
-        ChoosingRouter,
-        choose_aggregator,
-        spec_domain,
-    )
+    from routing.aggregator_store import AggregatorStore, choose_aggregator, spec_domain
 
     try:
         choice = AggregatorStore(connect(url), namespace=namespace).load()
     except (redis.RedisError, OSError) as err:
         click.echo(f"aggregator choice not read from {redact(url)} ({type(err).__name__}); "
                    "the most competent expert aggregates", err=True)
-        return router
+        return None
     if choice is None:
-        return router
-    return ChoosingRouter(router, partial(choose_aggregator, choice=choice,
-                                          domain_of=spec_domain(by_id.__getitem__),
-                                          is_live=by_id.__contains__))
+        return None
+    return partial(choose_aggregator, choice=choice, domain_of=spec_domain(by_id.__getitem__),
+                   is_live=by_id.__contains__)
 
 
 def _specs(config) -> list:

@@ -18,6 +18,7 @@ import click
 
 from cluster.cli import main
 from cluster.cli.common import fail, read_config
+from cluster.cli.replay_demo import find_data, replay_section
 from cluster.config import ConclaveConfig, ConfigError
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -43,10 +44,27 @@ LIVE_QUESTION = "Is granite an igneous or a sedimentary rock?"
 @click.option("--config", "config_path", default=None, type=click.Path(),
               help="Demo config (default: configs/demo.yaml).")
 @click.option("--port", default=None, type=int, help="HTTP port (default: a free one).")
-def demo(config_path: str | None, port: int | None) -> None:
-    """Serve the demo pool, route mixed questions, add/remove an expert live."""
+@click.option("--replay", is_flag=True, help="Only the replay demo, in full: real recorded "
+              "MMLU-Pro answers of 26 open models, routed and served.")
+@click.option("--questions", default=None, type=int, help="Held-out test questions the replay "
+              "part asks (default: 300 with --replay, 40 in the short part of the plain demo).")
+@click.option("--data", "data_dir", default=None, type=click.Path(), help="Shared data root "
+              "holding mmlu-pro/ (default: $CONCLAVE_SHARED_DATA, else ../shared/data).")
+@click.option("--plot", "plot_path", default="replay_per_domain.png", type=click.Path(),
+              help="Where the replay part writes its per-domain accuracy plot.")
+def demo(config_path: str | None, port: int | None, replay: bool, questions: int | None,
+         data_dir: str | None, plot_path: str) -> None:
+    """Serve the demo pool, route mixed questions, add/remove an expert live; then a short
+    replay demo (real recorded answers). --replay: the replay demo alone, in full."""
     from cluster.local_serve import start_app, stop_app
 
+    data = find_data(data_dir)
+    port = port or _free_port()
+    if replay:
+        if data is None:
+            fail("no MMLU-Pro predictions under the shared data root: pass --data DIR")
+        _replay_only(data, questions or 300, port, Path(plot_path))
+        return
     try:
         config = _config(config_path)
     except ConfigError as err:
@@ -55,14 +73,32 @@ def demo(config_path: str | None, port: int | None) -> None:
     click.echo("starting Ray, Serve, embedded Redis and the demo pool…")
     started = time.perf_counter()
     try:
-        url = start_app(config, port=port or _free_port())
+        url = start_app(config, port=port)
         click.echo(f"serving at {url} ({time.perf_counter() - started:.0f}s to start)\n")
         _run(url, os.environ[config.serving.admin_token_env])
+        stop_app(shutdown=False)
+        if data is None:
+            click.echo("\nreplay: skipped (no shared data; see conclave demo --replay --help)")
+        else:
+            replay_section(data, questions or 40, port, True, Path(plot_path))
     except (ConfigError, ValueError, TimeoutError) as err:
         fail(str(err))
     finally:
         stop_app()
     click.echo("\nshut down cleanly. (tiny untrained demo models: answers are noise)")
+
+
+def _replay_only(data: Path, questions: int, port: int, plot_path: Path) -> None:
+    from cluster.local_serve import stop_app
+
+    click.echo("starting Ray, Serve, embedded Redis and 26 replay experts…")
+    try:
+        replay_section(data, questions, port, False, plot_path)
+    except (ConfigError, ValueError, TimeoutError) as err:
+        fail(str(err))
+    finally:
+        stop_app("replay")
+    click.echo("\nshut down cleanly. (answers were replayed from recorded model outputs)")
 
 
 def _config(path: str | None) -> ConclaveConfig:

@@ -34,6 +34,9 @@ def render(config_path: str | None, target: str, write: bool, check: bool, root:
         fail("--write and --check exclude each other")
     try:
         config = load_config(config_path or serve_config.DEFAULT_CONFIGS[target])
+        unplaced = serve_config.k8s_placement(config, root) if target == "k8s" else []
+        if unplaced and (check or write):
+            fail("k8s/rayservice.yaml cannot host the app: " + "; ".join(unplaced))
         if check:
             stale = serve_config.drift(config, target, root)
             if stale:

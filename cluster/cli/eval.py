@@ -29,10 +29,10 @@ from cluster.cli.common import fail
 def eval_command(data_dir: str, pool: str | None, strategies: tuple[str, ...], seed: int,
                  folds: int, out_dir: str) -> None:
     """Score routing strategies on DATA_DIR (questions.jsonl + scores.csv)."""
+    from routing.errors import RoutingError
     from routing.eval.plots import accuracy_vs_cost, per_domain_accuracy
     from routing.eval.run import DEFAULT_STRATEGIES, evaluate
     from routing.outcomes import OutcomeError
-    from routing.strategies.base import RoutingError
 
     try:
         result = evaluate(data_dir, pool=pool, strategies=strategies or DEFAULT_STRATEGIES,

@@ -155,6 +155,8 @@ def add_experts(
         if url and val_path:
             raise ExpertError("--validate-on needs Redis access; use it without --url")
         registry = admin_or_registry(url, token, redis_url, config_path)
+        if not url:  # the admin API checks these itself
+            _check_adapters(specs, registry, read_config(config_path))
         if val_path:
             _validate(specs, val_path, registry)
         return [(spec.id, registry.add(spec)) for spec in specs]
@@ -188,12 +190,23 @@ def remove_expert(expert_id: str, redis_url: str | None, config_path: str | None
     click.echo(f"removed {expert_id} (registry version {version})")
 
 
+def _check_adapters(specs: list[ExpertSpec], registry, config) -> None:
+    """A LoRA expert's adapter must suit its base (model, and vLLM's max_lora_rank)."""
+    from experts.loader import ExpertLoader
+
+    known = {spec.id: spec for spec in [*registry.list(), *specs]}
+    checks = ExpertLoader(known.__getitem__,
+                          engines={pool.name: pool.engine_choice() for pool in config.pools})
+    for spec in specs:
+        checks.check_adapter(spec)
+
+
 def _validate(specs: list[ExpertSpec], val_path: str, registry) -> None:
     """Validate each new expert before it is registered, so none joins without a profile."""
+    from routing.errors import RoutingError
     from routing.onboard import load_validation, validate_and_store
     from routing.outcomes import OutcomeError
     from routing.profile_store import ProfileStore
-    from routing.strategies.base import RoutingError
 
     by_id = {spec.id: spec for spec in specs}
     store = ProfileStore(registry.client, registry.namespace)

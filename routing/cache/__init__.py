@@ -7,7 +7,7 @@ makes the one a config asks for.
 
 from __future__ import annotations
 
-from routing.cache.base import PatternCache, normalise_text, text_key
+from routing.cache.base import PatternCache, normalise_text, pattern_key
 
 
 def build_pattern_cache(cfg, redis_url: str | None, *, namespace: str = "conclave",
@@ -30,4 +30,4 @@ def build_pattern_cache(cfg, redis_url: str | None, *, namespace: str = "conclav
     )
 
 
-__all__ = ["PatternCache", "build_pattern_cache", "normalise_text", "text_key"]
+__all__ = ["PatternCache", "build_pattern_cache", "normalise_text", "pattern_key"]

@@ -1,13 +1,17 @@
 """The pattern-cache contract: a routing decision remembered per query.
 
-A stored pattern is found again by
+A stored pattern is found again, under the same routing options, by
 
 - the hash of the *normalised* query text (exact hit: case and spacing do not matter), or
 - its embedding: the nearest stored pattern with cosine ≥ ``similarity`` (near hit), the
   nearest-stored-pattern idea of PreMoe's task patterns, applied to routing.
 
 Every key carries the registry ``version``: adding or removing an expert changes the
-version, so old patterns are simply never found again (they expire by TTL).
+version, so old patterns are simply never found again (they expire by TTL). Every key
+also carries its *scope*: :meth:`RouteOptions.decision_key` for a decision (the same
+query asked with k=2 and k=3 has two patterns, each found again by its own options) and
+:meth:`RouteOptions.answer_key` for an answer (an answer made under other options or
+sampling parameters is never served). A key reads ``{scope}.{sha1 of the text}``.
 
 The cache never fails a request: :meth:`PatternCache.lookup` and :meth:`PatternCache.store`
 swallow backend errors (counted in ``errors``; the backend says how it logs them).
@@ -22,12 +26,15 @@ import logging
 import re
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from routing.cache.nearest import PatternIndex
 from routing.decision import Decision
+from routing.options import RouteOptions
 
 log = logging.getLogger(__name__)
 _SPACES = re.compile(r"\s+")
@@ -38,9 +45,15 @@ def normalise_text(text: str) -> str:
     return _SPACES.sub(" ", text).strip().casefold()
 
 
-def text_key(text: str) -> str:
-    """The exact-match key of a query: sha1 of its normalised text."""
-    return hashlib.sha1(normalise_text(text).encode("utf-8")).hexdigest()
+def pattern_key(scope: str, text: str) -> str:
+    """The exact-match key of a query under ``scope``: the scope, then the sha1 of the
+    normalised text."""
+    return f"{scope}.{hashlib.sha1(normalise_text(text).encode('utf-8')).hexdigest()}"
+
+
+def scope_of(key: str) -> str:
+    """The scope part of a :func:`pattern_key`."""
+    return key.partition(".")[0]
 
 
 @dataclass
@@ -71,11 +84,15 @@ class PatternCache(ABC):
         self._index = PatternIndex()
 
     # -- the contract ---------------------------------------------------------------------
-    def lookup(self, text: str, embedding: np.ndarray, version) -> Decision | None:
-        """The stored decision for ``text`` (or a near-duplicate) under ``version``, marked
-        ``cached=True``; None on a miss or when the backend is unavailable."""
+    def lookup(self, text: str, embedding: np.ndarray, version,
+               options: RouteOptions) -> Decision | None:
+        """The decision stored for ``text`` (or a near-duplicate) under ``version`` and the
+        same routing ``options`` (their decision key), marked ``cached=True``; None on a
+        miss or when the backend is unavailable."""
+        scope = options.decision_key()
         try:
-            found = self._find(str(version), text_key(text), _vector(embedding))
+            found = self._find(str(version), scope, pattern_key(scope, text),
+                               _vector(embedding))
         except Exception as err:  # noqa: BLE001 - the cache must never fail a request
             self._failed("lookup", err)
             return None
@@ -87,31 +104,37 @@ class PatternCache(ABC):
         decision.cached = True
         return decision
 
-    def store(self, text: str, embedding: np.ndarray, version, decision: Decision) -> None:
-        """Remember ``decision`` for ``text`` under ``version``. Never raises."""
+    def store(self, text: str, embedding: np.ndarray, version, options: RouteOptions,
+              decision: Decision) -> None:
+        """Remember ``decision``, made under ``options``, for ``text``. Never raises."""
         data = decision.to_dict()
         data["cached"] = False
         try:
-            self._put(str(version), text_key(text), _vector(embedding), data)
+            self._put(str(version), pattern_key(options.decision_key(), text),
+                      _vector(embedding), data)
         except Exception as err:  # noqa: BLE001 - the cache must never fail a request
             self._failed("store", err)
 
-    def lookup_answer(self, text: str, version) -> str | None:
-        """The cached final answer for exactly this text (None when answers are off)."""
+    def lookup_answer(self, text: str, version, options: RouteOptions,
+                      params: Mapping[str, Any]) -> str | None:
+        """The final answer stored for exactly this text, made under the same ``options``
+        and sampling ``params`` (None when answers are off)."""
         if not self.store_answers:
             return None
         try:
-            return self._get_answer(str(version), text_key(text))
+            return self._get_answer(str(version), pattern_key(options.answer_key(params), text))
         except Exception as err:  # noqa: BLE001 - the cache must never fail a request
             self._failed("lookup_answer", err)
             return None
 
-    def store_answer(self, text: str, version, answer: str) -> None:
-        """Remember the final answer for this text (no-op when answers are off)."""
+    def store_answer(self, text: str, version, options: RouteOptions,
+                     params: Mapping[str, Any], answer: str) -> None:
+        """Remember the final answer made for this text under ``options`` and ``params``
+        (no-op when answers are off)."""
         if not self.store_answers:
             return
         try:
-            self._put_answer(str(version), text_key(text), answer)
+            self._put_answer(str(version), pattern_key(options.answer_key(params), text), answer)
         except Exception as err:  # noqa: BLE001 - the cache must never fail a request
             self._failed("store_answer", err)
 
@@ -124,12 +147,14 @@ class PatternCache(ABC):
         """Forget every pattern and answer (counters stay)."""
 
     # -- what a backend implements ----------------------------------------------------------
-    def _find(self, version: str, key: str, vector: np.ndarray) -> tuple[dict, bool] | None:
-        """Exact hit first, then the nearest pattern at or above the threshold."""
+    def _find(self, version: str, scope: str, key: str,
+              vector: np.ndarray) -> tuple[dict, bool] | None:
+        """Exact hit first, then the nearest pattern of the same scope at or above the
+        threshold."""
         data = self._get(version, key)
         if data is not None:
             return data, False
-        for near_key, score in self._nearest(version, vector):
+        for near_key, score in self._nearest(version, scope, vector):
             if score < self.similarity:
                 break
             data = self._get(version, near_key)
@@ -143,8 +168,10 @@ class PatternCache(ABC):
         """The stored decision dict, or None (absent or expired)."""
 
     @abstractmethod
-    def _nearest(self, version: str, vector: np.ndarray) -> list[tuple[str, float]]:
-        """Stored keys of this version by cosine to ``vector``, best first (a few)."""
+    def _nearest(self, version: str, scope: str,
+                 vector: np.ndarray) -> list[tuple[str, float]]:
+        """Stored keys of this version and scope by cosine to ``vector``, best first (a
+        few)."""
 
     def _forget(self, version: str, key: str) -> None:
         """Drop a key that turned out to be gone from the nearest-pattern index."""

@@ -42,10 +42,11 @@ class MemoryPatternCache(PatternCache):
             self._current(version)
             return _live(self._patterns, key)
 
-    def _nearest(self, version: str, vector: np.ndarray) -> list[tuple[str, float]]:
+    def _nearest(self, version: str, scope: str,
+                 vector: np.ndarray) -> list[tuple[str, float]]:
         with self._lock:
             self._current(version)
-            return self._index.nearest(vector)
+            return self._index.nearest(vector, scope)
 
     def _put(self, version: str, key: str, vector: np.ndarray, data: dict) -> None:
         with self._lock:

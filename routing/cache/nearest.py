@@ -1,8 +1,9 @@
-"""The near-duplicate side of the pattern cache: a FAISS index over the embeddings of the
-patterns stored under one registry version.
+"""The near-duplicate side of the pattern cache: FAISS indexes over the embeddings of the
+patterns stored under one registry version, one index per scope (routing options), so a
+near hit is only ever a pattern made under the same options.
 
 Only the current version is indexed: when a lookup or store brings a new version, the
-old patterns are dead (their experts changed), so the index starts empty again.
+old patterns are dead (their experts changed), so the indexes start empty again.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ NEIGHBOURS = 4  # candidates checked per lookup: the nearest may have expired
 
 
 class PatternIndex:
-    """Pattern keys → embeddings, for one registry version at a time."""
+    """Pattern keys → embeddings, for one registry version at a time. A key's scope is
+    the part before its first ``.`` (:func:`routing.cache.base.pattern_key`)."""
 
     def __init__(self):
         self.version: str | None = None
-        self._index = None  # routing.index.VectorIndex, created with the first vector's dim
+        self.dim: int | None = None  # set by the first vector
+        self._indexes: dict = {}  # scope -> routing.index.VectorIndex
         self._keys: set[str] = set()
 
     def __len__(self) -> int:
@@ -31,8 +34,7 @@ class PatternIndex:
         if version == self.version:
             return False
         self.version = version
-        self._index = None
-        self._keys = set()
+        self._indexes, self._keys = {}, set()
         return True
 
     def add(self, keys: list[str], vectors: np.ndarray) -> None:
@@ -41,25 +43,37 @@ class PatternIndex:
         if not keys:
             return
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(keys), -1)
-        if self._index is None:
-            from routing.index import VectorIndex
-
-            self._index = VectorIndex(vectors.shape[1])
-        if vectors.shape[1] != self._index.dim:
+        self.dim = self.dim or vectors.shape[1]
+        if vectors.shape[1] != self.dim:
             return
-        unique = dict(zip(keys, vectors, strict=True))  # last vector of a repeated key wins
-        self._index.add(list(unique), np.stack(list(unique.values())))
-        self._keys.update(unique)
+        by_scope: dict[str, dict[str, np.ndarray]] = {}
+        for key, vector in zip(keys, vectors, strict=True):  # a repeated key: last one wins
+            by_scope.setdefault(_scope(key), {})[key] = vector
+        for scope, unique in by_scope.items():
+            self._index(scope).add(list(unique), np.stack(list(unique.values())))
+            self._keys.update(unique)
 
     def remove(self, key: str) -> None:
         """Forget one key (no-op when absent)."""
         if key in self:
-            self._index.remove([key])
+            self._indexes[_scope(key)].remove([key])
             self._keys.discard(key)
 
-    def nearest(self, vector: np.ndarray) -> list[tuple[str, float]]:
-        """A few stored keys by cosine to ``vector``, best first."""
-        if not len(self) or vector.size != self._index.dim:
+    def nearest(self, vector: np.ndarray, scope: str) -> list[tuple[str, float]]:
+        """A few keys of ``scope`` by cosine to ``vector``, best first."""
+        index = self._indexes.get(scope)
+        if index is None or not len(index) or vector.size != self.dim:
             return []
-        ids, sims = self._index.search(vector.reshape(1, -1), NEIGHBOURS)
+        ids, sims = index.search(vector.reshape(1, -1), NEIGHBOURS)
         return [(key, float(sim)) for key, sim in zip(ids[0], sims[0], strict=False)]
+
+    def _index(self, scope: str):
+        if scope not in self._indexes:
+            from routing.index import VectorIndex
+
+            self._indexes[scope] = VectorIndex(self.dim)
+        return self._indexes[scope]
+
+
+def _scope(key: str) -> str:
+    return key.partition(".")[0]

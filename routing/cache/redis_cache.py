@@ -2,10 +2,13 @@
 
 Layout under ``{namespace}``:
 
-- ``:pattern:{version}:{sha1}``  JSON ``{"vector": base64 float32, "decision": {...}}``, TTL
-- ``:pattern-log:{version}``     list of the sha1s stored under that version (replicas
-  follow it to keep their local FAISS index in sync; it expires with the last pattern)
-- ``:answer:{version}:{sha1}``   a cached final answer (only with ``store_answers``), TTL
+- ``:pattern:{version}:{key}``   JSON ``{"vector": base64 float32, "decision": {...}}``, TTL
+- ``:pattern-log:{version}``     list of the keys stored under that version (replicas
+  follow it to keep their local FAISS indexes in sync; it expires with the last pattern)
+- ``:answer:{version}:{key}``    a cached final answer (only with ``store_answers``), TTL
+
+A key is ``{scope}.{sha1 of the normalised text}``, the scope a digest of the options the
+decision (or answer) was made under (see :mod:`routing.cache.base`).
 - ``:pattern-stats``             hash of shared counters: hits, misses, near_hits
 
 Each replica builds its near-duplicate index from the log on the first lookup of a
@@ -78,10 +81,11 @@ class RedisPatternCache(PatternCache):
         raw = self._redis(lambda r: r.get(self._pattern(version, key)))
         return None if raw is None else json.loads(raw)["decision"]
 
-    def _nearest(self, version: str, vector: np.ndarray) -> list[tuple[str, float]]:
+    def _nearest(self, version: str, scope: str,
+                 vector: np.ndarray) -> list[tuple[str, float]]:
         with self._lock:
             self._sync(version)
-            return self._index.nearest(vector)
+            return self._index.nearest(vector, scope)
 
     def _put(self, version: str, key: str, vector: np.ndarray, data: dict) -> None:
         value = json.dumps({"vector": _encode(vector), "decision": data})

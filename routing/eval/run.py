@@ -20,7 +20,6 @@ from routing.eval.reference import reference_rows
 from routing.eval.split import make_split
 from routing.eval.tuning import grid, tune
 from routing.outcomes import OutcomeError, OutcomeTable, load_outcomes
-from routing.strategies.common import build_strategy as build
 
 DEFAULT_STRATEGIES = ("knn", "pilots", "hybrid")
 LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]
@@ -35,6 +34,13 @@ def load_eval_table(data_dir: str | Path, pool: str | None) -> OutcomeTable:
         raise OutcomeError(f"{data_dir}: only {len(complete)} questions have results for "
                            "every model")
     return table.subset(complete).with_experts(resolve_pool(pool, table.experts))
+
+
+def build(name: str, options: dict, encoder):
+    """Strategy ``name`` with ``options``; the evaluation's context is the encoder alone."""
+    from routing.strategies import StrategyContext, make_strategy
+
+    return make_strategy(name, options, StrategyContext(encoder=encoder))
 
 
 def evaluate(data_dir: str | Path, pool: str | None = None,

@@ -1,17 +1,20 @@
 """Routing strategies, one file each, and the name → class registry that drives config
 validation and CLI choices. Unknown names raise and list the valid ones.
 
-Register a strategy with one line in ``_PATHS`` (``name: "module:Class"``). Classes are
+Register a strategy with one line in ``_PATHS`` (``name: "module:Class"``); what it must
+implement and declare is in :mod:`routing.strategies.base`. Classes are
 imported on first access, so this package never imports its strategies (or their
-dependencies: the encoder, the index) just because someone needs ``RoutingError``.
+dependencies: the encoder, the index) just because someone needs the registry's names.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
+from typing import Any
 
-from routing.strategies.base import RoutingError, RoutingStrategy, Scores
+from routing.errors import RoutingError
+from routing.strategies.base import RoutingStrategy, Scores, StrategyContext
 
 _PATHS = {
     "skills": "routing.strategies.skills:SkillsStrategy",
@@ -43,16 +46,31 @@ class StrategyRegistry(Mapping):
 STRATEGIES: Mapping[str, type[RoutingStrategy]] = StrategyRegistry(_PATHS)
 
 
-def make_strategy(name: str, **kwargs) -> RoutingStrategy:
-    """A new, unfitted strategy ``name`` built with ``kwargs``."""
+def make_strategy(name: str, options: dict[str, Any] | None = None,
+                  context: StrategyContext | None = None) -> RoutingStrategy:
+    """A new, unfitted strategy ``name`` with ``options`` (its constructor's own arguments)
+    and, from ``context``, what it declares in ``needs``."""
     if name not in STRATEGIES:
         raise RoutingError(
             f"unknown routing strategy {name!r}; valid: {', '.join(sorted(STRATEGIES)) or 'none'}"
         )
+    cls = STRATEGIES[name]
+    options = dict(options or {})
+    clash = sorted(set(options) & set(cls.needs))
+    if clash:
+        raise RoutingError(f"strategy {name!r}: {clash} come from the router, not options")
+    context = context or StrategyContext()
     try:
-        return STRATEGIES[name](**kwargs)
+        return cls(**options, **{need: getattr(context, need) for need in cls.needs})
     except TypeError as err:
         raise RoutingError(f"strategy {name!r}: bad options: {err}") from None
 
 
-__all__ = ["STRATEGIES", "RoutingError", "RoutingStrategy", "Scores", "make_strategy"]
+def check_strategy(name: str, options: dict[str, Any] | None = None) -> None:
+    """Raise :class:`RoutingError` naming the valid strategies when ``name`` is unknown, or
+    saying what is wrong with ``options`` (the strategy is built, not fitted, to check)."""
+    make_strategy(name, options)
+
+
+__all__ = ["STRATEGIES", "RoutingStrategy", "Scores", "StrategyContext", "check_strategy",
+           "make_strategy"]

@@ -7,20 +7,34 @@ sampling, cost penalty, fallback) lives once, outside the strategies (routing/se
 Profiles are *fitted* from an :class:`~routing.outcomes.OutcomeTable` (validation results)
 and the embeddings of its questions. Experts come and go at runtime through
 ``add_expert`` / ``remove_expert``, without refitting the others.
+
+Writing one (``tests/unit/test_strategy_contract.py`` runs every registered strategy
+through the same checks):
+
+1. Subclass :class:`RoutingStrategy` in ``routing/strategies/<name>.py``; set ``name``.
+2. Set ``needs`` to what the router must hand the constructor, a tuple of
+   :class:`StrategyContext` field names (``"encoder"``: the sentence encoder, for
+   strategies that embed text of their own; ``"instructions"``: expert id → task
+   instruction). They arrive as keyword arguments of those names.
+3. Every other constructor argument is an *option*, with a default: the config sets it
+   under ``routing.strategies.<name>`` (validated when the config loads, by building the
+   strategy), the offline evaluation tunes it through ``param_grid`` (option → values).
+   Raise :class:`~routing.errors.RoutingError` for a bad value.
+4. Implement ``fit``, ``score``, ``add_expert``, ``remove_expert`` and ``experts``; raise
+   :class:`~routing.errors.RoutingError` (not an assertion, not a default) on bad input:
+   an empty query, scoring before any expert is known, mismatched embeddings.
+5. Register it with one line in ``routing.strategies._PATHS`` (``name: "module:Class"``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
 from routing.outcomes import OutcomeTable
-
-
-class RoutingError(ValueError):
-    """Bad routing input (empty query, unknown strategy or expert); maps to HTTP 400."""
 
 
 @dataclass
@@ -33,11 +47,29 @@ class Scores:
     explanations: list[dict]
 
 
-class RoutingStrategy(ABC):
-    """Scores experts for queries. Subclasses set ``name`` and register in
-    ``routing.strategies.STRATEGIES``."""
+@dataclass(frozen=True)
+class StrategyContext:
+    """What the router can hand a strategy's constructor (see ``RoutingStrategy.needs``)."""
 
-    name: str = ""
+    encoder: Any = None
+    instructions: dict[str, str] = field(default_factory=dict)
+
+
+class RoutingStrategy(ABC):
+    """Scores experts for queries (see the module doc for the contract)."""
+
+    name: ClassVar[str] = ""
+    # StrategyContext fields the constructor takes, by keyword.
+    needs: ClassVar[tuple[str, ...]] = ()
+    # Option → candidate values, searched by cross-validation (routing/eval/tuning.py).
+    param_grid: ClassVar[dict[str, list]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.needs) - set(StrategyContext.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"{cls.__name__}.needs: unknown {sorted(unknown)}; valid: "
+                            f"{sorted(StrategyContext.__dataclass_fields__)}")
 
     @abstractmethod
     def fit(self, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 
+from routing.errors import RoutingError
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingError
 
 
 def column_means(scores: np.ndarray) -> np.ndarray:
@@ -15,15 +13,6 @@ def column_means(scores: np.ndarray) -> np.ndarray:
     counts = (~np.isnan(scores)).sum(axis=0)
     sums = np.nansum(scores, axis=0)
     return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
-
-
-def build_strategy(name: str, options: dict, encoder=None):
-    """Strategy ``name`` with ``options``; ``encoder`` goes to constructors that take one."""
-    from routing.strategies import STRATEGIES, make_strategy
-
-    if name in STRATEGIES and "encoder" in inspect.signature(STRATEGIES[name]).parameters:
-        options = {**options, "encoder": encoder}
-    return make_strategy(name, **options)
 
 
 def check_fit_inputs(

@@ -13,8 +13,10 @@ import numpy as np
 
 from experts.engine import GenerationEngine, GenerationParams
 from routing.encoder import normalise
+from routing.errors import RoutingError
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingError, RoutingStrategy, Scores
+from routing.strategies.base import RoutingStrategy, Scores
+from routing.strategies.common import check_fit_inputs, check_queries
 
 INSTRUCTION_PROMPT = (
     "State, in one sentence, the task this request asks for (the kind of problem and the "
@@ -40,6 +42,7 @@ class GliderStrategy(RoutingStrategy):
     """Cosine between the query's task instruction and each expert's."""
 
     name = "glider"
+    needs = ("encoder", "instructions")  # the experts' task instructions are embedded
 
     def __init__(
         self,
@@ -60,11 +63,13 @@ class GliderStrategy(RoutingStrategy):
         return list(self._experts)
 
     def fit(self, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
+        check_fit_inputs(outcomes, embeddings)
         self._experts, self._vectors, self._source = [], {}, {}
         for expert in outcomes.experts:
             self.add_expert(expert, outcomes, embeddings)
 
     def add_expert(self, expert: str, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
+        check_fit_inputs(outcomes, embeddings, one_expert=expert)
         if expert in self.instructions:
             vector, source = self.encoder.encode([self.instructions[expert]])[0], "instruction"
         else:
@@ -89,6 +94,7 @@ class GliderStrategy(RoutingStrategy):
     def score(self, texts: list[str], embeddings: np.ndarray) -> Scores:
         if not self._experts:
             raise RoutingError("glider strategy has no experts; fit() or add_expert() first")
+        check_queries(texts, embeddings, True, self.name)
         task = embeddings
         instructions = None
         if self.writer is not None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from routing.errors import RoutingError
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingError, RoutingStrategy, Scores
+from routing.strategies.base import RoutingStrategy, Scores, StrategyContext
 
 
 def standardise(values: np.ndarray) -> np.ndarray:
@@ -41,10 +42,12 @@ class HybridStrategy(RoutingStrategy):
     """``Σ_c w_c · z(scores_c)`` over component strategies ``c``."""
 
     name = "hybrid"
+    needs = ("encoder", "instructions")  # handed on to the components that need them
 
     def __init__(self, components: tuple[str, ...] = ("knn", "pilots"),
                  options: dict[str, dict] | None = None, folds: int = 3, step: float = 0.1,
-                 seed: int = 0, weights: dict[str, float] | None = None, encoder=None):
+                 seed: int = 0, weights: dict[str, float] | None = None, encoder=None,
+                 instructions: dict[str, str] | None = None):
         if len(components) < 1 or len(set(components)) != len(components):
             raise RoutingError(f"hybrid: components must be distinct names, got {components}")
         if "hybrid" in components:
@@ -52,7 +55,7 @@ class HybridStrategy(RoutingStrategy):
         self.components, self.options = tuple(components), dict(options or {})
         self.folds, self.step, self.seed = folds, step, seed
         self.weights = dict(weights) if weights else None  # fixed weights skip the CV fit
-        self.encoder = encoder  # for components that embed text (skills, glider)
+        self.context = StrategyContext(encoder, dict(instructions or {}))  # for components
         self.cv_trials: list[dict] = []
         self._parts: dict[str, RoutingStrategy] = {}
 
@@ -62,9 +65,9 @@ class HybridStrategy(RoutingStrategy):
         return first.experts if first is not None else []
 
     def _make(self, name: str) -> RoutingStrategy:
-        from routing.strategies.common import build_strategy
+        from routing.strategies import make_strategy
 
-        return build_strategy(name, self.options.get(name, {}), self.encoder)
+        return make_strategy(name, self.options.get(name, {}), self.context)
 
     def fit(self, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
         if self.weights is None:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from routing.errors import RoutingError
 from routing.index import VectorIndex
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingError, RoutingStrategy, Scores
+from routing.strategies.base import RoutingStrategy, Scores
 from routing.strategies.common import check_fit_inputs, check_queries, column_means
 
 
@@ -24,7 +25,6 @@ class KNNStrategy(RoutingStrategy):
     """Distance-weighted mean outcome of the ``k`` nearest validation questions."""
 
     name = "knn"
-    # Searched by cross-validation inside the train split (routing/eval/tuning.py).
     param_grid = {"k": [50, 100, 200], "temperature": [0.05, 0.2, 1.0],
                   "prior_weight": [0.0, 0.2]}
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from routing.errors import RoutingError
 from routing.index import VectorIndex
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingError, RoutingStrategy, Scores
+from routing.strategies.base import RoutingStrategy, Scores
 from routing.strategies.common import check_fit_inputs, check_queries
 
 _SEP = "::"

@@ -23,9 +23,11 @@ from collections import Counter
 
 import numpy as np
 
+from routing.errors import RoutingError
 from routing.keywords import EmbeddingKeywordExtractor, KeywordExtractor
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingError, RoutingStrategy, Scores
+from routing.strategies.base import RoutingStrategy, Scores
+from routing.strategies.common import check_fit_inputs, check_queries
 
 VARIANTS = ("faithful", "smoothed")
 
@@ -34,7 +36,7 @@ class SkillsStrategy(RoutingStrategy):
     """Skill profiles from validation outcomes; see the module doc for the two rules."""
 
     name = "skills"
-    # Searched by cross-validation inside the train split (routing/eval/tuning.py).
+    needs = ("encoder",)  # keywords and skills are embedded
     param_grid = {"smoothing": [3.0, 10.0, 30.0]}
 
     def __init__(
@@ -68,6 +70,7 @@ class SkillsStrategy(RoutingStrategy):
         return list(self._experts)
 
     def fit(self, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
+        check_fit_inputs(outcomes, embeddings)
         if isinstance(self.extractor, EmbeddingKeywordExtractor):
             self.extractor.fit(outcomes.texts, embeddings)
             self._keyword_vectors.update(
@@ -92,6 +95,7 @@ class SkillsStrategy(RoutingStrategy):
         )
 
     def add_expert(self, expert: str, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
+        check_fit_inputs(outcomes, embeddings, one_expert=expert)
         column = outcomes.with_experts([expert])
         if not self.skills:
             self.fit(column, embeddings)
@@ -120,6 +124,7 @@ class SkillsStrategy(RoutingStrategy):
     def score(self, texts: list[str], embeddings: np.ndarray) -> Scores:
         if not self.skills:
             raise RoutingError("skills strategy used before fit()")
+        check_queries(texts, embeddings, True, self.name)
         keywords = self.extractor.extract(texts, embeddings)
         q_idx, s_idx, sims = self._map(keywords)
         incidence = np.zeros((len(texts), len(self.skills)))
@@ -228,7 +233,7 @@ class PaperSkillsStrategy(SkillsStrategy):
     """The paper's rule as published (``variant="faithful"``), kept for comparison."""
 
     name = "skills-paper"
-    param_grid: dict = {}
+    param_grid = {}
 
     def __init__(self, encoder, extractor: KeywordExtractor | None = None, **options):
         super().__init__(encoder, extractor, variant="faithful", **options)

@@ -68,6 +68,14 @@ def test_build_app_binds_the_k8s_args_without_starting_ray(redis_url):
 
     args = committed_serve_config("k8s")["applications"][0]["args"]
     ray_was_up = ray.is_initialized()  # other tests of the session may have started it
-    app = app_module().build_app(args | {"redis": {"url": redis_url}})
+    # The test's Redis is a local socket, which an autoscaled (multi-node) app refuses.
+    serving = args["serving"] | {"autoscaling_nodes": False}
+    app = app_module().build_app(args | {"redis": {"url": redis_url}, "serving": serving})
     assert isinstance(app, Application)
     assert ray.is_initialized() == ray_was_up
+
+
+def test_build_app_refuses_a_node_local_redis_for_an_autoscaled_cluster(redis_url):
+    args = committed_serve_config("k8s")["applications"][0]["args"]
+    with pytest.raises(ConfigError, match="multi-node cluster .nodes joining later"):
+        app_module().build_app(args | {"redis": {"url": redis_url}})

@@ -35,7 +35,7 @@ REQUEST_TIMEOUT_S = 15
 class ReliableApp:
     url: str  # http://127.0.0.1:PORT/reliability
     args: dict
-    redis: object  # cluster.faults.RestartableRedis
+    redis: object  # faults.RestartableRedis (tests/faults.py)
     name: str = APP
     token: str = ADMIN_TOKEN
 
@@ -53,7 +53,7 @@ class ReliableApp:
         limit, short answers, ``faults`` fired on their schedule; prints the figures."""
         import asyncio
 
-        from cluster.loadgen import MixedLoad
+        from loadgen import MixedLoad
 
         load = MixedLoad(self.url, self.questions() + list(extra_questions),
                          direct=["general"], concurrency=MAX_ONGOING, max_tokens=4)
@@ -95,7 +95,7 @@ def warm_up(app: ReliableApp) -> None:
 @pytest.fixture()
 def restartable_redis():
     """A password-protected Redis on its own socket, stopped at the end of the test."""
-    from cluster.faults import RestartableRedis
+    from faults import RestartableRedis
 
     # A short folder: unix socket paths are limited to ~107 bytes.
     server = RestartableRedis(tempfile.mkdtemp(prefix="crel-"), password=REDIS_PASSWORD).start()
@@ -106,9 +106,8 @@ def restartable_redis():
 @pytest.fixture(scope="session")
 def reliability_app(serve_instance, tiny_lm, tiny_adapters, tmp_path_factory):
     """The app described above, deployed once for the session."""
+    from faults import RestartableRedis
     from ray import serve
-
-    from cluster.faults import RestartableRedis
 
     redis = RestartableRedis(tempfile.mkdtemp(prefix="crel-"), password=REDIS_PASSWORD).start()
     base = tmp_path_factory.getbasetemp()

@@ -10,8 +10,7 @@ import asyncio
 import httpx
 import pytest
 from conftest import MAX_ONGOING, MAX_QUEUED, POOL, REQUEST_TIMEOUT_S
-
-from cluster.faults import paused_replicas
+from faults import paused_replicas
 
 pytestmark = pytest.mark.ray
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from loadgen import Fault
 from reliability_http import lora_spec, route, wait_for
-
-from cluster.loadgen import Fault
 
 pytestmark = pytest.mark.ray
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 from conftest import POOL, POOL_REPLICAS, ROUTER_REPLICAS
-
-from cluster.faults import crash_replica, kill_replica, replicas, wait_replaced
-from cluster.loadgen import Fault
+from faults import crash_replica, kill_replica, replicas, wait_replaced
+from loadgen import Fault
 
 pytestmark = pytest.mark.ray
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import REDIS_PASSWORD
 
 from experts.errors import ExpertError
-from experts.loader import ExpertLoader
+from experts.loader import EngineChoice, ExpertLoader
 from experts.redis_conn import redact
 from experts.spec import ExpertSpec
 
@@ -47,7 +47,7 @@ def remote_code_model(tiny_lm, tmp_path):
 def test_remote_code_runs_only_when_the_spec_says_so(remote_code_model, tmp_path, trusted):
     folder, marker = remote_code_model
     spec = ExpertSpec(id="probe", model=str(folder), trust_remote_code=trusted)
-    loader = ExpertLoader(lambda _id: spec, [str(tmp_path)])
+    loader = ExpertLoader(lambda _id: spec, [str(tmp_path)], engines=EngineChoice(engine="hf"))
     if trusted:
         engine = loader.load("probe")
         assert type(engine.model).__name__ == "ProbeForCausalLM"
@@ -76,6 +76,7 @@ def test_redis_password_stays_out_of_logs_while_redis_is_down(restartable_redis,
     from experts.redis_conn import connect
     from experts.registry import ExpertRegistry
     from routing.cache.redis_cache import RedisPatternCache
+    from routing.options import RouteOptions
 
     url = restartable_redis.url
     cache = RedisPatternCache(url, namespace="sec")
@@ -83,7 +84,7 @@ def test_redis_password_stays_out_of_logs_while_redis_is_down(restartable_redis,
     restartable_redis.stop()
     with caplog.at_level(logging.DEBUG):
         assert catalog.refresh() is False
-        assert cache.lookup("a question", _vector(), 0) is None
+        assert cache.lookup("a question", _vector(), 0, RouteOptions()) is None
     catalog.stop()
     restartable_redis.start()
     assert "unreachable" in caplog.text

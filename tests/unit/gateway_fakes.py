@@ -11,17 +11,19 @@ import threading
 from fastapi.testclient import TestClient
 
 from cluster.admin import ExpertAdmin
+from cluster.answer_stream import pieces
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.http_app import GatewayParts, build_http_app
-from cluster.live_stream import pieces
 from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
+from cluster.route_messages import RouteResult
 from cluster.shutdown_gate import ShutdownGate
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from experts.spec import ExpertSpec
 from routing.decision import Decision
+from routing.options import RouteOptions
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -41,14 +43,13 @@ class FakeBackends:
         self.streamed: list[str] = []  # experts called with a sink
         self.held = threading.Event()
 
-    async def route(self, query: str, options: dict) -> dict:
+    async def route(self, query: str, options: RouteOptions) -> RouteResult:
         ranked = [("alpha", 0.9), ("beta", 0.8), ("gamma", 0.5)]
-        k = options["k"]
+        k = options.k
         decision = Decision(query=query, experts=[n for n, _ in ranked[:k]],
-                            weights=[1.0 / k] * k, strategy=options["strategy"] or "knn",
+                            weights=[1.0 / k] * k, strategy=options.strategy or "knn",
                             ranked=ranked, explanation={"why": "test"})
-        return {"decision": decision.to_dict(), "cache": "miss", "routing_ms": 1.0,
-                "batch_size": 1}
+        return RouteResult(decision, "miss", routing_ms=1.0, batch_size=1)
 
     async def call(self, expert: str, prompt, params: dict, sink=None) -> dict:
         self.calls.append(expert)

@@ -16,8 +16,8 @@ from routing.aggregate import (
     vote,
 )
 from routing.decision import Decision
+from routing.errors import RoutingError
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingError
 
 MC = "Which is a prime?\nA) 4\nB) 6\nC) 7\nD) 9"
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from text_tables import QUERIES, text_table
 
-from cluster.route_batch import BatchRouter, RouteItem
+from cluster.route_batch import RouteBatcher
+from cluster.route_messages import RouteQuery
 from experts.redis_conn import connect
 from experts.spec import ExpertSpec
 from routing.aggregate import Aggregator
@@ -19,8 +20,9 @@ from routing.aggregator_store import (
 )
 from routing.cache.memory import MemoryPatternCache
 from routing.decision import Decision
+from routing.errors import RoutingError
+from routing.options import RouteOptions
 from routing.router import Router
-from routing.strategies.base import RoutingError
 from routing.strategies.skills import SkillsStrategy
 
 CHOICE = AggregatorChoice(by_domain={"math": "mathy", "law": "lawyer"}, fallback="medic",
@@ -96,26 +98,21 @@ def test_batch_router_sets_the_aggregator_on_fresh_and_cached_decisions(minilm):
                     cache=MemoryPatternCache())
     router.fit(text_table())
     chosen = {"name": "lawyer"}
-    batcher = BatchRouter(router, aggregators=lambda: lambda d: chosen["name"])
-    item = RouteItem(QUERIES["mathy"], {"k": 1})
+    batcher = RouteBatcher(router, aggregators=lambda: lambda d: chosen["name"])
+    item = RouteQuery(QUERIES["mathy"], RouteOptions(k=1))
     first = batcher.route([item])[0]
-    assert first["cache"] == "miss" and first["decision"]["aggregator"] == "lawyer"
+    assert first.cache == "miss" and first.decision.aggregator == "lawyer"
     chosen["name"] = "medic"  # a new choice stored while serving
     again = batcher.route([item])[0]
-    assert again["cache"] == "hit" and again["decision"]["aggregator"] == "medic"
-    assert BatchRouter(router).route([item])[0]["decision"]["aggregator"] is None
+    assert again.cache == "hit" and again.decision.aggregator == "medic"
+    assert RouteBatcher(router).route([item])[0].decision.aggregator is None
 
 
-def test_batch_job_router_follows_the_stored_choice(redis_url):
-    from cluster.cli.batch import _with_stored_aggregators
-
-    class OneExpert:
-        def route(self, texts, options=None):
-            return [decision("mathy", "medic", weights=[0.9, 0.1]) for _ in texts]
+def test_batch_job_follows_the_stored_choice(redis_url):
+    from cluster.cli.batch import stored_chooser
 
     specs = {e: ExpertSpec(id=e, model="org/x", domain=DOMAINS[e]) for e in ("mathy", "medic")}
-    plain = OneExpert()
-    assert _with_stored_aggregators(plain, redis_url, "t", specs) is plain  # none stored
+    assert stored_chooser(redis_url, "t", specs) is None  # none stored
     AggregatorStore(connect(redis_url), namespace="t").save(CHOICE)
-    routed = _with_stored_aggregators(plain, redis_url, "t", specs).route(["q"])
-    assert routed[0].aggregator == "mathy"
+    choose = stored_chooser(redis_url, "t", specs)
+    assert choose(decision("mathy", "medic", weights=[0.9, 0.1])) == "mathy"

@@ -9,13 +9,15 @@ from experts.engine import Generation, GenerationEngine
 from experts.errors import ExpertError
 from experts.pool import ModelPool
 from routing.aggregate import Aggregator
-from routing.batch import BatchJob, done_ids
+from routing.batch_job import BatchJob, done_ids
 from routing.cache.memory import MemoryPatternCache
 from routing.decision import Decision
+from routing.errors import RoutingError
+from routing.options import RouteOptions
 from routing.planner import BatchPlanner, PlanRunner
-from routing.strategies.base import RoutingError
 
 MC = "Which is prime?\nA) 4\nB) 7"
+OPTS = RouteOptions()
 
 
 class LetterEngine(GenerationEngine):
@@ -44,13 +46,13 @@ class FirstLetterRouter:
             if "boom" in text:
                 raise RoutingError(f"cannot route {text!r}")
             vector = [float(ord(c)) for c in text[:4].ljust(4)]
-            found = self.cache.lookup(text, vector, 1) if self.cache else None
+            found = self.cache.lookup(text, vector, 1, OPTS) if self.cache else None
             if found is None:
                 experts = sorted(set(text.replace(" ", "")[:3].lower())) or ["a"]
                 found = Decision(query=text, experts=experts, weights=[1 / len(experts)]
                                  * len(experts), strategy="first", ranked=[], explanation={})
                 if self.cache:
-                    self.cache.store(text, vector, 1, found)
+                    self.cache.store(text, vector, 1, OPTS, found)
             out.append(found)
         return out
 
@@ -149,6 +151,36 @@ def test_pattern_and_answer_cache_in_front(tmp_path):
     second = read(out)[1]
     assert second["cached"] and second["answer_cached"] and second["mode"] == "cached"
     assert second["answer"] == first["answer"] and calls == []
+
+
+def test_the_chooser_picks_each_rows_aggregator(tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    job, _, calls = make_job()
+    job.choose = lambda decision: "z"  # e.g. the choice stored by `aggregators select`
+    write(src, [{"id": 1, "text": "abc"}])
+    job.run(src, out)
+    assert read(out)[0]["aggregator"] == "z" and ("z", 1) in calls
+
+
+def test_a_stored_answer_is_not_served_to_a_job_with_other_options(tmp_path):
+    from experts.engine import GenerationParams
+
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    cache = MemoryPatternCache(store_answers=True)
+    job, _, _ = make_job(cache=cache, answers=cache)
+    write(src, [{"id": 1, "text": "abc"}])
+    job.run(src, out)
+    for other in (BatchJob(job.router, job.planner, job.runner, Aggregator(mode="best"),
+                           answers=cache, version=lambda: 1, progress=False),
+                  BatchJob(job.router, job.planner, PlanRunner(job.runner.pool, params=(
+                      GenerationParams(max_new_tokens=7))), Aggregator(), answers=cache,
+                      version=lambda: 1, progress=False)):
+        write(src, [{"id": other.aggregator.mode, "text": "abc"}])
+        other.run(src, out)
+        assert read(out)[-1]["answer_cached"] is False
+    write(src, [{"id": "same", "text": "abc"}])
+    job.run(src, out)
+    assert read(out)[-1]["answer_cached"] is True
 
 
 def test_cli_batch_end_to_end_then_resume(tmp_path, tiny_lm, tiny_adapters, redis_url,

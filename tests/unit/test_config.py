@@ -37,6 +37,12 @@ def expert(expert_id: str, **fields) -> dict:
         ({"experts": [expert("Not A Slug")]}, "'Not A Slug' is not a slug"),
         ({"experts": [expert("a", pool="gpu")]}, "unknown pool 'gpu'"),
         ({"routing": {"k": 0}}, "routing.k"),
+        ({"routing": {"strategy": "nosuch"}},
+         "routing.strategy: unknown routing strategy 'nosuch'; valid: glider, hybrid, knn"),
+        ({"routing": {"strategies": {"knnn": {}}}}, "unknown routing strategy 'knnn'; valid:"),
+        ({"routing": {"strategies": {"knn": {"kk": 5}}}}, "strategy 'knn': bad options"),
+        ({"routing": {"strategies": {"knn": {"k": 0}}}}, "knn needs k >= 1"),
+        ({"routing": {"strategies": {"glider": {"encoder": "x"}}}}, "come from the router"),
     ],
 )
 def test_bad_config_names_the_problem(data, message):
@@ -46,11 +52,11 @@ def test_bad_config_names_the_problem(data, message):
     assert "\n" not in str(err.value)
 
 
-def test_lora_on_a_known_base_validates(tiny_adapters):
+def test_lora_on_a_known_base_validates(tiny_lm, tiny_adapters):
     config = parse_config(
         {
             "experts": [
-                expert("base"),
+                expert("base", model=str(tiny_lm)),
                 {
                     "id": "alpha",
                     "kind": "lora",
@@ -61,6 +67,9 @@ def test_lora_on_a_known_base_validates(tiny_adapters):
         }
     )
     assert [spec.kind for spec in config.experts] == ["model", "lora"]
+    with pytest.raises(ConfigError, match="is for base"):  # made for another base
+        parse_config({"experts": [expert("base"), {"id": "alpha", "kind": "lora", "base": "base",
+                                                   "adapter": str(tiny_adapters["alpha"])}]})
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "hf-small.yaml"])
@@ -85,6 +94,29 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(bad)
 
 
+def test_per_strategy_options_reach_the_router(minilm):
+    from experts.spec import ExpertSpec
+    from routing.router import build_router
+
+    config = parse_config({"routing": {"strategies": {"knn": {"k": 7, "temperature": 0.5}}}})
+    specs = [ExpertSpec(id=name, model="org/tiny", examples=[f"a question on {name}"] * 2)
+             for name in ("alpha", "beta")]
+    router = build_router(config, specs, None, encoder=minilm)
+    knn = router.strategies["knn"]
+    assert (knn.k, knn.temperature) == (7, 0.5)
+
+
+def test_deploy_render_refuses_an_unknown_strategy(tmp_path):
+    from click.testing import CliRunner
+
+    from cluster.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routing:\n  strategy: nosuch\n")
+    result = CliRunner().invoke(main, ["deploy", "render", "--config", str(bad)])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "unknown routing strategy 'nosuch'; valid:" in lines[0]
 def test_tracing_is_off_by_default_and_checks_its_exporter():
     assert parse_config({}).tracing.enabled is False
     assert parse_config({}).serving.shutdown_grace_s == 30

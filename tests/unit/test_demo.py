@@ -6,7 +6,7 @@ import pytest
 
 from experts.demo import build_demo_pool, demo_root
 from experts.engine import GenerationParams
-from experts.loader import ExpertLoader, engine_key
+from experts.loader import EngineChoice, ExpertLoader, engine_key
 from experts.pool import ModelPool
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
@@ -53,7 +53,8 @@ def test_build_is_idempotent(specs, demo_dir):
 def test_demo_pool_registers_and_answers_one_batch_per_base(specs, demo_dir, redis_url):
     registry = ExpertRegistry(connect(redis_url))
     assert registry.seed(specs) == [spec.id for spec in specs]
-    loader = ExpertLoader(registry.get, allowed_roots=[str(demo_dir)])
+    loader = ExpertLoader(registry.get, allowed_roots=[str(demo_dir)],
+                          engines=EngineChoice(engine="hf"))
     pool = ModelPool(loader, max_models=2)
     groups: dict[str, list] = {}
     for spec in registry.list():

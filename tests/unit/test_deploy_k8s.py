@@ -201,3 +201,24 @@ def test_kustomization_lists_every_manifest_but_the_placeholder_secret():
     assert listed == on_disk - {"secret.yaml"}
     assert all((K8S / name).exists() for name in listed)
     json.dumps(kustomization)  # plain data, no YAML-only types
+
+
+def test_worker_groups_have_what_every_deployment_asks_for():
+    """The pools' custom resources and GPUs are what the RayService's worker groups start
+    with, and the router and gateway ask for what only the head has."""
+    from cluster.placement import actor_options, replica_needs, unplaceable
+    from cluster.serve_config import group_resources, k8s_placement
+
+    serve = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])
+    config = parse_config(serve["applications"][0]["args"])
+    assert k8s_placement(config, ROOT) == []
+    groups = group_resources(rayservice())
+    needs = {name: replica_needs(o) for name, o in actor_options(config).items()}
+    for name, need in needs.items():
+        hosts = [group for group, res in groups.items()
+                 if unplaceable({name: need}, {group: res}) == []]
+        assert hosts == (["head"] if name in ("router", "gateway") else ["gpu"]), (name, groups)
+    stray = config.model_copy(update={"pools": [config.pools[0].model_copy(
+        update={"resources": {"tpu-worker": 1.0}})]})
+    [problem] = k8s_placement(stray, ROOT)
+    assert "'pool-general' needs" in problem and "tpu-worker: 1" in problem

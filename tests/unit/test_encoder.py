@@ -8,7 +8,7 @@ import pytest
 from cluster.config import EncoderConfig
 from routing.embed_cache import EmbeddingCache
 from routing.encoder import SentenceEncoder, build_encoder
-from routing.strategies.base import RoutingError
+from routing.errors import RoutingError
 
 
 def test_rows_are_normalised_and_meaningful(minilm):

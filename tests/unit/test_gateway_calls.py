@@ -13,12 +13,15 @@ from cluster import request_ids
 from cluster.api_errors import ApiError
 from cluster.config import TracingConfig
 from cluster.gateway import Gateway
+from cluster.route_messages import RouteQuery, RouteResult
 from cluster.tracing import memory_spans, setup_tracing
 from experts.errors import ExpertError
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from experts.spec import ExpertSpec
 from routing.decision import Decision
+from routing.errors import RoutingError
+from routing.options import RouteOptions
 
 
 class FakeMethod:
@@ -55,10 +58,11 @@ class FakeDeployment:
         return replies(items)
 
 
-def route_replies(items: list) -> list[dict]:
-    return [{"decision": Decision(query=q, experts=["alpha"], weights=[1.0], strategy="knn",
-                                  ranked=[("alpha", 1.0)], explanation={}).to_dict(),
-             "cache": "miss", "routing_ms": 1.0, "batch_size": len(items)} for q, *_ in items]
+def route_replies(queries: list[RouteQuery]) -> list[RouteResult]:
+    return [RouteResult.failed(RoutingError("cannot route that")) if q.query == "bad" else
+            RouteResult(Decision(query=q.query, experts=["alpha"], weights=[1.0], strategy="knn",
+                                 ranked=[("alpha", 1.0)], explanation={}), "miss",
+                        routing_ms=1.0, batch_size=len(queries)) for q in queries]
 
 
 def generation_replies(rows: list) -> list[dict]:
@@ -123,16 +127,28 @@ def test_concurrent_queries_are_routed_in_one_call(gateway_for):
     gateway, router, _ = gateway_for()
 
     async def scenario():
-        return await asyncio.gather(*(gateway._route(f"q{i}", {"k": 1}) for i in range(5)))
+        return await asyncio.gather(*(gateway._route(f"q{i}", RouteOptions(k=1)) for i in range(5)))
 
     replies = asyncio.run(scenario())
-    assert [r["decision"]["query"] for r in replies] == [f"q{i}" for i in range(5)]
+    assert [r.decision.query for r in replies] == [f"q{i}" for i in range(5)]
     assert sum(len(items) for _, items in router.batches) == 5 and len(router.batches) <= 2
+
+
+def test_a_query_the_router_refuses_raises_its_routing_error_for_that_caller(gateway_for):
+    gateway, _, _ = gateway_for()
+
+    async def scenario():
+        calls = [gateway._route(q, RouteOptions()) for q in ("ok", "bad")]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    ok, bad = asyncio.run(scenario())
+    assert ok.decision.query == "ok"
+    assert isinstance(bad, RoutingError) and str(bad) == "cannot route that"
 
 
 def test_a_replica_dying_under_a_call_is_retried_once_and_counted(gateway_for):
     gateway, router, pool = gateway_for(router_deaths=1, pool_deaths=1)
-    assert asyncio.run(gateway._route("q", {}))["cache"] == "miss"
+    assert asyncio.run(gateway._route("q", RouteOptions())).cache == "miss"
     assert asyncio.run(gateway._call_expert("alpha", "p", {}))["text"] == "alpha: p"
     retried = {s.labels["deployment"]: s.value for s in _samples(gateway, "conclave_replica_retries")}
     assert retried == {"router": 1.0, "pool-default": 1.0}
@@ -141,7 +157,7 @@ def test_a_replica_dying_under_a_call_is_retried_once_and_counted(gateway_for):
 def test_a_router_dying_twice_is_a_503_and_a_pool_dying_twice_an_expert_error(gateway_for):
     gateway, _, _ = gateway_for(router_deaths=2, pool_deaths=2)
     with pytest.raises(ApiError) as err:
-        asyncio.run(gateway._route("q", {}))
+        asyncio.run(gateway._route("q", RouteOptions()))
     assert err.value.status == 503 and err.value.headers["Retry-After"]
     with pytest.raises(RayActorError):  # the panel fails this expert over
         asyncio.run(gateway._call_expert("alpha", "p", {}))
@@ -160,7 +176,7 @@ def test_each_call_out_carries_its_request_trace_context(gateway_for):
 
     async def one(request_id: str):
         with request_ids.bound(request_id):
-            await gateway._route("q", {"k": 1})
+            await gateway._route("q", RouteOptions(k=1))
             await gateway._call_expert("alpha", "p", {})
 
     async def scenario():
@@ -171,7 +187,8 @@ def test_each_call_out_carries_its_request_trace_context(gateway_for):
         spans = {s.context.span_id: s for s in memory_spans()}
     finally:
         setup_tracing(TracingConfig(), "test")
-    sent = [item[-1] for _, items in router.batches + pool.batches for item in items]
+    sent = ([query.trace for _, queries in router.batches for query in queries]
+            + [row[-1] for _, rows in pool.batches for row in rows])
     assert sorted(c.request_id for c in sent) == ["r1", "r1", "r2", "r2"]
     for context in sent:  # the parent the replica continues from: the call's own span
         parent = spans[int(context.traceparent.split("-")[2], 16)]

@@ -7,7 +7,7 @@ import pytest
 from test_skills import ScriptedEngine
 from text_tables import QUERIES, text_table
 
-from routing.strategies.base import RoutingError
+from routing.errors import RoutingError
 from routing.strategies.glider import GliderStrategy, InstructionWriter
 
 INSTRUCTIONS = {

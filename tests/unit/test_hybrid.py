@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from strategy_tables import newcomer, queries, two_cluster_table
 
+from routing.errors import RoutingError
 from routing.strategies import make_strategy
-from routing.strategies.base import RoutingError
 from routing.strategies.hybrid import HybridStrategy, simplex, standardise
 
 
@@ -19,7 +19,7 @@ def test_simplex_and_standardise():
 
 
 def test_fitted_weights_route_each_cluster_to_its_expert():
-    strategy = make_strategy("hybrid", options={"knn": {"k": 5}}, step=0.5)
+    strategy = make_strategy("hybrid", {"options": {"knn": {"k": 5}}, "step": 0.5})
     assert isinstance(strategy, HybridStrategy)
     strategy.fit(*two_cluster_table())
     assert sum(strategy.weights.values()) == pytest.approx(1.0)

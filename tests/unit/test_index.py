@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from routing.errors import RoutingError
 from routing.index import KINDS, VectorIndex
-from routing.strategies.base import RoutingError
 
 
 def _unit(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from strategy_tables import newcomer, queries, two_cluster_table
 
-from routing.strategies.base import RoutingError
+from routing.errors import RoutingError
 from routing.strategies.knn import KNNStrategy
 
 

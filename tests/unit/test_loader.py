@@ -6,9 +6,11 @@ import pytest
 
 from experts.engine import GenerationParams
 from experts.errors import ExpertError, UnknownExpertError
-from experts.loader import ExpertLoader, adapter_of, engine_key
+from experts.loader import EngineChoice, ExpertLoader, adapter_of, engine_key
 from experts.pool import ModelPool
 from experts.spec import ExpertSpec
+
+HF = EngineChoice(engine="hf")  # these test the transformers engine; vLLM's: test_vllm_engine
 
 
 @pytest.fixture()
@@ -37,7 +39,7 @@ def test_keys_and_adapter_names(specs):
 
 
 def test_lora_experts_share_one_engine_in_the_pool(specs):
-    loader = ExpertLoader(lookup_in(specs))
+    loader = ExpertLoader(lookup_in(specs), engines=HF)
     pool = ModelPool(loader, max_models=1)
     rows = [specs["alpha"], specs["base"], specs["beta"]]
     engines = {id(pool.get(engine_key(spec))) for spec in rows}
@@ -52,14 +54,14 @@ def test_lora_experts_share_one_engine_in_the_pool(specs):
 
 
 def test_allowed_roots(specs, tmp_path):
-    loader = ExpertLoader(lookup_in(specs), allowed_roots=[str(tmp_path)])
+    loader = ExpertLoader(lookup_in(specs), allowed_roots=[str(tmp_path)], engines=HF)
     with pytest.raises(ExpertError, match="outside the allowed roots"):
         loader.load("base")
     assert ExpertLoader(lookup_in(specs), allowed_roots=[]).allowed_roots == []
 
 
 def test_unknown_and_unsupported_kinds(specs):
-    loader = ExpertLoader(lookup_in(specs))
+    loader = ExpertLoader(lookup_in(specs), engines=HF)
     with pytest.raises(UnknownExpertError, match="'ghost'"):
         loader.load("ghost")
     with pytest.raises(ExpertError, match="no trained gates"):

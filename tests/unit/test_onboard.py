@@ -11,8 +11,8 @@ from text_tables import QUERIES, text_table
 
 from experts.redis_conn import connect
 from experts.spec import ExpertSpec
-from routing.decision import RouteOptions
 from routing.onboard import load_validation, render_question, validate_expert
+from routing.options import RouteOptions
 from routing.outcomes import OutcomeError
 from routing.profile_store import ProfileStore, merge_columns
 from routing.router import Router

@@ -13,8 +13,11 @@ from routing.cache import build_pattern_cache, normalise_text
 from routing.cache.memory import MemoryPatternCache
 from routing.cache.redis_cache import RedisPatternCache
 from routing.decision import Decision
+from routing.options import RouteOptions
 
 DIM = 16
+OPTS = RouteOptions()
+PARAMS = {"max_new_tokens": 8}
 
 
 def unit(seed: int) -> np.ndarray:
@@ -48,8 +51,8 @@ def make_cache(request):
 
 def test_exact_hit_ignores_case_and_spacing(make_cache):
     cache = make_cache()
-    cache.store("What is 2+2?", unit(1), 7, decision("What is 2+2?"))
-    found = cache.lookup("  what IS   2+2? ", unit(2), 7)  # other embedding: exact wins
+    cache.store("What is 2+2?", unit(1), 7, OPTS, decision("What is 2+2?"))
+    found = cache.lookup("  what IS   2+2? ", unit(2), 7, OPTS)  # other embedding: exact wins
     assert found is not None and found.cached
     assert found.experts == ["a", "b"] and found.aggregator == "a"
     assert cache.stats() == {"hits": 1, "misses": 0, "near_hits": 0, "errors": 0}
@@ -59,63 +62,103 @@ def test_exact_hit_ignores_case_and_spacing(make_cache):
 def test_near_duplicate_hit_above_threshold_miss_below(make_cache):
     cache = make_cache(similarity=0.95)
     base = unit(1)
-    cache.store("first question", base, 1, decision("first question", ("x", "y", "z")))
-    near = cache.lookup("first question, reworded", tilted(base, 0.97), 1)
+    cache.store("first question", base, 1, OPTS, decision("first question", ("x", "y", "z")))
+    near = cache.lookup("first question, reworded", tilted(base, 0.97), 1, OPTS)
     assert near is not None and near.experts == ["x", "y", "z"]
-    assert cache.lookup("something else", tilted(base, 0.90), 1) is None
+    assert cache.lookup("something else", tilted(base, 0.90), 1, OPTS) is None
     assert cache.stats() == {"hits": 1, "misses": 1, "near_hits": 1, "errors": 0}
 
 
 def test_version_change_invalidates(make_cache):
     cache = make_cache()
-    cache.store("q", unit(1), 1, decision("q"))
-    assert cache.lookup("q", unit(1), 1) is not None
-    assert cache.lookup("q", unit(1), 2) is None  # an expert was added: version 2
-    cache.store("q", unit(1), 2, decision("q", ("c",)))
-    assert cache.lookup("q", unit(1), 2).experts == ["c"]
+    cache.store("q", unit(1), 1, OPTS, decision("q"))
+    assert cache.lookup("q", unit(1), 1, OPTS) is not None
+    assert cache.lookup("q", unit(1), 2, OPTS) is None  # an expert was added: version 2
+    cache.store("q", unit(1), 2, OPTS, decision("q", ("c",)))
+    assert cache.lookup("q", unit(1), 2, OPTS).experts == ["c"]
 
 
 def test_ttl_expiry(make_cache):
     cache = make_cache(ttl_s=1)
-    cache.store("q", unit(1), 1, decision("q"))
-    assert cache.lookup("q", unit(1), 1) is not None
+    cache.store("q", unit(1), 1, OPTS, decision("q"))
+    assert cache.lookup("q", unit(1), 1, OPTS) is not None
     time.sleep(1.2)
-    assert cache.lookup("q", unit(1), 1) is None
-    assert cache.lookup("q again", tilted(unit(1), 0.99), 1) is None  # near side too
+    assert cache.lookup("q", unit(1), 1, OPTS) is None
+    assert cache.lookup("q again", tilted(unit(1), 0.99), 1, OPTS) is None  # near side too
 
 
 def test_answers_off_by_default_and_exact_only(make_cache):
     off = make_cache()
-    off.store_answer("q", 1, "42")
-    assert off.lookup_answer("q", 1) is None
+    off.store_answer("q", 1, OPTS, PARAMS, "42")
+    assert off.lookup_answer("q", 1, OPTS, PARAMS) is None
     on = make_cache(store_answers=True)
-    on.store_answer("Q ", 1, "42")
-    assert on.lookup_answer("q", 1) == "42"
-    assert on.lookup_answer("q", 2) is None
+    on.store_answer("Q ", 1, OPTS, PARAMS, "42")
+    assert on.lookup_answer("q", 1, OPTS, PARAMS) == "42"
+    assert on.lookup_answer("q", 2, OPTS, PARAMS) is None
+
+
+def test_each_set_of_options_keeps_its_own_pattern(make_cache):
+    """k=2, then k=3, then k=2 again: the second k=2 is a hit for k=2's own pattern (the
+    k=3 one neither overwrote it nor was it served for k=2), exact and near alike."""
+    cache = make_cache(similarity=0.95)
+    k2, k3 = RouteOptions(k=2), RouteOptions(k=3)
+    for options, experts in ((k2, ("a", "b")), (k3, ("a", "b", "c"))):
+        assert cache.lookup("q", unit(1), 1, options) is None
+        cache.store("q", unit(1), 1, options, decision("q", experts))
+    assert cache.lookup("q", unit(1), 1, k2).experts == ["a", "b"]
+    assert cache.lookup("q", unit(1), 1, k3).experts == ["a", "b", "c"]
+    assert cache.lookup("q reworded", tilted(unit(1), 0.97), 1, k2).experts == ["a", "b"]
+    assert cache.lookup("q", unit(1), 1, RouteOptions(k=2, strategy="skills")) is None
+    assert cache.stats() == {"hits": 3, "misses": 3, "near_hits": 1, "errors": 0}
+
+
+def test_options_that_do_not_change_the_decision_share_its_pattern(make_cache):
+    cache = make_cache()
+    cache.store("q", unit(1), 1, RouteOptions(k=2, aggregation="vote"), decision("q"))
+    assert cache.lookup("q", unit(1), 1, RouteOptions(k=2, aggregation="best")) is not None
+    assert cache.lookup("q", unit(1), 1, RouteOptions(k=2, seed=5)) is not None  # top-k
+    assert cache.lookup("q", unit(1), 1, RouteOptions(k=2, sample=True, seed=5)) is None
+
+
+def test_an_answer_is_served_only_under_the_options_and_params_it_was_made_under(make_cache):
+    cache = make_cache(store_answers=True)
+    made = RouteOptions(k=2, aggregation="vote")
+    cache.store_answer("q", 1, made, {"max_new_tokens": 8, "temperature": 0.0}, "42")
+    assert cache.lookup_answer("Q", 1, made, {"temperature": 0.0, "max_new_tokens": 8}) == "42"
+    for options, params in [
+        (RouteOptions(k=3, aggregation="vote"), {"max_new_tokens": 8, "temperature": 0.0}),
+        (RouteOptions(k=2, aggregation="synthesis"), {"max_new_tokens": 8, "temperature": 0.0}),
+        (RouteOptions(k=2, aggregation="vote", strategy="skills"),
+         {"max_new_tokens": 8, "temperature": 0.0}),
+        (made, {"max_new_tokens": 64, "temperature": 0.0}),
+        (made, {"max_new_tokens": 8, "temperature": 0.7}),
+        (made, {"max_new_tokens": 8}),
+    ]:
+        assert cache.lookup_answer("q", 1, options, params) is None, (options, params)
 
 
 def test_bad_embedding_and_clear_never_raise(make_cache):
     cache = make_cache()
-    cache.store("q", np.array([np.nan] * DIM), 1, decision("q"))
-    assert cache.lookup("q", np.array([]), 1) is None
+    cache.store("q", np.array([np.nan] * DIM), 1, OPTS, decision("q"))
+    assert cache.lookup("q", np.array([]), 1, OPTS) is None
     assert cache.stats()["errors"] == 2
-    cache.store("q", unit(1), 1, decision("q"))
+    cache.store("q", unit(1), 1, OPTS, decision("q"))
     cache.clear()
-    assert cache.lookup("q", unit(1), 1) is None
+    assert cache.lookup("q", unit(1), 1, OPTS) is None
 
 
 def test_replicas_share_patterns_and_counters(redis_url):
     one = RedisPatternCache(redis_url, namespace="t")
     two = RedisPatternCache(redis_url, namespace="t")
-    two.lookup("unrelated", unit(5), 3)  # builds two's index (empty) before one stores
-    one.store("shared question", unit(1), 3, decision("shared question"))
-    found = two.lookup("shared question, near", tilted(unit(1), 0.99), 3)
+    two.lookup("unrelated", unit(5), 3, OPTS)  # builds two's index (empty) before one stores
+    one.store("shared question", unit(1), 3, OPTS, decision("shared question"))
+    found = two.lookup("shared question, near", tilted(unit(1), 0.99), 3, OPTS)
     assert found is not None and found.experts == ["a", "b"]
     assert one.shared_stats() == {"hits": 1, "misses": 1, "near_hits": 1}
     fresh = RedisPatternCache(redis_url, namespace="t")  # a replica starting later
-    assert fresh.lookup("near again", tilted(unit(1), 0.985, seed=3), 3) is not None
+    assert fresh.lookup("near again", tilted(unit(1), 0.985, seed=3), 3, OPTS) is not None
     other_ns = RedisPatternCache(redis_url, namespace="u")
-    assert other_ns.lookup("shared question", unit(1), 3) is None
+    assert other_ns.lookup("shared question", unit(1), 3, OPTS) is None
 
 
 def test_build_pattern_cache(redis_url):
@@ -174,10 +217,10 @@ class CachedRoute:
 
     def __call__(self, text: str) -> list[str]:
         vector = unit(abs(hash(text)) % 1000)
-        found = self.cache.lookup(text, vector, 1)
+        found = self.cache.lookup(text, vector, 1, OPTS)
         if found is not None:
             return found.experts
         self.computed += 1
         fresh = decision(text)
-        self.cache.store(text, vector, 1, fresh)
+        self.cache.store(text, vector, 1, OPTS, fresh)
         return fresh.experts

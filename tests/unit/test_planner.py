@@ -94,14 +94,14 @@ def test_runner_chunks_but_loads_once():
 
 
 def test_lora_experts_share_one_load_and_one_mixed_batch(tiny_lm, tiny_adapters):
-    from experts.loader import ExpertLoader, engine_key
+    from experts.loader import EngineChoice, ExpertLoader, engine_key
     from experts.spec import ExpertSpec
     from routing.planner import spec_preparer
 
     specs = {"base": ExpertSpec(id="base", model=str(tiny_lm))}
     for name, path in tiny_adapters.items():
         specs[name] = ExpertSpec(id=name, kind="lora", base="base", adapter=str(path))
-    loader = ExpertLoader(specs.__getitem__)
+    loader = ExpertLoader(specs.__getitem__, engines=EngineChoice(engine="hf"))
     pool = ModelPool(loader, max_models=1)
     planner = BatchPlanner(key_of=lambda e: engine_key(specs[e]), max_resident=1)
     plan = planner.plan([["alpha", "beta"], ["gamma", "base"], ["alpha"]])

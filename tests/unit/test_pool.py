@@ -114,3 +114,20 @@ def test_concurrent_gets_load_once():
 def test_bad_budget():
     with pytest.raises(ValueError, match="max_models"):
         ModelPool(Loader(), max_models=0)
+
+
+def test_different_keys_load_side_by_side():
+    both_loading = threading.Barrier(2, timeout=10)
+
+    class SlowLoader(Loader):
+        def __call__(self, key: str) -> SizedEngine:
+            both_loading.wait()  # passes only while the other key is loading too
+            return super().__call__(key)
+
+    pool = ModelPool(SlowLoader(), max_models=2)
+    threads = [threading.Thread(target=pool.get, args=(key,)) for key in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(pool.resident()) == ["a", "b"] and pool.stats.loads == 2

@@ -10,9 +10,9 @@ from text_tables import QUERIES, text_table
 from cluster.config import ConclaveConfig
 from experts.spec import ExpertSpec
 from routing.cache.memory import MemoryPatternCache
-from routing.decision import RouteOptions
+from routing.errors import RoutingError
+from routing.options import RouteOptions
 from routing.router import Router, build_router, outcomes_from_specs
-from routing.strategies.base import RoutingError
 from routing.strategies.glider import GliderStrategy
 from routing.strategies.skills import SkillsStrategy
 
@@ -87,6 +87,18 @@ def test_cache_is_used_only_under_the_same_options(minilm):
     assert not first.cached and again.cached and again.experts == first.experts
     other = router.route(query, RouteOptions(strategy="glider"))[0]
     assert not other.cached and other.strategy == "glider"
+    explicit = router.route(query, RouteOptions(strategy="skills"))[0]  # the default, named
+    assert explicit.cached
+
+
+def test_k2_then_k3_then_k2_the_second_k2_is_a_hit_for_its_own_pattern(minilm):
+    cache = MemoryPatternCache()
+    router = _router(minilm, cache=cache)
+    query = [QUERIES["medic"]]
+    first, three, second = (router.route(query, RouteOptions(k=k))[0] for k in (2, 3, 2))
+    assert not first.cached and not three.cached and len(three.experts) == 3
+    assert second.cached and second.experts == first.experts
+    assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 2  # no hit thrown away
 
 
 def test_no_skill_matched_falls_back_to_the_prior(minilm):
@@ -99,8 +111,10 @@ def test_no_skill_matched_falls_back_to_the_prior(minilm):
 def test_bad_inputs(router):
     with pytest.raises(RoutingError, match="empty"):
         router.route(["fine", " "])
-    with pytest.raises(RoutingError, match="unknown routing strategy 'nope'; valid: glider, skills"):
-        router.route(["q"], RouteOptions(strategy="nope"))
+    with pytest.raises(ValueError, match="unknown routing strategy 'nope'; valid: glider, hybrid"):
+        RouteOptions(strategy="nope")  # not registered: refused when the options are made
+    with pytest.raises(RoutingError, match="unknown routing strategy 'knn'; valid: glider, skills"):
+        router.route(["q"], RouteOptions(strategy="knn"))  # registered, not in this router
     assert router.route([]) == []
 
 

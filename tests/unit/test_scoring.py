@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from routing.errors import RoutingError
 from routing.scoring import extract_choice, score_answer
-from routing.strategies.base import RoutingError
 
 
 @pytest.mark.parametrize("text, letter", [

@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from routing.decision import Decision, RouteOptions
+from routing.decision import Decision
+from routing.errors import RoutingError
+from routing.options import RouteOptions
 from routing.selection import select
-from routing.strategies.base import RoutingError, Scores
+from routing.strategies.base import Scores
 
 EXPERTS = ["big", "mid", "small"]
 
@@ -78,8 +80,12 @@ def test_model_string_options():
     options = RouteOptions.parse_model_string("conclave:k=2,strategy=skills,cost=0.2,sample=on,seed=3")
     assert options == RouteOptions(k=2, strategy="skills", cost_weight=0.2, sample=True, seed=3)
     assert RouteOptions.parse_model_string("conclave") == RouteOptions()
-    for bad, words in [("conclave:x=1", "valid keys: cost"), ("conclave:k=0", "k"),
-                       ("conclave:k=two", "integer"), ("conclave:sample=maybe", "true/false"),
-                       ("conclave:cost=-1", "cost_weight"), ("gpt-4o", "start with")]:
+    given = RouteOptions.parse_model_string("conclave:aggregation=vote,k=4")
+    assert given.given() == {"aggregation": "vote", "k": 4}  # only these override defaults
+    for bad, words in [("conclave:x=1", "valid keys: aggregation, cost"), ("conclave:k=0", "k"),
+                       ("conclave:k=two", "integer"), ("conclave:sample=maybe", "boolean"),
+                       ("conclave:cost=-1", "cost_weight"), ("conclave:cost=inf", "finite"),
+                       ("conclave:aggregation=mean", "vote"), ("conclave:seed=", "bad option"),
+                       ("gpt-4o", "start with")]:
         with pytest.raises(RoutingError, match=words):
             RouteOptions.parse_model_string(bad)

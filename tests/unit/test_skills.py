@@ -7,10 +7,10 @@ import pytest
 from text_tables import QUERIES, text_table
 
 from experts.engine import Generation, GenerationEngine
+from routing.errors import RoutingError
 from routing.keywords import EmbeddingKeywordExtractor, LLMKeywordExtractor, candidate_phrases
 from routing.outcomes import OutcomeTable
-from routing.strategies import make_strategy
-from routing.strategies.base import RoutingError
+from routing.strategies import StrategyContext, make_strategy
 from routing.strategies.skills import SkillsStrategy
 
 
@@ -128,4 +128,4 @@ def test_bad_inputs(minilm):
     with pytest.raises(RoutingError, match="no phrase occurs"):
         EmbeddingKeywordExtractor(minilm).fit(["one lonely question"], np.zeros((1, 384)))
     with pytest.raises(RoutingError, match="unknown routing strategy 'skils'; valid: .*skills"):
-        make_strategy("skils", encoder=minilm)
+        make_strategy("skils", context=StrategyContext(minilm))

@@ -1,8 +1,9 @@
 """Mixed HTTP load against a local Conclave gateway, with faults fired on a schedule: the
-engine under tests/reliability and ``bench/soak.py``.
+engine under tests/reliability and ``bench/soak.py`` (test tooling: not part of the
+installed packages).
 
 Request kinds rotate: routed chat, routed chat streamed (SSE), routed completion, and one
-expert asked directly. Every request is recorded as an :class:`Outcome` (status, latency,
+expert asked directly. Every request is recorded as an :class:`RequestRecord` (status, latency,
 who answered, failovers, when it was sent), so a caller can check what happened around a
 fault: e.g. that no request sent after an expert's removal was acknowledged reached it.
 
@@ -25,7 +26,7 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 @dataclass
-class Outcome:
+class RequestRecord:
     """One request and what came back."""
 
     index: int
@@ -65,7 +66,7 @@ class FaultRecord:
 
 @dataclass
 class LoadReport:
-    outcomes: list[Outcome]
+    outcomes: list[RequestRecord]
     faults: list[FaultRecord]
     wall_s: float
 
@@ -131,17 +132,20 @@ class MixedLoad:
         self.timeout_s = timeout_s
 
     async def run(self, requests: int | None = None, duration_s: float | None = None,
-                  faults: Sequence[Fault] = ()) -> LoadReport:
+                  faults: Sequence[Fault] = (), until_faults_done: bool = False) -> LoadReport:
         """Send ``requests`` requests, or keep sending for ``duration_s`` seconds (the
-        first bound reached ends it); fire ``faults`` on their schedule."""
+        first bound reached ends it); fire ``faults`` on their schedule. With
+        ``until_faults_done``, the load also ends once every fault's action returned."""
         if requests is None and duration_s is None:
             raise ValueError("bound the load: give requests or duration_s")
         progress = _Progress(requests, duration_s)
-        outcomes: list[Outcome] = []
+        outcomes: list[RequestRecord] = []
         records: list[FaultRecord] = []
         limits = httpx.Limits(max_connections=self.concurrency)
         async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits) as client:
             firing = [asyncio.create_task(_fire(f, progress, records)) for f in faults]
+            if until_faults_done and firing:
+                progress.stop = lambda: all(task.done() for task in firing)
             await asyncio.gather(*(self._worker(client, progress, outcomes)
                                    for _ in range(self.concurrency)))
             progress.finished = True
@@ -150,7 +154,7 @@ class MixedLoad:
                           time.monotonic() - progress.started)
 
     async def _worker(self, client: httpx.AsyncClient, progress: _Progress,
-                      outcomes: list[Outcome]) -> None:
+                      outcomes: list[RequestRecord]) -> None:
         while (index := progress.next_index()) is not None:
             outcomes.append(await self.send(client, index))
 
@@ -167,9 +171,9 @@ class MixedLoad:
                 "max_tokens": self.max_tokens, "stream": kind == "chat-stream"}
         return kind, "/v1/chat/completions", body
 
-    async def send(self, client: httpx.AsyncClient, index: int) -> Outcome:
+    async def send(self, client: httpx.AsyncClient, index: int) -> RequestRecord:
         kind, path, body = self.request_for(index)
-        outcome = Outcome(index, kind, time.monotonic())
+        outcome = RequestRecord(index, kind, time.monotonic())
         try:
             async with client.stream("POST", self.base_url + path, json=body) as resp:
                 outcome.status = resp.status_code
@@ -193,11 +197,12 @@ class _Progress:
         self.started = time.monotonic()
         self.issued = 0
         self.finished = False
+        self.stop: Callable[[], bool] = lambda: False  # ends the load early when true
 
     def next_index(self) -> int | None:
         """The next request's number, or None once the bound is reached."""
         late = self.duration_s is not None and time.monotonic() - self.started >= self.duration_s
-        if late or (self.requests is not None and self.issued >= self.requests):
+        if late or self.stop() or (self.requests is not None and self.issued >= self.requests):
             return None
         self.issued += 1
         return self.issued - 1
@@ -221,7 +226,7 @@ async def _fire(fault: Fault, progress: _Progress, records: list[FaultRecord]) -
     record.done = time.monotonic()
 
 
-def _read_info(outcome: Outcome, text: str, streamed: bool) -> None:
+def _read_info(outcome: RequestRecord, text: str, streamed: bool) -> None:
     """Fill who answered from the ``conclave`` field (of the last SSE chunk if streamed)."""
     if streamed:
         events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]

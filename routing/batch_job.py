@@ -19,13 +19,15 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from routing.aggregate import Aggregator, synthesis_prompt, texts_by_row
-from routing.decision import Decision, RouteOptions
+from routing.aggregator_store import Chooser, apply_chooser
+from routing.decision import Decision
+from routing.errors import RoutingError
+from routing.options import RouteOptions
 from routing.planner import BatchPlanner, PlanRunner, Step
-from routing.strategies.base import RoutingError
 
 log = logging.getLogger(__name__)
 
@@ -128,19 +130,26 @@ class BatchJob:
 
     ``router``: anything with ``route(texts, options) -> list[Decision]``;
     ``runner``: a :class:`PlanRunner` on the expert pool; ``answers``: a pattern cache
-    consulted for final answers when its ``store_answers`` is on; ``version()`` the
-    registry version for that cache."""
+    consulted for final answers when its ``store_answers`` is on, keyed by the routing
+    options, the aggregation mode and the runner's sampling parameters (an answer made
+    under others is never reused); ``version()`` the registry version for that cache;
+    ``choose``: sets each decision's ``aggregator`` (e.g. the choice stored by ``conclave
+    aggregators select``, :func:`routing.aggregator_store.choose_aggregator`)."""
 
     def __init__(self, router, planner: BatchPlanner, runner: PlanRunner,
                  aggregator: Aggregator | None = None, *, options: RouteOptions | None = None,
                  answers=None, version: Callable[[], object] = lambda: 0,
-                 chunk_size: int = 256, progress: bool = True):
+                 choose: Chooser | None = None, chunk_size: int = 256, progress: bool = True):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.router, self.planner, self.runner = router, planner, runner
         self.aggregator = aggregator or Aggregator()
         self.options, self.answers, self.version = options, answers, version
+        self.choose = choose
         self.chunk_size, self.progress = chunk_size, progress
+        # What a stored answer must have been made under to be served again.
+        self._answer_scope = ((options or RouteOptions()).model_copy(
+            update={"aggregation": self.aggregator.mode}), asdict(runner.params))
 
     def run(self, in_path: str | Path, out_path: str | Path) -> BatchReport:
         """Answer every query of ``in_path`` not yet in ``out_path`` (appended)."""
@@ -182,6 +191,8 @@ class BatchJob:
             except RoutingError:  # find the bad query, keep the others
                 decisions = [self._route_one(q, report) for q in chunk]
             bar.update(len(chunk))
+        if self.choose is not None:
+            apply_chooser([d for d in decisions if d is not None], self.choose)
         return decisions
 
     def _route_one(self, query: Query, report: BatchReport) -> Decision | None:
@@ -233,7 +244,8 @@ class BatchJob:
         result = self.aggregator.finish(query.text, decision, responses,
                                         None if synth is None else synth.text, aggregator)
         if self.answers is not None:
-            self.answers.store_answer(query.text, self.version(), result.answer)
+            self.answers.store_answer(query.text, self.version(), *self._answer_scope,
+                                       result.answer)
         return self._line(query, decision, result, None)
 
     def _line(self, query: Query, decision: Decision, result, cached_answer) -> dict:
@@ -248,7 +260,7 @@ class BatchJob:
     def _cached_answer(self, query: Query) -> str | None:
         if self.answers is None:
             return None
-        return self.answers.lookup_answer(query.text, self.version())
+        return self.answers.lookup_answer(query.text, self.version(), *self._answer_scope)
 
     def _run(self, steps, prompts: dict, stage: str, failed: dict) -> dict:
         # Rows whose experts all failed have no aggregator prompt: leave them out.

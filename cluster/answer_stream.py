@@ -32,9 +32,8 @@ from cluster.openai_protocol import (
     Usage,
     new_id,
 )
-from cluster.openai_serving import ConclaveService, Outcome, Plan, add_usage
-from cluster.panel import TextSink
-from cluster.sink_stream import Finished, sink_stream
+from cluster.openai_serving import ConclaveService, FinalAnswer, RoutedPrompt, add_usage
+from cluster.sink_stream import DeltaSink, Finished, sink_stream
 
 DONE = "data: [DONE]\n\n"
 
@@ -44,9 +43,9 @@ class StreamBroken(Exception):
     and a stand-in answered instead): what the client has cannot be corrected."""
 
 
-async def live_text(run: Callable[[TextSink], Awaitable[Outcome]]) -> AsyncIterator[str | Outcome]:
+async def streamed_text(run: Callable[[DeltaSink], Awaitable[FinalAnswer]]) -> AsyncIterator[str | FinalAnswer]:
     """Yield each text delta as ``run``'s sink receives it, then whatever of the final
-    text was not streamed, then the :class:`Outcome` itself."""
+    text was not streamed, then the :class:`FinalAnswer` itself."""
     sent: list[str] = []
     async with aclosing(sink_stream(run)) as items:  # closing it stops the panel's work
         async for item in items:
@@ -87,14 +86,14 @@ def error_event(err: Exception, timeout_s: float) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
-async def chat_events(service: ConclaveService, model: str, plan: Plan,
+async def chat_events(service: ConclaveService, model: str, plan: RoutedPrompt,
                       timeout_s: float) -> AsyncIterator[str]:
     """A streamed chat completion: the role, live content deltas, then the finish reason
     with usage and the ``conclave`` field, then ``[DONE]``."""
     common = {"id": new_id("chatcmpl"), "model": model, "created": int(time.time())}
     yield sse(ChatCompletionChunk(**common, choices=[
         ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))]))
-    answer = live_text(lambda sink: service.run(plan, sink))
+    answer = streamed_text(lambda sink: service.run(plan, sink))
     try:
         async with asyncio.timeout(timeout_s), aclosing(answer):
             async for item in answer:
@@ -112,7 +111,7 @@ async def chat_events(service: ConclaveService, model: str, plan: Plan,
 
 
 async def completion_events(service: ConclaveService, req: CompletionRequest,
-                            plans: list[Plan], timeout_s: float) -> AsyncIterator[str]:
+                            plans: list[RoutedPrompt], timeout_s: float) -> AsyncIterator[str]:
     """Streamed completions, one prompt after another, each live; the last event carries
     the summed usage and every prompt's ``conclave`` field."""
     common = {"id": new_id("cmpl"), "model": req.model, "created": int(time.time())}
@@ -123,7 +122,7 @@ async def completion_events(service: ConclaveService, req: CompletionRequest,
                 if req.echo:
                     yield sse(CompletionChunk(**common, choices=[
                         CompletionChoice(index=index, text=plan.query)]))
-                answer = live_text(lambda sink, p=plan: service.run(p, sink))
+                answer = streamed_text(lambda sink, p=plan: service.run(p, sink))
                 async with aclosing(answer):
                     async for item in answer:
                         if isinstance(item, str):
@@ -142,7 +141,7 @@ async def completion_events(service: ConclaveService, req: CompletionRequest,
     yield DONE
 
 
-def plan_headers(plans: list[Plan]) -> dict[str, str]:
+def plan_headers(plans: list[RoutedPrompt]) -> dict[str, str]:
     """``x-conclave-*`` headers known before a stream starts: the routing's plan."""
     return {
         "x-conclave-experts": ",".join(e for p in plans for e in dict.fromkeys(p.decision.experts)),

@@ -1,4 +1,5 @@
-"""Real faults for a running Conclave application, for tests/reliability and bench/soak.py.
+"""Real faults for a running Conclave application, for tests/reliability and bench/soak.py
+(test tooling: not part of the installed packages).
 
 - :func:`kill_replica`: ``ray.kill`` one replica actor of a deployment (Serve starts a new
   one; requests in flight there fail and the gateway fails them over).
@@ -34,13 +35,14 @@ SERVE_NAMESPACE = "serve"
 class Replica:
     name: str  # SERVE_REPLICA::<app>#<deployment>#<id>
     pid: int
+    node_id: str = ""  # the Ray node it runs on
 
 
 def replicas(app: str, deployment: str) -> list[Replica]:
     """The live replica actors of ``deployment`` in ``app``, sorted by name."""
     prefix = f"SERVE_REPLICA::{app}#{deployment}#"
     found = [
-        Replica(info["Name"], int(info.get("Pid") or 0))
+        Replica(info["Name"], int(info.get("Pid") or 0), info["Address"]["NodeID"])
         for info in ray._private.state.actors().values()  # the GCS actor table
         if info.get("State") == "ALIVE" and str(info.get("Name", "")).startswith(prefix)
     ]

@@ -1,0 +1,65 @@
+"""Constrained and extra outputs: request fields to params, forced tool calls back to
+OpenAI ``tool_calls``, and an engine that cannot honour a feature refusing it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cluster.api_errors import ApiError
+from cluster.expert_batch import Row, error_reply, run_batch
+from cluster.openai_protocol import ChatCompletionRequest, CompletionRequest
+from cluster.output_features import feature_params, tool_calls, without_features
+from experts.engine import GenerationEngine, GenerationParams
+from experts.errors import UnsupportedFeatureError
+from experts.spec import ExpertSpec
+
+TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+
+
+def chat(**fields) -> ChatCompletionRequest:
+    return ChatCompletionRequest(model="conclave", messages=[{"role": "user", "content": "hi"}],
+                                 **fields)
+
+
+def test_request_fields_become_params_and_bad_formats_are_400():
+    params = feature_params(chat(response_format={"type": "json_object"}, logprobs=True,
+                                 top_logprobs=3, tools=TOOLS, tool_choice="required"))
+    assert params == {"response_format": {"type": "json_object"}, "logprobs": 3,
+                      "tools": TOOLS, "tool_choice": "required"}
+    assert feature_params(chat(response_format={"type": "text"}, logprobs=False)) == {}
+    assert feature_params(chat(tools=TOOLS))["tool_choice"] == "auto"
+    assert feature_params(CompletionRequest(model="x", prompt="p", logprobs=0)) == {"logprobs": 0}
+    with pytest.raises(ApiError, match="response_format.type must be one of"):
+        feature_params(chat(response_format={"type": "yaml"}))
+    assert without_features({"max_new_tokens": 4, **params}) == {"max_new_tokens": 4}
+
+
+def test_forced_tool_calls_become_openai_tool_calls():
+    named = {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "add"}}}
+    [call] = tool_calls(named, '{"a": 1}')
+    assert call["function"] == {"name": "add", "arguments": json.dumps({"a": 1})}
+    calls = tool_calls({"tools": TOOLS, "tool_choice": "required"},
+                       '[{"name": "add", "parameters": {"a": 2}}]')
+    assert [c["function"]["name"] for c in calls] == ["add"]
+    assert tool_calls(named, '{"a": ') is None  # cut by max_tokens: plain text
+    assert tool_calls({}, '{"a": 1}') is None
+
+
+class _Echo(GenerationEngine):
+    name = "echo"
+
+    def generate(self, prompts, params=None, adapters=None):
+        raise AssertionError("a refused row must not generate")
+
+
+def test_an_engine_refuses_what_it_cannot_honour_as_a_client_error():
+    params = GenerationParams(response_format={"type": "json_object"})
+    with pytest.raises(UnsupportedFeatureError, match="echo engine does not support"):
+        _Echo().check_features(params)
+    spec = ExpertSpec(id="e", model="org/model")
+    [reply] = run_batch(_Echo(), [Row("e", "hi", {"logprobs": 1})], lambda _: spec,
+                        lambda *_: None, lambda _: None)
+    assert "does not support logprobs" in reply["client_error"]
+    assert "client_error" not in error_reply(RuntimeError("boom"))
