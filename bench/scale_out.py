@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,11 +60,13 @@ def questions() -> list[str]:
 
 def measure(workers: int, args) -> dict:
     """One fresh cluster with ``workers`` worker nodes: warm up, then the timed load."""
-    from cluster.loadgen import MixedLoad
+    # The cluster harness and the load generator are test tooling (tests/).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from loadgen import MixedLoad
+    from local_cluster import LocalCluster, NodeSpec, TcpRedis, free_port
     from ray import serve
 
     from cluster.app import build_app
-    from cluster.local_cluster import LocalCluster, NodeSpec, TcpRedis, free_port
 
     share = round(os.cpu_count() / workers, 3)  # what each worker's replica reserves
     node_cpus = math.ceil(share)  # a Ray node's CPU count must be whole

@@ -9,9 +9,9 @@ is dispatched alone (router batch size 1, per-expert batch size 1, no batch wait
 ``--engine both`` runs the batched path on vLLM and on transformers side by side and writes
 ``vllm_vs_hf_throughput``. Each engine runs at its own best demo setting: vLLM one pool
 replica (it batches in its own engine process), transformers two (one GIL per replica).
-``--tracing`` runs the batched path twice, tracing off and on (sampling 1.0, spans kept in
-memory by every replica), and writes ``tracing_overhead`` (untraced / traced requests/s;
-goal <= 1.05).
+``--compare tracing`` runs the batched app twice instead, tracing off and on (sampling 1.0,
+every replica keeping its spans in memory), and writes ``tracing_overhead`` (requests/s
+off / on; goal <= 1.05).
 
 Both apps run side by side; the requests go in slices to one mode then the other, in ABBA
 order, so a busy machine slows both alike. Prints requests/s, p50/p99 latency, errors,
@@ -37,9 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "demo.yaml"
 
 
-def mode_config(engine: str, batched: bool, namespace: str, traced: bool = False):
-    """The demo config on ``engine``, with batching on (as configured) or off everywhere;
-    ``traced``: tracing on, sampling 1.0, every replica keeping its spans in memory."""
+def mode_config(engine: str, mode: str, namespace: str):
+    """The demo config on ``engine`` for one mode: batched (as configured), baseline
+    (batching off everywhere), untraced (as configured), traced (tracing on, spans kept in
+    memory)."""
     from cluster.config import load_config
 
     config = load_config(CONFIG)
@@ -47,12 +48,12 @@ def mode_config(engine: str, batched: bool, namespace: str, traced: bool = False
     data["redis"]["namespace"] = namespace  # a fresh pattern cache per mode
     for pool in data["pools"]:
         pool.update(engine=engine, num_replicas=1 if engine == "vllm" else 2)
-    if not batched:
+    if mode == "traced":
+        data["tracing"] = {"enabled": True, "exporter": "memory", "sampling_ratio": 1.0}
+    if mode == "baseline":
         data["routing"].update(batch_size=1)
         for pool in data["pools"]:
             pool.update(max_batch_size=1, batch_wait_timeout_s=0.0)
-    if traced:
-        data["tracing"] = {"enabled": True, "exporter": "memory", "sampling_ratio": 1.0}
     return type(config).model_validate(data)
 
 
@@ -97,13 +98,12 @@ def metric_sum(url: str, family: str, suffix: str = "_total") -> float:
                for s in f.samples if s.name.endswith(suffix))
 
 
-def modes(engine: str, tracing: bool = False) -> dict[str, tuple[str, bool]]:
-    """Mode name → (engine, batched); ``tracing``: the batched path untraced and traced."""
-    if tracing:
-        return {"untraced": (engine, True), "traced": (engine, True)}
-    if engine == "both":
-        return {"vllm": ("vllm", True), "hf": ("hf", True)}
-    return {"batched": (engine, True), "baseline": (engine, False)}
+def modes(args) -> dict[str, tuple[str, str]]:
+    """Mode name → (engine, mode); the figure is the first's requests/s over the second's."""
+    if args.engine == "both":
+        return {"vllm": ("vllm", "batched"), "hf": ("hf", "batched")}
+    pair = ("untraced", "traced") if args.compare == "tracing" else ("batched", "baseline")
+    return {name: (args.engine, name) for name in pair}
 
 
 def start_modes(args) -> dict[str, str]:
@@ -111,9 +111,8 @@ def start_modes(args) -> dict[str, str]:
     from cluster.local_serve import start_app
 
     urls = {}
-    for name, (engine, batched) in modes(args.engine, args.tracing).items():
-        config = mode_config(engine, batched, f"bench-{name}-{os.getpid()}",
-                             traced=name == "traced")
+    for name, (engine, mode) in modes(args).items():
+        config = mode_config(engine, mode, f"bench-{name}-{os.getpid()}")
         urls[name] = start_app(config, name=f"bench-{name}", port=args.port,
                                route_prefix=f"/{name}")
         asyncio.run(load(urls[name], questions(8), 4, args.max_tokens))  # load the models
@@ -191,6 +190,8 @@ def summarise(raw: dict, url: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=("vllm", "hf", "both"), default="vllm")
+    parser.add_argument("--compare", choices=("batching", "tracing"), default="batching",
+                        help="batched vs baseline, or tracing off vs on")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=16)
@@ -198,11 +199,7 @@ def main() -> None:
                         help="slices of the requests, sent to the two modes in ABBA order")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--json", dest="json_path", default=None)
-    parser.add_argument("--tracing", action="store_true",
-                        help="compare tracing off and on (batched path): tracing_overhead")
     args = parser.parse_args()
-    if args.tracing and args.engine == "both":
-        parser.error("--tracing compares on one engine: --engine vllm or hf")
     from cluster.local_serve import offline_defaults
 
     offline_defaults()
@@ -230,8 +227,8 @@ def report(results: dict, args) -> None:
         print(f"  {name:<10} {r['cpu_ms_total']:6.1f}  ({parts})")
     first, second = results
     ratio = results[first]["rps"] / results[second]["rps"]
-    key = ("tracing_overhead" if args.tracing else
-           "vllm_vs_hf_throughput" if args.engine == "both" else "throughput_ratio")
+    key = ("vllm_vs_hf_throughput" if args.engine == "both" else "tracing_overhead"
+           if args.compare == "tracing" else "throughput_ratio")
     print(f"{key} ({first} / {second}): {ratio:.2f}x")
     if args.json_path:
         lead = results[first]

@@ -109,6 +109,9 @@ class RoutingConfig(RouteOptionFields):
     outcomes_subset: OutcomeSubset = Field(
         default_factory=OutcomeSubset, description="Which questions and columns of "
         "`outcomes` profiles are built from (default: all of them).")
+    trained_router: str | None = Field(
+        None, description="Folder (or .safetensors file) made by `conclave router train`: "
+        "the contrastive strategy loads it instead of training; the experts must match.")
     cache: PatternCacheConfig = Field(default_factory=PatternCacheConfig, description="Cache.")
     batch_size: int = Field(
         32, ge=1, description="Concurrent queries the gateway sends the router in one call, "

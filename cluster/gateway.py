@@ -79,15 +79,15 @@ class Gateway:
     async def _route(self, query: str, options: RouteOptions) -> RouteResult:
         """The router's decision; its :class:`RoutingError` raised here for a bad query."""
         with span("route", **{"conclave.strategy": options.strategy,
-                              "conclave.k": options.k}) as current:
+                              "conclave.k": str(options.k)}) as current:
             try:
-                result = await self._routes("router", RouteQuery(query, options,
-                                                                 TraceContext.current()))
+                result = await self._routes(
+                    "router", RouteQuery(query, options, TraceContext.current()))
             except RayActorError:  # died twice: no live router replica right now
                 raise ApiError(503, "the router is restarting; retry shortly",
                                type="api_error", code="router_unavailable",
                                headers={"Retry-After": "2"}) from None
-            result.raise_error()
+            result = result.raise_error()
             current.set_attribute("conclave.experts", result.decision.experts)
             current.set_attribute("conclave.cache", result.cache)
         return result
@@ -109,7 +109,7 @@ class Gateway:
             else:
                 reply, first = await self._stream(spec, prompt, params, sink)
             self.metrics.record_generation(spec.pool, expert_id, reply)
-            if "client_error" in reply:  # the request's fault (e.g. too long): not a failover
+            if "client_error" in reply:  # the request's fault (e.g. too long): no failover
                 raise ApiError(400, reply["client_error"], code="invalid_request")
             if "error" in reply:
                 raise ExpertError(f"expert {expert_id!r}: {reply['error']}")

@@ -91,8 +91,7 @@ class ExpertPoolServer:
         # Started side by side in the model pool first (Serve's multiplexed loader takes one
         # model at a time, and a vLLM engine takes seconds to start its process), then
         # registered with Serve, which then finds them loaded.
-        await asyncio.gather(*(asyncio.to_thread(self.models.get, key) for key in keys),
-                             return_exceptions=True)
+        await asyncio.gather(*map(self._load_engine, keys), return_exceptions=True)
         for key in keys:
             try:
                 await self._engine(key)
@@ -108,14 +107,14 @@ class ExpertPoolServer:
         return reply
 
     async def generate_many(self, rows: list[tuple]) -> list[dict]:
-        """Several requests (expert id, prompt, params[, sink[, trace]]) in one call: the
-        gateway's coalesced batch for this replica's engine key. They join the key's queue together,
+        """Several requests (expert id, prompt, params[, sink[, trace]]) in one call: the gateway's
+        coalesced batch for this replica's engine key. They join the key's queue together,
         so they generate in one batch (with whatever else waits there). A row that cannot
         run gets ``{"error": message}``; the others still answer."""
         key = serve.get_multiplexed_model_id()
         engine = await self._engine(key)
         if engine.continuous:
-            replies = await self._generate_continuous(engine, [Row(*row) for row in rows])
+            replies = await self._generate_continuous(key, engine, [Row(*row) for row in rows])
         else:
             replies = await asyncio.gather(
                 *(self.batcher.submit(key, Row(*row)) for row in rows), return_exceptions=True
@@ -131,14 +130,14 @@ class ExpertPoolServer:
         def call(sink):
             return self.generate_many([(expert_id, prompt, params, sink, trace)])
 
-        async with aclosing(sink_stream(call)) as items:  # the caller left: row skipped
+        async with aclosing(sink_stream(call, coalesce=True)) as items:  # the caller left: row skipped
             async for item in items:
                 yield {"done": item.result[0]} if isinstance(item, Finished) else {"delta": item}
 
     async def _load_engine(self, key: str):
-        loads, started = self.models.stats.loads, time.perf_counter()
+        fresh, started = not self.models.is_loaded(key), time.perf_counter()
         engine = await asyncio.to_thread(self.models.get, key)
-        if self.models.stats.loads > loads:  # not just a hit in the pool's own LRU
+        if fresh:  # a load, not a hit in the pool's own LRU: reported in the next reply
             self._loads.append(time.perf_counter() - started)
         return engine
 
@@ -146,26 +145,26 @@ class ExpertPoolServer:
         engine = await self._engine(key)
         started, wall = time.perf_counter(), time.time_ns()
         results = await asyncio.to_thread(self._run_rows, engine, rows)
-        loads, self._loads = self._loads, []
-        self.rows_served += len(rows)
-        stats = {"batch_size": len(rows), "loads": loads,
-                 "seconds": time.perf_counter() - started}
-        for i, result in enumerate(results):
-            result["stats"] = stats if i == 0 else {"batch_size": 0, "loads": []}
-        trace_batch(self.pool.name, key, rows, results, wall)
-        return results
+        return self._finished(key, rows, results, started, wall)
 
-    async def _generate_continuous(self, engine, rows: list[Row]) -> list[dict]:
+    async def _generate_continuous(self, key: str, engine, rows: list[Row]) -> list[dict]:
         started, wall = time.perf_counter(), time.time_ns()
         live = await asyncio.to_thread(self._live, {row.expert for row in rows})
         replies = await run_continuous(engine, rows, lambda e: self._spec(e, live),
                                        self.loader.prepare)
-        trace_batch(self.pool.name, serve.get_multiplexed_model_id(), rows, replies, wall)
+        return self._finished(key, rows, replies, started, wall)
+
+    def _finished(self, key: str, rows: list[Row], replies: list[dict], started: float,
+                  wall: int) -> list[dict]:
+        """The replies of one batch (or one call's rows), with their ``stats``: the first
+        carries the batch size, seconds and the model loads since the last reply."""
         loads, self._loads = self._loads, []
+        self.rows_served += len(rows)
+        stats = {"batch_size": len(rows), "loads": loads,
+                 "seconds": time.perf_counter() - started}
         for i, reply in enumerate(replies):
-            reply["stats"] = ({"batch_size": len(rows), "loads": loads,
-                               "seconds": time.perf_counter() - started}
-                              if i == 0 else {"batch_size": 0, "loads": []})
+            reply["stats"] = stats if i == 0 else {"batch_size": 0, "loads": []}
+        trace_batch(self.pool.name, key, rows, replies, wall)
         return replies
 
     def _forget_removed(self, _added, removed, _version) -> None:

@@ -23,7 +23,7 @@ class RouteQuery:
 
     query: str
     options: RouteOptions
-    trace: TraceContext | None = None  # the gateway's routing span (cluster/tracing.py)
+    trace: TraceContext | None = None  # the gateway's routing span, for the router's spans
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,12 @@ class Finished:
     result: Any
 
 
-async def sink_stream(run: Callable[[DeltaSink], Awaitable[Any]]) -> AsyncIterator[str | Finished]:
+async def sink_stream(run: Callable[[DeltaSink], Awaitable[Any]],
+                      coalesce: bool = False) -> AsyncIterator[str | Finished]:
     """Start ``run(sink)``; yield every text given to ``sink``, then ``Finished(result)``
-    (the call's exception is raised instead). Closing the iterator early cancels the call."""
+    (the call's exception is raised instead). Closing the iterator early cancels the call.
+    With ``coalesce``, texts that queued while the consumer was busy go out joined as one
+    (the same text in all): a consumer one Ray hop away gets fewer, larger pieces."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -36,7 +39,14 @@ async def sink_stream(run: Callable[[DeltaSink], Awaitable[Any]]) -> AsyncIterat
     task = asyncio.ensure_future(run(sink))
     task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
-        while (text := await queue.get()) is not None:
+        ended = False
+        while not ended and (text := await queue.get()) is not None:
+            while coalesce and not queue.empty():
+                more = queue.get_nowait()
+                if more is None:
+                    ended = True
+                    break
+                text += more
             yield text
         yield Finished(task.result())
     finally:

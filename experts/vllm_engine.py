@@ -264,8 +264,11 @@ class VLLMEngine(GenerationEngine):
     def close(self) -> None:
         """Stop the engine process and the loop thread. Idempotent."""
         engine, self._engine = getattr(self, "_engine", None), None
-        if engine is not None:
-            self._loop.call_soon_threadsafe(engine.shutdown)
+        if engine is not None and self._loop.is_running():
+            async def shutdown():
+                engine.shutdown()
+
+            self._call(shutdown())  # waits: no engine process outlives close()
         self._stop_loop()
 
     def _stop_loop(self) -> None:

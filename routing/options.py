@@ -2,7 +2,8 @@
 
 :class:`RouteOptions` is frozen and hashable; it travels from the HTTP layer (the
 ``conclave`` body field, or the OpenAI ``model`` string so a stock client can drive it:
-``conclave:k=3,strategy=skills,cost=0.2,sample=true,seed=7,aggregation=vote``) through
+``conclave:k=3,strategy=skills,cost=0.2,sample=true,seed=7,aggregation=vote``, or an
+adaptive panel ``conclave:k=auto,k_mass=0.8,k_max=3``) through
 the router hop to the pattern cache keys. The config's ``routing`` section inherits the
 same fields (:class:`RouteOptionFields`) as the defaults a request starts from.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,10 +34,11 @@ from routing.errors import RoutingError
 MODEL_PREFIX = "conclave"
 Aggregation = Literal["auto", "vote", "synthesis", "best"]
 # The fields that change a routing decision (aggregation only changes the answer).
-DECISION_FIELDS = ("k", "strategy", "cost_weight", "sample", "seed")
+DECISION_FIELDS = ("k", "k_mass", "k_max", "strategy", "cost_weight", "sample", "seed")
 # Model-string key → field (``cost`` is the short name of ``cost_weight``).
 _KEYS = {"k": "k", "strategy": "strategy", "cost": "cost_weight", "cost_weight": "cost_weight",
-         "sample": "sample", "seed": "seed", "aggregation": "aggregation"}
+         "sample": "sample", "seed": "seed", "aggregation": "aggregation",
+         "k_mass": "k_mass", "k_max": "k_max"}
 
 
 class RouteOptionFields(BaseModel):
@@ -45,7 +47,11 @@ class RouteOptionFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: int = Field(3, ge=1, le=16, description="Experts recruited for the query.")
+    k: Annotated[int, Field(ge=1, le=16)] | Literal["auto"] = Field(
+        3, description="Experts recruited for the query (1..16), or 'auto': recruit until "
+        "their calibrated mass reaches k_mass, at most k_max (see routing.calibration).")
+    k_mass: float = Field(0.8, gt=0.0, le=1.0, description="k=auto: mass to reach.")
+    k_max: int = Field(3, ge=1, le=16, description="k=auto: most experts recruited.")
     strategy: str | None = Field(
         None, description="Strategy name (see routing.strategies); None: the router's default.")
     cost_weight: float = Field(

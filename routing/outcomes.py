@@ -1,5 +1,6 @@
 """Outcomes: a table of (question, expert) → score in [0, 1], the raw material of every
-routing profile.
+routing profile. A score is 0/1 (right or wrong) or fractional: a pass rate (3 right answers
+of 10 samples → 0.3) or a graded score such as F1; every strategy and metric takes both.
 
 The on-disk form is the shared data format: ``questions.jsonl`` (``id``, ``domain``,
 ``text``, extra fields) + ``scores.csv`` (``id`` then one column per expert; empty = no
@@ -42,7 +43,8 @@ class OutcomeTable:
             raise OutcomeError("ids, texts and domains differ in length")
         finite = self.scores[~np.isnan(self.scores)]
         if finite.size and (finite.min() < 0 or finite.max() > 1):
-            raise OutcomeError("scores must lie in [0, 1]")
+            raise OutcomeError(f"scores must lie in [0, 1] (a pass rate or 0/1); found values "
+                               f"from {finite.min():g} to {finite.max():g}")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -156,6 +158,9 @@ def _score(value: str, path: Path, lineno: int) -> float:
         raise OutcomeError(f"{path}:{lineno}: score {value!r} is not a number") from None
     if math.isnan(score):
         raise OutcomeError(f"{path}:{lineno}: NaN score (leave the cell empty for 'no result')")
+    if not 0.0 <= score <= 1.0:
+        raise OutcomeError(f"{path}:{lineno}: score {value!r} outside [0, 1] (scores are 0/1 "
+                           "or a pass rate, e.g. 0.3 for 3 right answers of 10)")
     return score
 
 

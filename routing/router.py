@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from experts.spec import ExpertSpec
+from routing.calibration import fit_temperature
 from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import RouteOptions
@@ -29,6 +30,7 @@ from routing.strategies import STRATEGIES, make_strategy
 from routing.strategies.base import RoutingStrategy, StrategyContext
 
 log = logging.getLogger(__name__)
+CALIBRATION_QUESTIONS = 512  # fit-table questions the k=auto temperature is fitted on
 
 
 class Router:
@@ -56,6 +58,9 @@ class Router:
         # (start, end) wall-clock ns of the last route()'s encode, cache and strategy steps
         self.phases: dict[str, tuple[int, int]] = {}
         self.unavailable: dict[str, str] = {}  # strategy -> why it could not be fitted
+        self.temperatures: dict[str, float] = {}  # strategy -> k=auto calibration
+        self._calibration: OutcomeTable | None = None  # a sample of the fit table, for it
+        self._calibration_embeddings: np.ndarray | None = None
 
     @property
     def experts(self) -> list[str]:
@@ -78,6 +83,23 @@ class Router:
         self.prior.update(_means(outcomes))
         for name, cost in outcomes.cost.items():
             self.costs.setdefault(name, cost)
+        rows = np.random.default_rng(0).permutation(len(outcomes))[:CALIBRATION_QUESTIONS]
+        self._calibration = outcomes.subset(np.sort(rows))
+        self._calibration_embeddings = embeddings[np.sort(rows)]
+        self.temperatures.clear()
+
+    def temperature(self, name: str) -> float | None:
+        """Strategy ``name``'s k=auto temperature, fitted on first use on a sample of the
+        fit table (:func:`routing.calibration.fit_temperature`); None before any fit."""
+        if name not in self.temperatures and self._calibration is not None:
+            table = self._calibration
+            scores = self.strategies[name].score(table.texts, self._calibration_embeddings)
+            columns = [table.experts.index(e) if e in table.experts else None
+                       for e in scores.experts]
+            outcomes = np.stack([table.scores[:, c] if c is not None else
+                                 np.full(len(table), np.nan) for c in columns], axis=1)
+            self.temperatures[name] = fit_temperature(scores.values, outcomes)
+        return self.temperatures.get(name)
 
     def route(self, queries: list[str], options: RouteOptions | None = None) -> list[Decision]:
         """One decision per query, in order."""
@@ -106,7 +128,9 @@ class Router:
         if todo:
             texts = [queries[i] for i in todo]
             scores = strategy.score(texts, embeddings[todo])
-            fresh = select(texts, scores, options, name, costs=self.costs, prior=self.prior)
+            temperature = self.temperature(name) if options.k == "auto" else None
+            fresh = select(texts, scores, options, name, costs=self.costs, prior=self.prior,
+                           temperature=temperature)
             for i, decision in zip(todo, fresh, strict=True):
                 decisions[i] = decision
                 if self.cache is not None:
@@ -196,8 +220,14 @@ def build_router(config, specs: list[ExpertSpec], outcomes: OutcomeTable | None,
         _match_specs(outcomes, specs)
     outcomes = startup_outcomes(specs, outcomes, profiles)
     context = StrategyContext(encoder, {spec.id: spec.task_instruction for spec in specs})
-    strategies = {name: make_strategy(name, config.routing.strategies.get(name), context)
-                  for name in STRATEGIES}
+    trained = config.routing.trained_router
+    strategies = {
+        name: make_strategy(name, _options(cls, config.routing.strategies.get(name), trained),
+                            context)
+        for name, cls in STRATEGIES.items()
+        # A learned strategy trains for minutes without weights: only when asked for.
+        if not getattr(cls, "trains", False) or trained or name == config.routing.strategy
+    }
     if config.routing.strategy not in strategies:
         raise RoutingError(
             f"routing.strategy {config.routing.strategy!r} unknown; valid: {sorted(strategies)}"
@@ -249,3 +279,11 @@ def _match_specs(outcomes: OutcomeTable, specs: list[ExpertSpec]) -> None:
             f"or drop the columns (experts: {ids})"
         )
 
+
+
+def _options(cls, options: dict | None, trained: str | None) -> dict:
+    """A strategy's config options, plus the trained weights for a learned one."""
+    options = dict(options or {})
+    if trained and getattr(cls, "trains", False):
+        options.setdefault("weights", trained)
+    return options

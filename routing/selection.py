@@ -1,7 +1,8 @@
 """The one place where strategy scores become :class:`~routing.decision.Decision`s.
 
 Per query: cost penalty, then deterministic top-k or seeded sampling, then weights; a
-fallback when the strategy has no opinion at all (every score NaN).
+fallback when the strategy has no opinion at all (every score NaN). ``k="auto"`` sizes the
+panel from the calibrated scores (:mod:`routing.calibration`) and weighs it by them.
 
 Cost penalty: ``final = score − λ · (cost / max cost) · spread`` where ``spread`` is the
 query's score range (max − min over scored experts). Dividing by the largest cost puts
@@ -21,6 +22,7 @@ import hashlib
 
 import numpy as np
 
+from routing.calibration import DEFAULT_TEMPERATURE, distribution, panel_sizes
 from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import RouteOptions
@@ -34,8 +36,11 @@ def select(
     strategy: str,
     costs: dict[str, float] | None = None,
     prior: dict[str, float] | None = None,
+    temperature: float | None = None,
 ) -> list[Decision]:
-    """One decision per query from ``scores`` (rows = queries, columns = experts)."""
+    """One decision per query from ``scores`` (rows = queries, columns = experts).
+    ``temperature``: the strategy's calibration for ``k="auto"`` (see
+    :mod:`routing.calibration`; None: its default)."""
     values = np.asarray(scores.values, dtype=np.float64)
     if values.shape != (len(queries), len(scores.experts)):
         raise RoutingError(
@@ -47,12 +52,12 @@ def select(
     cost = _normalised_costs(scores.experts, costs or {})
     fallback = _prior_row(scores.experts, prior or {})
     return [
-        _decide(query, values[i], scores, i, options, strategy, cost, fallback)
+        _decide(query, values[i], scores, i, options, strategy, cost, fallback, temperature)
         for i, query in enumerate(queries)
     ]
 
 
-def _decide(query, row, scores, i, options, strategy, cost, fallback) -> Decision:
+def _decide(query, row, scores, i, options, strategy, cost, fallback, temperature) -> Decision:
     explanation = dict(scores.explanations[i]) if i < len(scores.explanations) else {}
     if np.isnan(row).all():
         row = fallback
@@ -61,16 +66,18 @@ def _decide(query, row, scores, i, options, strategy, cost, fallback) -> Decisio
     order = _rank(final)
     ranked = [(scores.experts[j], float(final[j])) for j in order]
     scored = [j for j in order if not np.isnan(final[j])]
+    k, mass = panel_size(final[scored], options, temperature)
     if options.sample:
         seed = options.seed if options.seed is not None else _query_seed(query)
-        picks = _sample(final, scored, options.k, np.random.default_rng(seed))
+        picks = _sample(final, scored, k, np.random.default_rng(seed))
         weights = [1.0 / len(picks)] * len(picks)
     else:
-        picks = scored[: options.k]
-        weights = _weights(final[picks])
+        picks = scored[:k]
+        weights = _weights(final[picks]) if mass is None else _weights(mass[:k])
     explanation["selection"] = {
         "mode": "sample" if options.sample else "top-k",
-        "k": options.k,
+        "k": options.k if options.k != "auto" else {"auto": k, "k_mass": options.k_mass,
+                                                    "k_max": options.k_max},
         "cost_weight": options.cost_weight,
     }
     explanation["options"] = options.decision_fields()
@@ -82,6 +89,19 @@ def _decide(query, row, scores, i, options, strategy, cost, fallback) -> Decisio
         ranked=ranked,
         explanation=explanation,
     )
+
+
+def panel_size(ordered: np.ndarray, options: RouteOptions,
+               temperature: float | None) -> tuple[int, np.ndarray | None]:
+    """(experts to recruit, their calibrated probabilities or None) for scores ``ordered``
+    best first: ``options.k``, or for ``k="auto"`` the smallest panel whose mass reaches
+    ``k_mass`` (at most ``k_max``)."""
+    if options.k != "auto":
+        return options.k, None
+    if not len(ordered):
+        return 1, None
+    probabilities = distribution(ordered, temperature or DEFAULT_TEMPERATURE)[0]
+    return int(panel_sizes(probabilities, options.k_mass, options.k_max)[0]), probabilities
 
 
 def penalise(row: np.ndarray, cost: np.ndarray, cost_weight: float) -> np.ndarray:

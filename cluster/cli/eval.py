@@ -24,10 +24,13 @@ from cluster.cli.common import fail
               help="Strategy to evaluate (repeatable; default: knn, pilots, hybrid).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the split and CV folds.")
 @click.option("--folds", default=3, show_default=True, help="CV folds inside train for tuning.")
+@click.option("--average", type=click.Choice(["micro", "macro"]), default="micro",
+              show_default=True, help="Table figures: micro = mean over questions, macro = "
+              "unweighted mean of the per-domain accuracies (eval.json has both).")
 @click.option("--out", "out_dir", default="eval-out", show_default=True,
               type=click.Path(file_okay=False), help="Folder for eval.json and the plots.")
 def eval_command(data_dir: str, pool: str | None, strategies: tuple[str, ...], seed: int,
-                 folds: int, out_dir: str) -> None:
+                 folds: int, average: str, out_dir: str) -> None:
     """Score routing strategies on DATA_DIR (questions.jsonl + scores.csv)."""
     from routing.errors import RoutingError
     from routing.eval.plots import accuracy_vs_cost, per_domain_accuracy
@@ -36,7 +39,7 @@ def eval_command(data_dir: str, pool: str | None, strategies: tuple[str, ...], s
 
     try:
         result = evaluate(data_dir, pool=pool, strategies=strategies or DEFAULT_STRATEGIES,
-                          seed=seed, folds=folds)
+                          seed=seed, folds=folds, average=average)
     except (OutcomeError, RoutingError, ValueError) as err:
         fail(str(err))
     out = Path(out_dir)
@@ -51,13 +54,19 @@ def eval_command(data_dir: str, pool: str | None, strategies: tuple[str, ...], s
 def format_table(result: dict) -> str:
     """The strategies and reference rows as a fixed-width table."""
     meta = result["meta"]
+    macro = meta.get("average") == "macro"
+    suffix = "_macro" if macro else ""
     lines = [f"{meta['data']}: {len(meta['pool'])} experts, train {meta['train']}, "
-             f"test {meta['test']}, seed {meta['seed']}",
-             f"{'row':24s} {'top1':>7s} {'top3+vote':>10s} {'top3 any':>9s} {'cost':>8s}"]
+             f"test {meta['test']}, seed {meta['seed']}, {meta.get('average', 'micro')} average",
+             f"{'row':24s} {'top1':>7s} {'top3+vote':>10s} {'top3 any':>9s} {'cost':>8s} "
+             f"{'auto':>7s} {'experts':>8s}"]
     for name, row in result["strategies"].items():
-        lines.append(f"{name:24s} {_cell(row['top1'])} {_cell(row['top3_vote'], 10)} "
-                     f"{_cell(row['top3_any'], 9)} {_cell(row['mean_cost'], 8, '.3g')}")
-    for name, value in result["reference"].items():
+        auto = row.get("auto") or {}
+        lines.append(f"{name:24s} {_cell(row['top1' + suffix])} "
+                     f"{_cell(row['top3_vote' + suffix], 10)} "
+                     f"{_cell(row['top3_any'], 9)} {_cell(row['mean_cost'], 8, '.3g')} "
+                     f"{_cell(auto.get('accuracy'))} {_cell(auto.get('mean_experts'), 8, '.2f')}")
+    for name, value in result["reference_macro" if macro else "reference"].items():
         lines.append(f"{'ref: ' + name:24s} {_cell(value)}")
     return "\n".join(lines)
 

@@ -82,3 +82,13 @@ def per_domain(hits: np.ndarray, domains: list[str]) -> dict[str, float]:
     """Mean of ``hits`` per domain."""
     labels = np.asarray(domains, dtype=object)
     return {d: float(hits[labels == d].mean()) for d in sorted(set(domains))}
+
+
+def averaged(hits: np.ndarray, domains: list[str], average: str = "micro") -> float:
+    """``micro``: the mean over queries (pooled); ``macro``: the unweighted mean of the
+    per-domain means, as routing papers report it (every domain counts the same)."""
+    if average == "micro":
+        return float(np.mean(hits))
+    if average == "macro":
+        return float(np.mean(list(per_domain(hits, domains).values())))
+    raise ValueError(f"average must be 'micro' or 'macro', got {average!r}")

@@ -61,3 +61,20 @@ def _save(fig, plt, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def loss_curve(curve: list[dict], path: str | Path) -> Path:
+    """Training loss and held-out top-1 against the step (``conclave router train``)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    steps = [p["step"] for p in curve]
+    ax.plot(steps, [p["loss"] for p in curve], "o-", color="tab:blue", label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss")
+    right = ax.twinx()
+    right.plot(steps, [p["holdout_top1"] for p in curve], "s--", color="tab:orange",
+               label="held-out top-1")
+    right.set_ylabel("held-out top-1")
+    ax.set_title("contrastive router training")
+    fig.legend(fontsize=8, loc="upper right")
+    return _save(fig, plt, path)

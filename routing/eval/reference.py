@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from routing.eval.metrics import vote_hits
+from routing.eval.metrics import averaged, vote_hits
 from routing.outcomes import OutcomeTable
 from routing.strategies.common import column_means
 
@@ -29,20 +29,23 @@ def domain_prior(train: OutcomeTable, domains: list[str]) -> np.ndarray:
     )
 
 
-def reference_rows(train: OutcomeTable, test: OutcomeTable) -> dict[str, float | None]:
-    """The reference figures on ``test`` (choices made on ``train``)."""
+def reference_rows(train: OutcomeTable, test: OutcomeTable,
+                   average: str = "micro") -> dict[str, float | None]:
+    """The reference figures on ``test`` (choices made on ``train``), ``average``d over
+    queries (micro) or domains (macro, see :func:`~routing.eval.metrics.averaged`)."""
     outcomes = np.nan_to_num(test.scores, nan=0.0)
     n = len(test)
     single = np.tile(expert_means(train), (n, 1))
     by_domain = domain_prior(train, test.domains)
     rows = np.arange(n)
-    refs: dict[str, float | None] = {
-        "best_single": float(outcomes[rows, single.argmax(axis=1)].mean()),
-        "best_per_domain": float(outcomes[rows, by_domain.argmax(axis=1)].mean()),
-        "oracle": float(outcomes.max(axis=1).mean()),
-        "random": float(outcomes.mean()),  # expectation of a uniform pick
+    hits = {
+        "best_single": outcomes[rows, single.argmax(axis=1)],
+        "best_per_domain": outcomes[rows, by_domain.argmax(axis=1)],
+        "oracle": outcomes.max(axis=1),
+        "random": outcomes.mean(axis=1),  # expectation of a uniform pick
         "static_top3_vote": None,
     }
     if test.predictions is not None:
-        refs["static_top3_vote"] = float(vote_hits(single, outcomes, test.predictions).mean())
-    return refs
+        hits["static_top3_vote"] = vote_hits(single, outcomes, test.predictions)
+    return {name: None if h is None else averaged(h, test.domains, average)
+            for name, h in hits.items()}

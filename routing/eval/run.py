@@ -3,8 +3,17 @@ cross-validation inside train), score the test split, compare with the reference
 
 The result is a plain dict, written as ``eval.json``::
 
-    {"strategies": {NAME: {"top1", "top3_vote", "mean_cost", ...}},
-     "reference": {"best_single", "best_per_domain", "oracle", "random", ...}, "meta": {...}}
+    {"strategies": {NAME: {"top1", "top1_macro", "top3_vote", "top3_vote_macro",
+                           "mean_cost", ...}},
+     "reference": {"best_single", "best_per_domain", "oracle", "random", ...},
+     "reference_macro": {the same rows, macro-averaged}, "meta": {..., "average"}}
+
+and per strategy ``"auto"``: the adaptive panel (``k: auto``, :mod:`routing.eval.panel`),
+``{"accuracy", "mean_experts", "curve": [[k_mass, accuracy, mean_experts], ...], ...}``.
+
+``top1`` and ``top3_vote`` are micro averages (the mean over test questions); the ``_macro``
+twins are the unweighted mean of the per-domain accuracies. ``meta.average`` records which
+one the printed table shows (``conclave eval --average``).
 """
 
 from __future__ import annotations
@@ -14,7 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from routing.eval.metrics import any_hits, cost_of, cost_sweep, per_domain, top1_hits, vote_hits
+from routing.eval.metrics import (
+    any_hits,
+    averaged,
+    cost_of,
+    cost_sweep,
+    per_domain,
+    top1_hits,
+    vote_hits,
+)
+from routing.eval.panel import auto_panel
 from routing.eval.pools import resolve_pool
 from routing.eval.reference import reference_rows
 from routing.eval.split import make_split
@@ -45,10 +63,12 @@ def build(name: str, options: dict, encoder):
 
 def evaluate(data_dir: str | Path, pool: str | None = None,
              strategies: tuple[str, ...] = DEFAULT_STRATEGIES, seed: int = 0,
-             encoder=None, folds: int = 3, progress: bool = True) -> dict:
+             encoder=None, folds: int = 3, progress: bool = True,
+             average: str = "micro") -> dict:
     """Run the whole offline evaluation; see the module doc for the result's shape."""
     from routing.strategies import STRATEGIES, make_strategy
 
+    averaged(np.zeros(1), ["d"], average)  # raises on a bad average before any work
     for name in strategies:
         if name not in STRATEGIES:
             make_strategy(name)  # raises RoutingError naming the valid strategies
@@ -62,22 +82,32 @@ def evaluate(data_dir: str | Path, pool: str | None = None,
     train, test = table.subset(train_rows), table.subset(test_rows)
     tuner = _Tuner(train, embeddings[train_rows], encoder, folds, seed, progress,
                    parts=tuple(n for n in strategies if n != "hybrid") or ("knn", "pilots"))
-    rows: dict[str, dict] = {}
-    for name in _bar(strategies, "strategies", progress):
-        options, cv = tuner.options(name)
-        strategy = build(name, options, encoder)
-        strategy.fit(train, tuner.embeddings)
-        rows[name] = strategy_row(strategy.score(test.texts, embeddings[test_rows]), test)
-        rows[name].update(options=_plain(options), cv=cv)
-        if isinstance(getattr(strategy, "weights", None), dict):
-            rows[name]["fitted_weights"] = _plain(strategy.weights)  # the hybrid's mix
+    rows = {name: _strategy_result(name, tuner, test, embeddings[test_rows])
+            for name in _bar(strategies, "strategies", progress)}
     return {
         "strategies": rows,
         "reference": reference_rows(train, test),
-        "meta": {"data": str(data_dir), "pool": table.experts, "seed": seed,
+        "reference_macro": reference_rows(train, test, average="macro"),
+        "meta": {"data": str(data_dir), "pool": table.experts, "seed": seed, "average": average,
                  "train": len(train), "test": len(test), "folds": folds,
                  "cost": {e: test.cost.get(e) for e in test.experts}},
     }
+
+
+def _strategy_result(name: str, tuner: _Tuner, test: OutcomeTable,
+                     test_embeddings: np.ndarray) -> dict:
+    """Fit ``name`` on train with its tuned options, score test: its row of eval.json."""
+    options, cv = tuner.options(name)
+    strategy = build(name, options, tuner.encoder)
+    strategy.fit(tuner.train, tuner.embeddings)
+    scored = strategy.score(test.texts, test_embeddings)
+    row = strategy_row(scored, test)
+    row["auto"] = auto_row(strategy.score(tuner.train.texts, tuner.embeddings), tuner.train,
+                           scored, test)
+    row.update(options=_plain(options), cv=cv)
+    if isinstance(getattr(strategy, "weights", None), dict):
+        row["fitted_weights"] = _plain(strategy.weights)  # the hybrid's mix
+    return row
 
 
 @dataclass
@@ -114,11 +144,22 @@ class _Tuner:
         return self.done[name]
 
 
+def aligned(scores, table: OutcomeTable) -> np.ndarray:
+    """A strategy's score values with columns in ``table.experts`` order."""
+    columns = [scores.experts.index(e) for e in table.experts]
+    return np.asarray(scores.values, dtype=np.float64)[:, columns]
+
+
+def auto_row(train_scores, train: OutcomeTable, test_scores, test: OutcomeTable) -> dict:
+    """The adaptive panel (k=auto) of one strategy: calibrated on its train scores (as the
+    router calibrates on its fit table), scored on test."""
+    return auto_panel(aligned(train_scores, train), train.scores, aligned(test_scores, test),
+                      np.nan_to_num(test.scores, nan=0.0), test.predictions)
+
+
 def strategy_row(scores, test: OutcomeTable) -> dict:
     """The metrics of one strategy's scores on the test split."""
-    values = np.asarray(scores.values, dtype=np.float64)
-    columns = [scores.experts.index(e) for e in test.experts]
-    values = values[:, columns]
+    values = aligned(scores, test)
     outcomes = np.nan_to_num(test.scores, nan=0.0)
     cost = np.array([test.cost.get(e, np.nan) for e in test.experts], dtype=np.float64)
     has_cost = bool(test.cost) and np.isfinite(cost).all()
@@ -126,7 +167,9 @@ def strategy_row(scores, test: OutcomeTable) -> dict:
     votes = None if test.predictions is None else vote_hits(values, outcomes, test.predictions)
     return {
         "top1": float(hits.mean()),
+        "top1_macro": averaged(hits, test.domains, "macro"),
         "top3_vote": None if votes is None else float(votes.mean()),
+        "top3_vote_macro": None if votes is None else averaged(votes, test.domains, "macro"),
         "top3_any": float(any_hits(values, outcomes).mean()),
         "mean_cost": cost_of(values, cost) if has_cost else None,
         "mean_cost_top3": cost_of(values, cost, k=3) if has_cost else None,

@@ -62,5 +62,11 @@ def make_split(
     """The released split where the data has one, else the seeded stratified split."""
     labels = read_split_labels(data_dir)
     if labels is not None:
-        return released_split(table, labels)
-    return stratified_split(table.domains, test_fraction, seed)
+        train_rows, test_rows = released_split(table, labels)
+    else:
+        train_rows, test_rows = stratified_split(table.domains, test_fraction, seed)
+    for rows, kind in ((train_rows, "train"), (test_rows, "test")):
+        if len(rows) == 0:
+            raise OutcomeError(f"{data_dir}: no {kind} split (no question labelled "
+                               f"split={kind!r}, or too few questions to split)")
+    return train_rows, test_rows

@@ -23,6 +23,7 @@ _PATHS = {
     "knn": "routing.strategies.knn:KNNStrategy",
     "pilots": "routing.strategies.pilots:PilotStrategy",
     "hybrid": "routing.strategies.hybrid:HybridStrategy",
+    "contrastive": "routing.strategies.contrastive:ContrastiveStrategy",
 }
 
 

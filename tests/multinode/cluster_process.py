@@ -77,7 +77,7 @@ def _serve(conn) -> None:
 
 def start(state: dict, head, workers, folder: str) -> dict:
     """Start the TCP Redis and the cluster (head + ``workers``, NodeSpecs)."""
-    from cluster.local_cluster import LocalCluster, TcpRedis
+    from local_cluster import LocalCluster, TcpRedis
 
     state["redis"] = TcpRedis(folder).start()
     state["cluster"] = cluster = LocalCluster(head).start()
@@ -95,10 +95,10 @@ def build(state: dict, args: dict) -> None:
 
 def deploy(state: dict, args: dict, name: str) -> str:
     """Start Serve (one HTTP proxy, on the head) and deploy the app; returns its URL."""
+    from local_cluster import free_port
     from ray import serve
 
     from cluster.app import build_app
-    from cluster.local_cluster import free_port
 
     port = free_port()
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})

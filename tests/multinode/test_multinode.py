@@ -20,7 +20,6 @@ import time
 
 import httpx
 import pytest
-from cluster.loadgen import Fault, MixedLoad
 from cluster_process import (
     ClusterCallError,
     ClusterProcess,
@@ -33,8 +32,8 @@ from cluster_process import (
     start,
     wait_replica_nodes,
 )
-
-from cluster.local_cluster import NodeSpec
+from loadgen import Fault, MixedLoad
+from local_cluster import NodeSpec
 
 pytestmark = pytest.mark.ray
 

@@ -38,7 +38,7 @@ def expert(expert_id: str, **fields) -> dict:
         ({"experts": [expert("a", pool="gpu")]}, "unknown pool 'gpu'"),
         ({"routing": {"k": 0}}, "routing.k"),
         ({"routing": {"strategy": "nosuch"}},
-         "routing.strategy: unknown routing strategy 'nosuch'; valid: glider, hybrid, knn"),
+         "routing.strategy: unknown routing strategy 'nosuch'; valid: contrastive, glider, hybrid, knn"),
         ({"routing": {"strategies": {"knnn": {}}}}, "unknown routing strategy 'knnn'; valid:"),
         ({"routing": {"strategies": {"knn": {"kk": 5}}}}, "strategy 'knn': bad options"),
         ({"routing": {"strategies": {"knn": {"k": 0}}}}, "knn needs k >= 1"),
@@ -117,6 +117,8 @@ def test_deploy_render_refuses_an_unknown_strategy(tmp_path):
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "unknown routing strategy 'nosuch'; valid:" in lines[0]
+
+
 def test_tracing_is_off_by_default_and_checks_its_exporter():
     assert parse_config({}).tracing.enabled is False
     assert parse_config({}).serving.shutdown_grace_s == 30

@@ -187,8 +187,8 @@ def test_each_call_out_carries_its_request_trace_context(gateway_for):
         spans = {s.context.span_id: s for s in memory_spans()}
     finally:
         setup_tracing(TracingConfig(), "test")
-    sent = ([query.trace for _, queries in router.batches for query in queries]
-            + [row[-1] for _, rows in pool.batches for row in rows])
+    sent = [query.trace for _, queries in router.batches for query in queries]
+    sent += [row[-1] for _, rows in pool.batches for row in rows]
     assert sorted(c.request_id for c in sent) == ["r1", "r1", "r2", "r2"]
     for context in sent:  # the parent the replica continues from: the call's own span
         parent = spans[int(context.traceparent.split("-")[2], 16)]

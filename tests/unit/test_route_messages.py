@@ -47,10 +47,10 @@ class ScriptedRouter:
     """Router-like: k experts named after the query; "boom" fails its whole group."""
 
     cache = None
+    phases: dict = {}  # no timings to trace
 
     def __init__(self):
         self.calls: list[tuple[list[str], RouteOptions]] = []
-        self.phases: dict[str, tuple[int, int]] = {}  # as Router.route records them
 
     def route(self, queries, options):
         self.calls.append((list(queries), options))

@@ -111,7 +111,7 @@ def test_no_skill_matched_falls_back_to_the_prior(minilm):
 def test_bad_inputs(router):
     with pytest.raises(RoutingError, match="empty"):
         router.route(["fine", " "])
-    with pytest.raises(ValueError, match="unknown routing strategy 'nope'; valid: glider, hybrid"):
+    with pytest.raises(ValueError, match="unknown routing strategy 'nope'; valid: contrastive, glider, hybrid"):
         RouteOptions(strategy="nope")  # not registered: refused when the options are made
     with pytest.raises(RoutingError, match="unknown routing strategy 'knn'; valid: glider, skills"):
         router.route(["q"], RouteOptions(strategy="knn"))  # registered, not in this router

@@ -36,6 +36,7 @@ def engine(tiny_lm, tiny_adapters):
         engine.load_adapter(name, str(path))
     yield engine
     engine.close()
+    assert not _engine_processes()  # close() leaves no engine process behind
 
 
 def test_a_mixed_adapter_batch_matches_each_adapter_alone(engine):

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.faults import replicas
+from faults import replicas
 
 # Node loss is noticed within ~2 s instead of Ray's default ~15 s (3 missed 0.5 s checks).
 FAST_FAILURE_DETECTION = {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
@@ -130,7 +130,7 @@ class LocalCluster:
                            timeout_s: float = 120.0) -> list[str]:
         """Wait until ``deployment`` runs exactly on ``expected`` (node names, one per
         replica, sorted) and Serve reports them all RUNNING."""
-        from cluster.faults import running_replicas
+        from faults import running_replicas
 
         deadline = time.monotonic() + timeout_s
         while True:
