@@ -68,9 +68,14 @@ def test_build_app_binds_the_k8s_args_without_starting_ray(redis_url):
 
     args = committed_serve_config("k8s")["applications"][0]["args"]
     ray_was_up = ray.is_initialized()  # other tests of the session may have started it
-    # The test's Redis is a local socket, which an autoscaled (multi-node) app refuses.
-    serving = args["serving"] | {"autoscaling_nodes": False}
-    app = app_module().build_app(args | {"redis": {"url": redis_url}, "serving": serving})
+    # The test's Redis is a local socket, which an autoscaled (multi-node) app refuses; and
+    # the session's local Ray, when up, has no GPU worker group for the placement check.
+    serving = args["serving"] | {"autoscaling_nodes": False, "resources": {}}
+    pools = [pool | {"num_gpus": 0, "resources": {}, "accelerator_type": None}
+             for pool in args["pools"]]
+    routing = args["routing"] | {"resources": {}}
+    app = app_module().build_app(args | {"redis": {"url": redis_url}, "serving": serving,
+                                         "pools": pools, "routing": routing})
     assert isinstance(app, Application)
     assert ray.is_initialized() == ray_was_up
 
