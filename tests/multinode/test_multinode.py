@@ -51,12 +51,15 @@ def app_args(redis_url: str) -> dict:
     """The demo pool, the pool on ``expert-node`` nodes (2 to 3 replicas, scaling up after
     a second of load, never down during the test: with 8 clients a batch per engine is
     nearly always in flight, over the 0.5 per replica asked), router and gateway on
-    ``frontend``."""
+    ``frontend``. The pool runs the transformers engine: placement, node loss and scale-out
+    are what is tested here, and a vLLM engine's start-up on every new replica (tens of
+    seconds on these shared cores) would dominate the test."""
     return {
         "demo_pool": True,
         "redis": {"url": redis_url, "namespace": "multinode"},
         "routing": {"k": 2, "resources": {"frontend": 1}},
-        "pools": [{"name": "default", "num_cpus": 0, "resources": {"expert-node": 1},
+        "pools": [{"name": "default", "engine": "hf", "num_cpus": 0,
+                   "resources": {"expert-node": 1},
                    "max_resident_models": 2, "max_batch_size": 16,
                    "batch_wait_timeout_s": 0.01,
                    "autoscaling": {"min_replicas": 2, "max_replicas": 3,
