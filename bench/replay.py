@@ -32,11 +32,11 @@ def offline(config, held) -> dict:
     """The offline evaluator's figures and top-1 expert id per test question."""
     from routing.encoder import build_encoder
     from routing.eval.reference import reference_rows
-    from routing.eval.run import strategy_row
-    from routing.strategies.common import build_strategy
+    from routing.eval.run import build, strategy_row
 
     encoder = build_encoder(config.encoder)
-    strategy = build_strategy(config.routing.strategy, {}, encoder)  # the served options
+    name = config.routing.strategy  # with the options the served router gets
+    strategy = build(name, config.routing.strategies.get(name, {}), encoder)
     strategy.fit(held.train, encoder.encode(held.train.texts))
     scores = strategy.score(held.test.texts, encoder.encode(held.test.texts))
     row = strategy_row(scores, held.test)

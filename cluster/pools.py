@@ -130,7 +130,7 @@ class ExpertPoolServer:
         def call(sink):
             return self.generate_many([(expert_id, prompt, params, sink, trace)])
 
-        async with aclosing(sink_stream(call, coalesce=True)) as items:  # the caller left: row skipped
+        async with aclosing(sink_stream(call)) as items:  # the caller left: row skipped
             async for item in items:
                 yield {"done": item.result[0]} if isinstance(item, Finished) else {"delta": item}
 

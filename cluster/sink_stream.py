@@ -24,12 +24,9 @@ class Finished:
     result: Any
 
 
-async def sink_stream(run: Callable[[DeltaSink], Awaitable[Any]],
-                      coalesce: bool = False) -> AsyncIterator[str | Finished]:
+async def sink_stream(run: Callable[[DeltaSink], Awaitable[Any]]) -> AsyncIterator[str | Finished]:
     """Start ``run(sink)``; yield every text given to ``sink``, then ``Finished(result)``
-    (the call's exception is raised instead). Closing the iterator early cancels the call.
-    With ``coalesce``, texts that queued while the consumer was busy go out joined as one
-    (the same text in all): a consumer one Ray hop away gets fewer, larger pieces."""
+    (the call's exception is raised instead). Closing the iterator early cancels the call."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -39,14 +36,7 @@ async def sink_stream(run: Callable[[DeltaSink], Awaitable[Any]],
     task = asyncio.ensure_future(run(sink))
     task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
-        ended = False
-        while not ended and (text := await queue.get()) is not None:
-            while coalesce and not queue.empty():
-                more = queue.get_nowait()
-                if more is None:
-                    ended = True
-                    break
-                text += more
+        while (text := await queue.get()) is not None:
             yield text
         yield Finished(task.result())
     finally:

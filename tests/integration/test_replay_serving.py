@@ -62,14 +62,13 @@ def replay_app(serve_instance, serving_redis, shared_data, tmp_path_factory):
 
 def offline_choices(data: Path, encoder) -> tuple[list[str], list[str], dict[str, list[str]]]:
     """Test texts, the offline evaluator's top-1 expert for each, and their ids' options."""
-    from routing.eval.run import load_eval_table
+    from routing.eval.run import build, load_eval_table
     from routing.eval.split import make_split
-    from routing.strategies.common import build_strategy
 
     table = load_eval_table(data, ",".join(MODELS))
     train_rows, test_rows = make_split(data, table, seed=0)
     train, test = table.subset(train_rows), table.subset(test_rows)
-    knn = build_strategy("knn", {}, encoder)
+    knn = build("knn", {}, encoder)
     knn.fit(train, encoder.encode(train.texts))
     values = np.nan_to_num(knn.score(test.texts, encoder.encode(test.texts)).values, nan=-9)
     best = np.argsort(-values, axis=1, kind="stable")[:, 0]
