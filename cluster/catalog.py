@@ -5,7 +5,9 @@ Every deployment replica keeps one. It follows the registry's notifications
 moves without a redeploy. Listeners hear ``(added specs, removed ids, version)``.
 
 When Redis is unreachable the last good view stays in use (requests keep flowing); the
-next notification or :meth:`refresh` catches up.
+next notification or :meth:`refresh` catches up. A notification lost while a replica's
+subscription reconnects (Redis restarted) is caught up too: every ``resync_s`` the catalog
+compares the registry's version with its own and reloads when they differ.
 """
 
 from __future__ import annotations
@@ -28,24 +30,38 @@ Listener = Callable[[list[ExpertSpec], list[str], int], None]
 class ExpertCatalog:
     """Specs by id, kept in step with an :class:`ExpertRegistry`."""
 
-    def __init__(self, registry: ExpertRegistry):
+    def __init__(self, registry: ExpertRegistry, resync_s: float = 5.0):
         self.registry = registry
         self.version = -1
+        self.resync_s = resync_s
         self._specs: dict[str, ExpertSpec] = {}
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._watch = None
+        self._stopped = threading.Event()
 
     def start(self) -> ExpertCatalog:
         """Subscribe, then load: a change made between the two is not missed."""
         self._watch = self.registry.watch(lambda _event: self.refresh())
         self.refresh()
+        threading.Thread(target=self._resync, daemon=True, name="catalog-resync").start()
         return self
 
     def stop(self) -> None:
+        self._stopped.set()
         if self._watch is not None:
             self._watch.stop()
             self._watch = None
+
+    def _resync(self) -> None:
+        while not self._stopped.wait(self.resync_s):
+            try:
+                behind = self.registry.version() != self.version
+            except (redis.RedisError, OSError):
+                continue  # Redis down: the last good view stays
+            if behind:
+                log.info("registry version moved without a notification; reloading")
+                self.refresh()
 
     def on_change(self, listener: Listener) -> None:
         """Call ``listener(added, removed, version)`` after every change seen."""
