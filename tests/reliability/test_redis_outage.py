@@ -39,10 +39,16 @@ def test_cache_and_notifications_resume_after_redis_restart(reliability_app):
         resp = http.post("/v1/experts", json=lora_spec(app, "late", LATE))
         assert resp.status_code == 200, resp.text
         try:
-            # Only the registry's notification tells the router about a new expert.
-            wait_for(lambda: route(http, LATE[0], "conclave:k=1")["decision"]["experts"]
-                     == ["late"], "the router indexes an expert added after the restart")
+            # The registry's notification (or, failing it, the catalog's version check) tells
+            # the router about a new expert: it is then scored (ranked) for every query.
+            wait_for(lambda: "late" in ranked(route(http, LATE[0], "conclave:k=1")),
+                     "the router indexes an expert added after the restart")
         finally:
             assert http.delete("/v1/experts/late").status_code == 200
-        wait_for(lambda: "late" not in route(http, LATE[0])["decision"]["experts"],
+        wait_for(lambda: "late" not in ranked(route(http, LATE[0])),
                  "the router forgets the removed expert")
+
+
+def ranked(routed: dict) -> list[str]:
+    """The experts a routing decision scored, best first."""
+    return [expert for expert, _ in routed["decision"]["ranked"]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import psutil
 import pytest
@@ -155,12 +156,14 @@ def test_a_model_vllm_cannot_load_fails_cleanly(tmp_path):
 
 def test_an_engine_process_killed_under_load_loses_no_request(engine):
     specs = {"base": ExpertSpec(id="base", model=engine.model_name)}
-    rows = [Row("base", f"{PROMPT} {i}", {"max_new_tokens": 48}) for i in range(12)]
+    generating = threading.Event()  # set by the first token: the rows are in the engine
+    rows = [Row("base", f"{PROMPT} {i}", {"max_new_tokens": 160}, lambda _d: generating.set())
+            for i in range(12)]
 
     async def load_and_kill():
         running = asyncio.create_task(run_continuous(engine, rows, specs.__getitem__,
                                                      lambda _e, _s: None))
-        await asyncio.sleep(0.3)
+        assert await asyncio.to_thread(generating.wait, 120)
         for process in _engine_processes():
             process.kill()
         return await running
