@@ -152,7 +152,7 @@ class HFEngine(GenerationEngine):
         import torch
 
         cut = self._row_cut(params.stop)
-        rows = [self._encode(prompt) for prompt in prompts]
+        rows = [encode_prompt(self.tokenizer, prompt) for prompt in prompts]
         batch = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt").to(self.device)
         with self._lock, torch.inference_mode():
             kwargs = self._generate_kwargs(params, adapters, len(rows))
@@ -187,9 +187,6 @@ class HFEngine(GenerationEngine):
         if self._peft is not None:
             kwargs["adapter_names"] = names
         return kwargs
-
-    def _encode(self, prompt: Prompt) -> list[int]:
-        return encode_prompt(self.tokenizer, prompt)
 
     def _row_cut(self, stop: list[str]) -> RowCut:
         """Where a row ends (EOS, trailing padding, stop strings): one rule for the final
