@@ -8,19 +8,12 @@ answer and is recorded as a failover, never an error to the user.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cluster.api_errors import ApiError
 from cluster.openai_protocol import Failover
-from cluster.panel import (
-    Answer,
-    ExpertCall,
-    PanelRun,
-    Tap,
-    failure_reason,
-    streaming,
-)
+from cluster.panel import Answer, CallFailed, ExpertClient, PanelRun, Tap
 from cluster.sink_stream import DeltaSink
 from routing.aggregate import Aggregator, synthesis_prompt
 from routing.decision import Decision
@@ -38,9 +31,8 @@ class Combined:
 class AnswerCombiner:
     """Turns a :class:`PanelRun` into one answer; ``is_live`` keeps removed experts out."""
 
-    def __init__(self, call: ExpertCall, timeout_s: float, is_live: Callable[[str], bool]):
-        self._call = call
-        self._timeout_s = timeout_s
+    def __init__(self, client: ExpertClient, is_live: Callable[[str], bool]):
+        self._client = client
         self._is_live = is_live
 
     async def combine(self, query: str, decision: Decision, run: PanelRun, mode: str,
@@ -61,22 +53,14 @@ class AnswerCombiner:
             synthesiser = lead.expert
         tap = Tap(sink) if sink else None
         try:
-            out = await asyncio.wait_for(
-                self._call(synthesiser, synthesis_prompt(query, responses), params,
-                           **streaming(tap)),
-                self._timeout_s,
-            )
-        except Exception as err:  # the panel's answers still stand
+            extra = await self._client.ask(synthesiser, 0.0, synthesis_prompt(query, responses),
+                                           params, tap)
+        except (CallFailed, ApiError) as err:  # the panel's answers still stand (a synthesis
+            # prompt too long for the aggregator is not the request's fault)
             run.interrupted |= tap is not None and tap.used
-            reason = "synthesis: " + (f"timed out after {self._timeout_s:g}s"
-                                      if isinstance(err, TimeoutError) else failure_reason(err))
-            run.failovers.append(Failover(expert=synthesiser, replacement=None, reason=reason))
+            run.failovers.append(Failover(expert=synthesiser, replacement=None,
+                                          reason=f"synthesis: {err}"))
             result = Aggregator(mode="best").finish(query, answered, responses)
             return Combined(result.answer, lead.finish_reason, "best", None)
-        extra = Answer(expert=synthesiser, weight=0.0, text=str(out.get("text", "")),
-                       prompt_tokens=int(out.get("prompt_tokens", 0)),
-                       completion_tokens=int(out.get("completion_tokens", 0)),
-                       finish_reason=str(out.get("finish_reason", "stop")),
-                       logprobs=out.get("logprobs"))
         result = aggregator.finish(query, answered, responses, extra.text, synthesiser)
         return Combined(result.answer, extra.finish_reason, result.mode, synthesiser, extra)

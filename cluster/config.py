@@ -172,7 +172,8 @@ class PoolConfig(_Strict):
     max_resident_models: int = Field(4, ge=1, description="Models kept loaded per replica (LRU).")
     preload: bool = Field(
         True, description="Load the pool's first max_resident_models engines when a replica "
-        "starts (else on first use); lets Serve spread a model's traffic over replicas.")
+        "starts, before it takes traffic (else on first use); lets Serve spread a model's "
+        "traffic over replicas.")
     max_batch_size: int = Field(16, ge=1, description="Requests generated together per expert.")
     batch_wait_timeout_s: float = Field(0.02, ge=0.0, description="Wait to fill a batch.")
     max_ongoing_requests: int = Field(64, ge=1, description="Per replica, before queueing.")

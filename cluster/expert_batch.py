@@ -20,9 +20,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cluster.tracing import TraceContext
-from experts.engine import Generation, GenerationEngine, GenerationParams, TextSink
-from experts.errors import PromptTooLongError, UnsupportedFeatureError
+from cluster.expert_messages import ExpertReply, ExpertRequest, Prompt
+from experts.engine import GenerationEngine, GenerationParams, TextSink
 from experts.spec import ExpertSpec
 
 log = logging.getLogger(__name__)
@@ -34,13 +33,19 @@ _PARAM_KEYS = ("max_new_tokens", "temperature", "top_p", "stop", "seed", "respon
 
 @dataclass
 class Row:
-    """One request: which expert, what prompt, which sampling overrides."""
+    """One request being generated in this pool replica, with where its text goes as it
+    is generated (streaming only: a sink never crosses a process)."""
 
-    expert: str
-    prompt: object
-    params: dict
+    request: ExpertRequest
     sink: Callable[[str], None] | None = None  # gets each delta of this row's text
-    trace: TraceContext | None = None  # the gateway's span for this call
+
+    @property
+    def expert(self) -> str:
+        return self.request.expert
+
+    @property
+    def prompt(self) -> Prompt:
+        return self.request.prompt
 
 
 def merged_params(spec: ExpertSpec, overrides: dict) -> GenerationParams:
@@ -64,21 +69,21 @@ def run_batch(
     prepare: Callable[[GenerationEngine, ExpertSpec], None],
     adapter_of: Callable[[ExpertSpec], str | None],
     embed: Callable[[list[str]], object] | None = None,
-) -> list[dict]:
-    """Generate for every row; a row whose expert cannot run gets ``{"error": ...}``
-    (the caller fails it over) while the other rows still generate."""
-    results: list[dict | None] = [None] * len(rows)
+) -> list[ExpertReply]:
+    """Generate for every row; a row whose expert cannot run gets a failed reply (the
+    caller fails it over) while the other rows still generate."""
+    results: list[ExpertReply | None] = [None] * len(rows)
     groups: dict[tuple, list[tuple[int, str | None, GenerationParams]]] = {}
     for i, row in enumerate(rows):
         try:
             spec = spec_of(row.expert)
             prepare(engine, spec)
-            params = merged_params(spec, row.params)
+            params = merged_params(spec, row.request.params)
             engine.check_features(params)
             key = (*_group_key(params), spec.kind == "mixture")
             groups.setdefault(key, []).append((i, adapter_of(spec), params))
         except Exception as err:  # one bad expert must not sink its batch-mates
-            results[i] = error_reply(err)
+            results[i] = ExpertReply.failed(row.expert, err)
     for key, members in groups.items():
         for chunk in length_chunks(members, [prompt_chars(rows[i].prompt) for i, _, _ in members]):
             _generate(engine, rows, chunk, key[-1] and embed, results)
@@ -90,17 +95,17 @@ async def run_continuous(
     rows: list[Row],
     spec_of: Callable[[str], ExpertSpec],
     prepare: Callable[[GenerationEngine, ExpertSpec], str | None],
-) -> list[dict]:
+) -> list[ExpertReply]:
     """Rows for an engine that batches by itself (vLLM): each its own request, all sent at
     once, so they join its running batch. Rows caught by the death of the engine's process
     are retried once, on the engine restarted in place: a crash loses no request."""
 
-    async def one(row: Row) -> dict:
+    async def one(row: Row) -> ExpertReply:
         spec = spec_of(row.expert)
         adapter = prepare(engine, spec)
-        out = await engine.agenerate(row.prompt, merged_params(spec, row.params), adapter,
-                                     row.sink)
-        return generation_reply(out)
+        out = await engine.agenerate(row.prompt, merged_params(spec, row.request.params),
+                                     adapter, row.sink)
+        return ExpertReply.of(out)
 
     replies = await asyncio.gather(*map(one, rows), return_exceptions=True)
     if engine.errored:
@@ -110,7 +115,8 @@ async def run_continuous(
         again = await asyncio.gather(*(one(rows[i]) for i in failed), return_exceptions=True)
         for i, reply in zip(failed, again, strict=True):
             replies[i] = reply
-    return [error_reply(r) if isinstance(r, Exception) else r for r in replies]
+    return [ExpertReply.failed(row.expert, r) if isinstance(r, Exception) else r
+            for row, r in zip(rows, replies, strict=True)]
 
 
 def _generate(engine, rows: list[Row], members: list, embed, results: list) -> None:
@@ -128,27 +134,7 @@ def _generate(engine, rows: list[Row], members: list, embed, results: list) -> N
     else:
         outputs = engine.generate(prompts, members[0][2], adapters=adapters, **extra)
     for i, out in zip(index, outputs, strict=True):
-        results[i] = generation_reply(out)
-
-
-def generation_reply(out: Generation) -> dict:
-    """One row's reply to the gateway."""
-    reply = {"text": out.text, "prompt_tokens": out.prompt_tokens,
-             "completion_tokens": out.completion_tokens, "finish_reason": out.finish_reason}
-    if out.logprobs is not None:
-        reply["logprobs"] = out.logprobs
-    if out.no_record:  # counted by the gateway (conclave_replay_no_record)
-        reply["no_record"] = True
-    return reply
-
-
-def error_reply(err: Exception) -> dict:
-    """The reply of a row that could not run; ``client_error`` when the request itself was
-    at fault (HTTP 400 at the gateway, not a failover)."""
-    reply = {"error": f"{type(err).__name__}: {err}"}
-    if isinstance(err, PromptTooLongError | UnsupportedFeatureError):
-        reply["client_error"] = str(err)
-    return reply
+        results[i] = ExpertReply.of(out)
 
 
 def _fan_out(sinks: list[Callable[[str], None] | None]) -> TextSink:

@@ -24,6 +24,7 @@ from cluster.api_errors import ApiError
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.drain_batcher import DrainBatcher
+from cluster.expert_messages import ExpertReply, ExpertRequest, Prompt
 from cluster.http_app import GatewayParts, build_http_app
 from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
@@ -95,52 +96,52 @@ class Gateway:
     async def _send_routes(self, _key: str, queries: list[RouteQuery]) -> list[RouteResult]:
         return await self._retrying("router", lambda: self._router.route_many.remote(queries))
 
-    async def _call_expert(self, expert_id: str, prompt: object, params: dict,
-                           sink=None) -> dict:
-        """One generation; with ``sink``, its text goes to ``sink`` as it is generated."""
+    async def _call_expert(self, expert_id: str, prompt: Prompt, params: dict,
+                           sink=None) -> ExpertReply:
+        """One generation; with ``sink``, its text goes to ``sink`` as it is generated.
+        Raises the reply's error: a 400 when the request was at fault, else the
+        :class:`ExpertError` the panel fails over on."""
         spec = self.catalog.get(expert_id)
         with span("expert", **{"conclave.expert": expert_id, "conclave.pool": spec.pool,
                                "conclave.engine": engine_key(spec),
                                "conclave.streamed": sink is not None}) as current:
+            request = ExpertRequest(expert_id, prompt, params, TraceContext.current())
             started, first = time.perf_counter(), None
             if sink is None:
-                row = (expert_id, prompt, params, None, TraceContext.current())
-                reply = await self._rows[spec.pool](engine_key(spec), row)
+                reply = await self._rows[spec.pool](engine_key(spec), request)
             else:
-                reply, first = await self._stream(spec, prompt, params, sink)
+                reply, first = await self._stream(spec, request, sink)
             self.metrics.record_generation(spec.pool, expert_id, reply)
-            if "client_error" in reply:  # the request's fault (e.g. too long): no failover
-                raise ApiError(400, reply["client_error"], code="invalid_request")
-            if "error" in reply:
-                raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
-            tokens = int(reply.get("completion_tokens", 0))
+            if reply.request_fault:  # e.g. too long: another expert would fail it too
+                raise ApiError(400, str(reply.error), code="invalid_request")
+            reply.raise_error()
             ttft = (time.perf_counter() if first is None else first) - started
-            self.metrics.record_timing(expert_id, time.perf_counter() - started, tokens,
-                                       None if first is None else ttft)
-            current.set_attributes({"conclave.completion_tokens": tokens,
+            self.metrics.record_timing(expert_id, time.perf_counter() - started,
+                                       reply.completion_tokens, None if first is None else ttft)
+            current.set_attributes({"conclave.completion_tokens": reply.completion_tokens,
                                     "conclave.time_to_first_token_s": ttft})
         return reply
 
-    async def _stream(self, spec, prompt: object, params: dict,
-                      sink) -> tuple[dict, float | None]:
+    async def _stream(self, spec, request: ExpertRequest,
+                      sink) -> tuple[ExpertReply, float | None]:
         """The reply of a streamed generation, its deltas handed to ``sink`` on the way,
         and when the first delta came (perf_counter; None: none came)."""
         handle = self._handle(spec.pool, engine_key(spec)).options(stream=True)
-        reply, first = {"error": "the stream ended without a reply"}, None
-        stream = handle.generate_stream.remote(spec.id, prompt, params, TraceContext.current())
-        async for chunk in stream:
-            if "delta" in chunk:
-                first = first or time.perf_counter()
-                sink(chunk["delta"])
+        reply = ExpertReply.failed(spec.id, ExpertError("the stream ended without a reply"))
+        first = None
+        async for item in handle.generate_stream.remote(request):
+            if isinstance(item, ExpertReply):
+                reply = item
             else:
-                reply = chunk["done"]
+                first = first or time.perf_counter()
+                sink(item)
         return reply, first
 
     def _sender(self, pool: str):
-        async def send(key: str, rows: list) -> list[dict]:
+        async def send(key: str, requests: list[ExpertRequest]) -> list[ExpertReply]:
             handle = self._handle(pool, key)
             return await self._retrying(f"pool-{pool}",
-                                        lambda: handle.generate_many.remote(rows))
+                                        lambda: handle.generate_many.remote(requests))
 
         return send
 

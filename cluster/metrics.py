@@ -12,6 +12,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from cluster.expert_messages import ExpertReply
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _SLOW = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -86,23 +88,21 @@ class ConclaveMetrics:
         for expert in experts:
             self.decisions.labels(expert).inc()
 
-    def record_generation(self, pool: str, expert: str, reply: dict) -> None:
+    def record_generation(self, pool: str, expert: str, reply: ExpertReply) -> None:
         """Book one pool reply: tokens, the batch/load events it carries, and whether the
         expert is healthy (its last reply was not an error)."""
-        error = reply.get("error")
-        self.expert_up.labels(expert).set(0 if error else 1)
-        if error:
-            self.unhealthy[expert] = str(error)[:300]
+        self.expert_up.labels(expert).set(0 if reply.error else 1)
+        if reply.error:
+            self.unhealthy[expert] = str(reply.error)[:300]
         else:
             self.unhealthy.pop(expert, None)
-        self.tokens.labels(expert).inc(int(reply.get("completion_tokens", 0)))
-        if reply.get("no_record"):
+        self.tokens.labels(expert).inc(reply.completion_tokens)
+        if reply.no_record:
             self.replay_no_record.labels(expert).inc()
-        stats = reply.get("stats") or {}
-        if stats.get("batch_size"):
-            self.batch_size.labels(pool).observe(stats["batch_size"])
-            self.batch_seconds.labels(pool).observe(stats.get("seconds", 0.0))
-        for seconds in stats.get("loads", ()):
+        if reply.stats.batch_size:
+            self.batch_size.labels(pool).observe(reply.stats.batch_size)
+            self.batch_seconds.labels(pool).observe(reply.stats.seconds)
+        for seconds in reply.stats.loads:
             self.model_loads.labels(pool).inc()
             self.model_load_seconds.observe(seconds)
 

@@ -34,7 +34,7 @@ from cluster.openai_protocol import (
     Usage,
 )
 from cluster.output_features import feature_params, tool_calls, without_features
-from cluster.panel import ExpertCall, Panel
+from cluster.panel import ExpertCall, ExpertClient, Panel
 from cluster.route_messages import RouteResult
 from cluster.sink_stream import DeltaSink
 from cluster.tracing import span
@@ -81,9 +81,9 @@ class ConclaveService:
         self._route = route
         self._catalog = catalog
         self._metrics = metrics
-        timeout = config.serving.expert_timeout_s
-        self._panel = Panel(call, timeout, catalog.is_live)
-        self._combiner = AnswerCombiner(call, timeout, catalog.is_live)
+        client = ExpertClient(call, config.serving.expert_timeout_s)
+        self._panel = Panel(client, catalog.is_live)
+        self._combiner = AnswerCombiner(client, catalog.is_live)
 
     def models(self) -> ModelList:
         cards = [ModelCard(id=MODEL_PREFIX, description="the routed panel of experts")]

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from cluster.api_errors import ApiError
+from cluster.expert_messages import ExpertReply
 from cluster.openai_protocol import ExpertUse, Failover
 from cluster.sink_stream import DeltaSink
 from cluster.tracing import span
@@ -28,9 +29,9 @@ from routing.decision import Decision
 
 log = logging.getLogger(__name__)
 
-# expert id, prompt, sampling params[, sink=DeltaSink] -> {"text", "prompt_tokens",
-# "completion_tokens", ...}; with a sink, the text also goes there as it is generated
-ExpertCall = Callable[..., Awaitable[dict]]
+# expert id, prompt, sampling params[, sink=DeltaSink] -> the expert's reply (it raises
+# the reply's error); with a sink, the text also goes there as it is generated
+ExpertCall = Callable[..., Awaitable[ExpertReply]]
 
 
 @dataclass
@@ -45,6 +46,13 @@ class Answer:
     finish_reason: str
     replaces: str | None = None
     logprobs: list[dict] | None = None
+
+    @classmethod
+    def of(cls, expert: str, weight: float, reply: ExpertReply,
+           replaces: str | None = None) -> Answer:
+        return cls(expert=expert, weight=weight, text=reply.text,
+                   prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                   finish_reason=reply.finish_reason, replaces=replaces, logprobs=reply.logprobs)
 
 
 @dataclass
@@ -61,13 +69,40 @@ class PanelRun:
         ]
 
 
+class CallFailed(Exception):
+    """An expert call failed (raised, or passed the timeout): the one-line reason."""
+
+
+class ExpertClient:
+    """How the panel and the aggregator ask an expert: the gateway's call under
+    ``expert_timeout_s``, the reply as an :class:`Answer`. Any failure of the expert is
+    raised as :class:`CallFailed`; an :class:`ApiError` (the request's own fault: no other
+    expert would do) passes through."""
+
+    def __init__(self, call: ExpertCall, timeout_s: float):
+        self._call = call
+        self.timeout_s = timeout_s
+
+    async def ask(self, expert: str, weight: float, prompt: object, params: dict,
+                  tap: Tap | None = None, replaces: str | None = None) -> Answer:
+        try:
+            reply = await asyncio.wait_for(
+                self._call(expert, prompt, params, **streaming(tap)), self.timeout_s)
+        except TimeoutError:
+            raise CallFailed(f"timed out after {self.timeout_s:g}s") from None
+        except ApiError:
+            raise
+        except Exception as err:  # any expert failure is failed over, not surfaced
+            raise CallFailed(failure_reason(err)) from err
+        return Answer.of(expert, weight, reply, replaces)
+
+
 class Panel:
     """Asks a decision's experts; ``is_live(id)`` says whether an expert may get new work
     (a removed one may not)."""
 
-    def __init__(self, call: ExpertCall, timeout_s: float, is_live: Callable[[str], bool]):
-        self._call = call
-        self._timeout_s = timeout_s
+    def __init__(self, client: ExpertClient, is_live: Callable[[str], bool]):
+        self._client = client
         self._is_live = is_live
 
     async def run(self, decision: Decision, prompt: object, params: dict,
@@ -94,21 +129,12 @@ class Panel:
         prompt, params, tap = request
         current, replaces = expert, None
         while current is not None:
-            reason = None
-            if not self._is_live(current):
-                reason = "expert removed"
-            else:
+            reason = "expert removed"
+            if self._is_live(current):
                 try:
-                    out = await asyncio.wait_for(
-                        self._call(current, prompt, params, **streaming(tap)), self._timeout_s
-                    )
-                    return _answer(current, weight, out, replaces)
-                except TimeoutError:
-                    reason = f"timed out after {self._timeout_s:g}s"
-                except ApiError:  # the request's own fault (400): no other expert would do
-                    raise
-                except Exception as err:  # any expert failure is failed over, not surfaced
-                    reason = failure_reason(err)
+                    return await self._client.ask(current, weight, prompt, params, tap, replaces)
+                except CallFailed as err:
+                    reason = str(err)
             run.interrupted |= tap is not None and tap.used
             nxt = _next_candidate(decision, tried, self._is_live)
             log.warning("expert %s failed (%s); failover to %s", current, reason, nxt)
@@ -171,19 +197,6 @@ def _next_candidate(decision: Decision, tried: set[str], is_live) -> str | None:
             tried.add(name)
             return name
     return None
-
-
-def _answer(expert: str, weight: float, out: dict, replaces: str | None) -> Answer:
-    return Answer(
-        expert=expert,
-        weight=weight,
-        text=str(out.get("text", "")),
-        prompt_tokens=int(out.get("prompt_tokens", 0)),
-        completion_tokens=int(out.get("completion_tokens", 0)),
-        finish_reason=str(out.get("finish_reason", "stop")),
-        replaces=replaces,
-        logprobs=out.get("logprobs"),
-    )
 
 
 def failure_reason(err: Exception) -> str:

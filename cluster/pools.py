@@ -14,8 +14,8 @@ returns one row's text as it is generated (the row still generates with the othe
 A replica whose vLLM engine process died reports unhealthy (``check_health``), so Serve
 replaces it; rows caught by the death are retried once on a fresh engine.
 
-Each reply carries ``stats`` (batch size, seconds of model loads since the last reply),
-which the gateway turns into metrics.
+Requests and replies are :mod:`cluster.expert_messages`; a batch's first reply carries its
+:class:`~cluster.expert_messages.BatchStats`, which the gateway turns into metrics.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from cluster.admin import allowed_roots
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.drain_batcher import DrainBatcher
-from cluster.expert_batch import Row, error_reply, run_batch, run_continuous
+from cluster.expert_batch import Row, run_batch, run_continuous
+from cluster.expert_messages import BatchStats, ExpertReply, ExpertRequest
 from cluster.request_ids import install_logging
 from cluster.sink_stream import Finished, sink_stream
-from cluster.tracing import TraceContext, record_span, setup_tracing
+from cluster.tracing import record_span, setup_tracing
 from experts.demo import build_demo_pool
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader, adapter_of, engine_key
@@ -52,7 +53,10 @@ log = logging.getLogger(__name__)
 class ExpertPoolServer:
     """Loads engines on demand (LRU, ``max_resident_models``) and generates in batches."""
 
-    def __init__(self, config: dict, pool_name: str):
+    async def __init__(self, config: dict, pool_name: str):
+        """Async, so that Serve marks a new replica ready (and routes to it) only once its
+        preloaded engines are up: a replica added by the autoscaler or moved off a lost node
+        takes no request that would wait out an engine's start."""
         cfg = parse_config(config, paths_on_load=True)
         setup_tracing(cfg.tracing, f"pool-{pool_name}")
         install_logging()
@@ -78,8 +82,8 @@ class ExpertPoolServer:
         self._engine = serve.multiplexed(
             max_num_models_per_replica=self.pool.max_resident_models
         )(engine)
-        # Kept: the event loop holds tasks only weakly.
-        self._warming = warm_up_soon(self._warm_up) if self.pool.preload else None
+        if self.pool.preload:
+            await self._warm_up()
 
     async def _warm_up(self) -> None:
         """Load the pool's first ``max_resident_models`` engines, so the first requests
@@ -98,41 +102,32 @@ class ExpertPoolServer:
             except Exception as err:  # a bad expert must not stop the replica; calls report it
                 log.warning("pool %s: cannot preload %s: %s", self.pool.name, key, err)
 
-    async def generate(self, expert_id: str, prompt: object, params: dict) -> dict:
-        """One request for ``expert_id``; raises :class:`ExpertError` when it cannot run
-        (the gateway then fails over)."""
-        reply = (await self.generate_many([(expert_id, prompt, params)]))[0]
-        if "error" in reply:
-            raise ExpertError(f"expert {expert_id!r}: {reply['error']}")
-        return reply
+    async def generate_many(self, requests: list[ExpertRequest]) -> list[ExpertReply]:
+        """The gateway's coalesced requests for this replica's engine key, in one call.
+        They join the key's queue together, so they generate in one batch (with whatever
+        else waits there). A request that cannot run gets a failed reply; the others still
+        answer."""
+        return await self._generate([Row(request) for request in requests])
 
-    async def generate_many(self, rows: list[tuple]) -> list[dict]:
-        """Several requests (expert id, prompt, params[, sink[, trace]]) in one call: the gateway's
-        coalesced batch for this replica's engine key. They join the key's queue together,
-        so they generate in one batch (with whatever else waits there). A row that cannot
-        run gets ``{"error": message}``; the others still answer."""
+    async def generate_stream(self, request: ExpertRequest):
+        """One request whose text comes back as it is generated: each text delta (a
+        ``str``), then its :class:`ExpertReply` (which may carry an error). The row still
+        joins its key's batch; only its text is live."""
+        async with aclosing(sink_stream(lambda sink: self._generate([Row(request, sink)]))
+                            ) as items:  # the caller left: the row is skipped
+            async for item in items:
+                yield item.result[0] if isinstance(item, Finished) else item
+
+    async def _generate(self, rows: list[Row]) -> list[ExpertReply]:
         key = serve.get_multiplexed_model_id()
         engine = await self._engine(key)
         if engine.continuous:
-            replies = await self._generate_continuous(key, engine, [Row(*row) for row in rows])
+            replies = await self._generate_continuous(key, engine, rows)
         else:
-            replies = await asyncio.gather(
-                *(self.batcher.submit(key, Row(*row)) for row in rows), return_exceptions=True
-            )
-        return [error_reply(r) if isinstance(r, Exception) else r for r in replies]
-
-    async def generate_stream(self, expert_id: str, prompt: object, params: dict,
-                              trace: TraceContext | None = None):
-        """One request whose text comes back as it is generated: ``{"delta": text}``
-        chunks, then ``{"done": reply}`` (``reply`` as from :meth:`generate_many`, which
-        may be an error). The row still joins its key's batch; only its text is live."""
-
-        def call(sink):
-            return self.generate_many([(expert_id, prompt, params, sink, trace)])
-
-        async with aclosing(sink_stream(call)) as items:  # the caller left: row skipped
-            async for item in items:
-                yield {"done": item.result[0]} if isinstance(item, Finished) else {"delta": item}
+            replies = await asyncio.gather(*(self.batcher.submit(key, row) for row in rows),
+                                           return_exceptions=True)
+        return [ExpertReply.failed(row.expert, r) if isinstance(r, Exception) else r
+                for row, r in zip(rows, replies, strict=True)]
 
     async def _load_engine(self, key: str):
         fresh, started = not self.models.is_loaded(key), time.perf_counter()
@@ -141,29 +136,28 @@ class ExpertPoolServer:
             self._loads.append(time.perf_counter() - started)
         return engine
 
-    async def _generate_batch(self, key: str, rows: list[Row]) -> list[dict]:
+    async def _generate_batch(self, key: str, rows: list[Row]) -> list[ExpertReply]:
         engine = await self._engine(key)
         started, wall = time.perf_counter(), time.time_ns()
         results = await asyncio.to_thread(self._run_rows, engine, rows)
         return self._finished(key, rows, results, started, wall)
 
-    async def _generate_continuous(self, key: str, engine, rows: list[Row]) -> list[dict]:
+    async def _generate_continuous(self, key: str, engine,
+                                   rows: list[Row]) -> list[ExpertReply]:
         started, wall = time.perf_counter(), time.time_ns()
         live = await asyncio.to_thread(self._live, {row.expert for row in rows})
         replies = await run_continuous(engine, rows, lambda e: self._spec(e, live),
                                        self.loader.prepare)
         return self._finished(key, rows, replies, started, wall)
 
-    def _finished(self, key: str, rows: list[Row], replies: list[dict], started: float,
-                  wall: int) -> list[dict]:
-        """The replies of one batch (or one call's rows), with their ``stats``: the first
-        carries the batch size, seconds and the model loads since the last reply."""
-        loads, self._loads = self._loads, []
+    def _finished(self, key: str, rows: list[Row], replies: list[ExpertReply], started: float,
+                  wall: int) -> list[ExpertReply]:
+        """The replies of one batch (or one call's rows); the first carries the batch's
+        :class:`BatchStats`."""
+        loads, self._loads = tuple(self._loads), []
         self.rows_served += len(rows)
-        stats = {"batch_size": len(rows), "loads": loads,
-                 "seconds": time.perf_counter() - started}
-        for i, reply in enumerate(replies):
-            reply["stats"] = stats if i == 0 else {"batch_size": 0, "loads": []}
+        stats = BatchStats(len(rows), time.perf_counter() - started, loads)
+        replies = [replies[0].with_stats(stats), *replies[1:]] if replies else replies
         trace_batch(self.pool.name, key, rows, replies, wall)
         return replies
 
@@ -189,7 +183,7 @@ class ExpertPoolServer:
         if models is not None:
             models.clear()
 
-    def _run_rows(self, engine, rows: list[Row]) -> list[dict]:
+    def _run_rows(self, engine, rows: list[Row]) -> list[ExpertReply]:
         """One batch, in a worker thread (the registry check is a Redis round trip)."""
         live = self._live({row.expert for row in rows})
         return run_batch(engine, rows, lambda e: self._spec(e, live), self.loader.prepare,
@@ -233,15 +227,6 @@ class LazyEmbedder:
         return self._encoder.encode(list(texts))
 
 
-def warm_up_soon(warm_up) -> asyncio.Task | None:
-    """Start ``warm_up()`` on the running event loop (the replica's, in Serve); None when
-    there is no loop to run it on."""
-    try:
-        return asyncio.get_running_loop().create_task(warm_up())
-    except RuntimeError:
-        return None
-
-
 def limit_torch_threads(num_cpus: float) -> None:
     """One torch thread per reserved core (one when none or a fraction is reserved): several
     replicas sharing cores each with a full BLAS thread pool run many times slower."""
@@ -250,12 +235,14 @@ def limit_torch_threads(num_cpus: float) -> None:
     torch.set_num_threads(max(1, int(num_cpus)))
 
 
-def trace_batch(pool: str, key: str, rows: list[Row], results: list[dict], start_ns: int) -> None:
+def trace_batch(pool: str, key: str, rows: list[Row], replies: list[ExpertReply],
+                start_ns: int) -> None:
     """One span per traced row of a finished batch, under that row's own trace."""
     end_ns = time.time_ns()
-    for row, result in zip(rows, results, strict=True):
-        record_span("pool.generate", row.trace, start_ns, end_ns, **{
+    for row, reply in zip(rows, replies, strict=True):
+        record_span("pool.generate", row.request.trace, start_ns, end_ns, **{
             "conclave.pool": pool, "conclave.engine": key, "conclave.expert": row.expert,
-            "conclave.batch_size": len(rows), "conclave.error": result.get("error"),
-            "conclave.prompt_tokens": result.get("prompt_tokens"),
-            "conclave.completion_tokens": result.get("completion_tokens")})
+            "conclave.batch_size": len(rows),
+            "conclave.error": None if reply.error is None else str(reply.error),
+            "conclave.prompt_tokens": reply.prompt_tokens,
+            "conclave.completion_tokens": reply.completion_tokens})

@@ -89,7 +89,9 @@ class RoutingStrategy(ABC):
     def remove_expert(self, expert: str) -> None:
         """Forget an expert everywhere (profiles and index vectors)."""
 
+    _experts: list[str]  # kept by fit / add_expert / remove_expert
+
     @property
-    @abstractmethod
     def experts(self) -> list[str]:
         """The experts this strategy can score, in column order of :class:`Scores`."""
+        return list(self._experts)

@@ -54,10 +54,6 @@ class ContrastiveStrategy(RoutingStrategy):
         self._experts: list[str] = []
         self._vectors = None  # torch (experts, dim), unit rows
 
-    @property
-    def experts(self) -> list[str]:
-        return list(self._experts)
-
     def fit(self, outcomes: OutcomeTable, embeddings: np.ndarray, progress=None) -> None:
         check_fit_inputs(outcomes, embeddings)
         if self.weights:

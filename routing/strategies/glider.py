@@ -58,10 +58,6 @@ class GliderStrategy(RoutingStrategy):
         self._vectors: dict[str, np.ndarray] = {}
         self._source: dict[str, str] = {}  # "instruction" or "centroid", for explanations
 
-    @property
-    def experts(self) -> list[str]:
-        return list(self._experts)
-
     def fit(self, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
         check_fit_inputs(outcomes, embeddings)
         self._experts, self._vectors, self._source = [], {}, {}

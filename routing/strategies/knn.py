@@ -39,10 +39,6 @@ class KNNStrategy(RoutingStrategy):
         self._outcomes = np.zeros((0, 0), dtype=np.float32)
         self._index: VectorIndex | None = None
 
-    @property
-    def experts(self) -> list[str]:
-        return list(self._experts)
-
     def fit(self, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
         check_fit_inputs(outcomes, embeddings)
         self._experts = list(outcomes.experts)

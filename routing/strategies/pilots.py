@@ -50,10 +50,6 @@ class PilotStrategy(RoutingStrategy):
         self._best: dict[str, float] = {}  # question id -> best score on file
         self._index: VectorIndex | None = None
 
-    @property
-    def experts(self) -> list[str]:
-        return list(self._experts)
-
     def fit(self, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
         check_fit_inputs(outcomes, embeddings)
         self._experts, self._pilots = [], {}

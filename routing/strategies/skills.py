@@ -65,10 +65,6 @@ class SkillsStrategy(RoutingStrategy):
         self._net = self._correct = self._answered = self._prior = np.zeros((0, 0))
         self._keyword_vectors: dict[str, np.ndarray] = {}
 
-    @property
-    def experts(self) -> list[str]:
-        return list(self._experts)
-
     def fit(self, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
         check_fit_inputs(outcomes, embeddings)
         if isinstance(self.extractor, EmbeddingKeywordExtractor):

@@ -185,10 +185,10 @@ def test_a_path_missing_on_the_serving_node_fails_clearly_and_shows_unhealthy(ap
     assert httpx.delete(url + "/v1/experts/far", headers=auth).status_code == 200
 
 
-@pytest.mark.skip(reason="GAP: written for the transformers engine, where the gateway keeps one "
-                  "batch per replica in flight, the autoscaling signal this test relies on; with "
-                  "the vLLM default the third replica was not serving rows within the test's "
-                  "time in the full suite (stop 18 note). Needs rework for vLLM pools.")
+@pytest.mark.skip(reason="GAP: with vLLM pools the third replica (on c) starts its engines "
+                  "(242 s under this load on 2 cores) but then got no rows within 60 s: Serve's "
+                  "multiplexed routing kept the models' traffic on a and b (diagnosis open, "
+                  "stop 19 note). Needs rework for vLLM pools.")
 def test_a_node_added_during_load_gets_a_replica_and_serves(app):
     """Under load the autoscaler wants a third replica, which no node has room for until
     ``c`` joins; the load ends once that replica has generated rows."""

@@ -14,6 +14,7 @@ from cluster.admin import ExpertAdmin
 from cluster.answer_stream import pieces
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
+from cluster.expert_messages import BatchStats, ExpertReply
 from cluster.http_app import GatewayParts, build_http_app
 from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
@@ -51,7 +52,7 @@ class FakeBackends:
                             ranked=ranked, explanation={"why": "test"})
         return RouteResult(decision, "miss", routing_ms=1.0, batch_size=1)
 
-    async def call(self, expert: str, prompt, params: dict, sink=None) -> dict:
+    async def call(self, expert: str, prompt, params: dict, sink=None) -> ExpertReply:
         self.calls.append(expert)
         if self.fail_prompts_with and self.fail_prompts_with in json.dumps(prompt):
             raise RuntimeError("synthesis exploded")
@@ -62,8 +63,8 @@ class FakeBackends:
         text = f"answer from {expert}"
         if sink is not None:
             await self._stream(expert, text, sink)
-        return {"text": text, "prompt_tokens": 3, "completion_tokens": 4,
-                "finish_reason": "stop", "stats": {"batch_size": 2, "loads": [0.5]}}
+        return ExpertReply(text=text, prompt_tokens=3, completion_tokens=4,
+                           stats=BatchStats(batch_size=2, seconds=0.1, loads=(0.5,)))
 
     async def _stream(self, expert: str, text: str, sink) -> None:
         self.streamed.append(expert)

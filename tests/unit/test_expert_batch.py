@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cluster.expert_batch import Row, length_chunks, run_batch
+from cluster.expert_messages import ExpertRequest
 from experts.engine import Generation, GenerationEngine
 from experts.loader import adapter_of
 from experts.spec import ExpertSpec
@@ -31,6 +32,10 @@ class RecordingEngine(GenerationEngine):
         pass
 
 
+
+def row(expert: str, prompt: str, params: dict | None = None, sink=None) -> Row:
+    return Row(ExpertRequest(expert, prompt, params or {}), sink)
+
 def test_length_chunks_cut_where_a_prompt_outgrows_its_chunk():
     items = ["a" * n for n in (40, 10, 200, 12, 31, 700)]
     chunks = length_chunks(items, [len(item) for item in items])
@@ -42,15 +47,15 @@ def test_length_chunks_cut_where_a_prompt_outgrows_its_chunk():
 def test_short_and_long_prompts_generate_apart_and_answers_keep_their_rows():
     engine = RecordingEngine()
     long = "Response 1: " + "words " * 60
-    rows = [Row("base", "short one", {}), Row("lora", long, {}), Row("lora", "short two", {}),
-            Row("base", "different params", {"max_new_tokens": 3}), Row("ghost", "x", {})]
+    rows = [row("base", "short one"), row("lora", long), row("lora", "short two"),
+            row("base", "different params", {"max_new_tokens": 3}), row("ghost", "x")]
 
     def spec_of(expert_id):
         return SPECS[expert_id]  # KeyError for the unknown expert: that row fails alone
 
     results = run_batch(engine, rows, spec_of, lambda engine, spec: None, adapter_of)
-    assert [r.get("text") for r in results[:4]] == [f"re: {row.prompt}" for row in rows[:4]]
-    assert "KeyError" in results[4]["error"]
+    assert [r.text for r in results[:4]] == [f"re: {r.prompt}" for r in rows[:4]]
+    assert "KeyError" in str(results[4].error) and not results[4].request_fault
     assert sorted(engine.calls) == sorted([
         (["short one", "short two"], [None, "lora"]),
         ([long], ["lora"]),
@@ -77,11 +82,11 @@ def test_rows_with_a_sink_get_their_own_text_and_the_same_results():
         raise ConnectionError("client went away")
 
     def rows(sinks: bool) -> list[Row]:
-        return [Row("base", "a", {}, got["a"].append if sinks else None),
-                Row("lora", "b", {}),
-                Row("base", "c", {"max_new_tokens": 3}, got["c"].append if sinks else None),
-                Row("base", "d", {"max_new_tokens": 5}, broken if sinks else None),
-                Row("lora", "e", {"max_new_tokens": 5})]
+        return [row("base", "a", {}, got["a"].append if sinks else None),
+                row("lora", "b"),
+                row("base", "c", {"max_new_tokens": 3}, got["c"].append if sinks else None),
+                row("base", "d", {"max_new_tokens": 5}, broken if sinks else None),
+                row("lora", "e", {"max_new_tokens": 5})]
 
     def run(engine, batch):
         return run_batch(engine, batch, SPECS.__getitem__, lambda engine, spec: None, adapter_of)

@@ -12,6 +12,7 @@ from ray.exceptions import RayActorError
 from cluster import request_ids
 from cluster.api_errors import ApiError
 from cluster.config import TracingConfig
+from cluster.expert_messages import ExpertReply, ExpertRequest
 from cluster.gateway import Gateway
 from cluster.route_messages import RouteQuery, RouteResult
 from cluster.tracing import memory_spans, setup_tracing
@@ -65,10 +66,10 @@ def route_replies(queries: list[RouteQuery]) -> list[RouteResult]:
                         routing_ms=1.0, batch_size=len(queries)) for q in queries]
 
 
-def generation_replies(rows: list) -> list[dict]:
-    return [{"error": "ValueError: bad row"} if prompt == "bad" else
-            {"text": f"{expert}: {prompt}", "prompt_tokens": 1, "completion_tokens": 2}
-            for expert, prompt, *_ in rows]
+def generation_replies(requests: list[ExpertRequest]) -> list[ExpertReply]:
+    return [ExpertReply.failed(r.expert, ValueError("bad row")) if r.prompt == "bad" else
+            ExpertReply(text=f"{r.expert}: {r.prompt}", prompt_tokens=1, completion_tokens=2)
+            for r in requests]
 
 
 def make_gateway(redis_url: str, router: FakeDeployment, pool: FakeDeployment) -> Gateway:
@@ -105,7 +106,7 @@ def test_concurrent_generations_for_one_base_go_out_as_one_call(gateway_for):
         return await asyncio.gather(first, *rest)  # ...the rest queue behind it
 
     replies = asyncio.run(scenario())
-    assert [r["text"] for r in replies] == ["alpha: p0", "alpha: p1", "base: p2", "alpha: p3",
+    assert [r.text for r in replies] == ["alpha: p0", "alpha: p1", "base: p2", "alpha: p3",
                                             "base: p4"]
     assert [len(rows) for _, rows in pool.batches] == [1, 4]  # one hop for four rows
     assert {key for key, _ in pool.batches} == {"base"}  # LoRA rows go to their base's replicas
@@ -119,8 +120,8 @@ def test_a_failed_row_raises_for_its_caller_only(gateway_for):
         return await asyncio.gather(*calls, return_exceptions=True)
 
     ok, bad, fine = asyncio.run(scenario())
-    assert ok["text"] == "alpha: ok" and fine["text"] == "alpha: fine"
-    assert isinstance(bad, ExpertError) and "bad row" in str(bad)
+    assert ok.text == "alpha: ok" and fine.text == "alpha: fine"
+    assert isinstance(bad, ExpertError) and str(bad) == "expert 'alpha': ValueError: bad row"
 
 
 def test_concurrent_queries_are_routed_in_one_call(gateway_for):
@@ -149,7 +150,7 @@ def test_a_query_the_router_refuses_raises_its_routing_error_for_that_caller(gat
 def test_a_replica_dying_under_a_call_is_retried_once_and_counted(gateway_for):
     gateway, router, pool = gateway_for(router_deaths=1, pool_deaths=1)
     assert asyncio.run(gateway._route("q", RouteOptions())).cache == "miss"
-    assert asyncio.run(gateway._call_expert("alpha", "p", {}))["text"] == "alpha: p"
+    assert asyncio.run(gateway._call_expert("alpha", "p", {})).text == "alpha: p"
     retried = {s.labels["deployment"]: s.value for s in _samples(gateway, "conclave_replica_retries")}
     assert retried == {"router": 1.0, "pool-default": 1.0}
 
@@ -188,7 +189,7 @@ def test_each_call_out_carries_its_request_trace_context(gateway_for):
     finally:
         setup_tracing(TracingConfig(), "test")
     sent = [query.trace for _, queries in router.batches for query in queries]
-    sent += [row[-1] for _, rows in pool.batches for row in rows]
+    sent += [request.trace for _, requests in pool.batches for request in requests]
     assert sorted(c.request_id for c in sent) == ["r1", "r1", "r2", "r2"]
     for context in sent:  # the parent the replica continues from: the call's own span
         parent = spans[int(context.traceparent.split("-")[2], 16)]

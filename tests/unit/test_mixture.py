@@ -327,6 +327,7 @@ def test_a_served_mixture_row_brings_its_query_embedding(pool, tiny_lm, tiny_ada
     """The pool's batch logic: a mixture expert's rows are embedded (q = the query text)
     and, with α large, each row follows the expert nearest its q: that adapter's tokens."""
     from cluster.expert_batch import Row, run_batch
+    from cluster.expert_messages import ExpertRequest
     from experts.hf_engine import HFEngine
     from experts.loader import ExpertLoader, adapter_of
     from experts.spec import ExpertSpec
@@ -340,7 +341,7 @@ def test_a_served_mixture_row_brings_its_query_embedding(pool, tiny_lm, tiny_ada
     assert (engine.alpha, engine.top_k) == (1000.0, 1) and asked == ["digits", "words"]
     prompts = [[{"role": "system", "content": "be brief"}, {"role": "user", "content": "apple"}],
                "4821 3390"]
-    rows = [Row("mix", prompt, {"max_new_tokens": 4}) for prompt in prompts]
+    rows = [Row(ExpertRequest("mix", prompt, {"max_new_tokens": 4})) for prompt in prompts]
     results = run_batch(engine, rows, specs.__getitem__, loader.prepare, adapter_of,
                         embed=loader.embed)
     assert sorted(asked[2:]) == ["4821 3390", "apple"]  # one q per row
@@ -349,7 +350,7 @@ def test_a_served_mixture_row_brings_its_query_embedding(pool, tiny_lm, tiny_ada
         single.load_adapter(name, str(pool[name]))
     alone = single.generate(prompts, GenerationParams(max_new_tokens=4),
                             adapters=["digits", "words"])
-    assert [r["text"] for r in results] == [out.text for out in alone]
+    assert [r.text for r in results] == [out.text for out in alone]
 
 
 def test_mixture_options_in_the_spec():

@@ -10,6 +10,7 @@ import pytest
 
 from cluster.catalog import ExpertCatalog
 from cluster.config import ConfigError, parse_config
+from cluster.expert_messages import ExpertReply
 from cluster.metrics import ConclaveMetrics
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader
@@ -51,10 +52,11 @@ def test_replicas_parse_the_config_without_checking_paths():
 
 def test_an_expert_whose_replica_reports_errors_is_unhealthy_until_it_answers():
     metrics = ConclaveMetrics()
-    error = "ExpertError: expert 'far': local path '/m' does not exist on this node (w1)"
-    metrics.record_generation("default", "far", {"error": error})
-    metrics.record_generation("default", "near", {"text": "ok", "completion_tokens": 1})
-    assert metrics.unhealthy == {"far": error}
+    error = ExpertError("local path '/m' does not exist on this node (w1)")
+    metrics.record_generation("default", "far", ExpertReply.failed("far", error))
+    metrics.record_generation("default", "near", ExpertReply(text="ok", completion_tokens=1))
+    assert metrics.unhealthy == {
+        "far": "expert 'far': ExpertError: local path '/m' does not exist on this node (w1)"}
     assert b'conclave_expert_up{expert="far"} 0.0' in metrics.render()
-    metrics.record_generation("default", "far", {"text": "ok", "completion_tokens": 1})
+    metrics.record_generation("default", "far", ExpertReply(text="ok", completion_tokens=1))
     assert metrics.unhealthy == {}

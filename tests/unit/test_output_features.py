@@ -8,7 +8,8 @@ import json
 import pytest
 
 from cluster.api_errors import ApiError
-from cluster.expert_batch import Row, error_reply, run_batch
+from cluster.expert_batch import Row, run_batch
+from cluster.expert_messages import ExpertReply, ExpertRequest
 from cluster.openai_protocol import ChatCompletionRequest, CompletionRequest
 from cluster.output_features import feature_params, tool_calls, without_features
 from experts.engine import GenerationEngine, GenerationParams
@@ -59,7 +60,7 @@ def test_an_engine_refuses_what_it_cannot_honour_as_a_client_error():
     with pytest.raises(UnsupportedFeatureError, match="echo engine does not support"):
         _Echo().check_features(params)
     spec = ExpertSpec(id="e", model="org/model")
-    [reply] = run_batch(_Echo(), [Row("e", "hi", {"logprobs": 1})], lambda _: spec,
-                        lambda *_: None, lambda _: None)
-    assert "does not support logprobs" in reply["client_error"]
-    assert "client_error" not in error_reply(RuntimeError("boom"))
+    [reply] = run_batch(_Echo(), [Row(ExpertRequest("e", "hi", {"logprobs": 1}))],
+                        lambda _: spec, lambda *_: None, lambda _: None)
+    assert reply.request_fault and "does not support logprobs" in str(reply.error)
+    assert not ExpertReply.failed("e", RuntimeError("boom")).request_fault

@@ -12,6 +12,7 @@ import pytest
 
 from cluster.config import ConfigError, parse_config
 from cluster.expert_batch import Row, run_batch
+from cluster.expert_messages import ExpertRequest
 from cluster.metrics import ConclaveMetrics
 from experts.engine import GenerationParams
 from experts.loader import ExpertLoader, adapter_of
@@ -99,9 +100,10 @@ def test_unknown_prompt_and_missing_letter_get_a_reply_not_an_error(folder):
 def test_unknown_prompt_is_counted_in_the_metrics(folder):
     spec = ExpertSpec(id="big", engine="replay", replay={"data": str(folder), "model": "Big-Model"})
     replay = ReplayEngine.from_spec(spec)
-    rows = [Row("big", "What is 2 + 2?", {}), Row("big", "Nothing recorded here", {})]
+    rows = [Row(ExpertRequest("big", "What is 2 + 2?")),
+            Row(ExpertRequest("big", "Nothing recorded here"))]
     replies = run_batch(replay, rows, lambda _e: spec, lambda *_: None, adapter_of)
-    assert "no_record" not in replies[0] and replies[1]["no_record"] is True
+    assert [reply.no_record for reply in replies] == [False, True]
     metrics = ConclaveMetrics()
     for reply in replies:
         metrics.record_generation("default", "big", reply)

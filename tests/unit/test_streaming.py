@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cluster.expert_batch import Row, run_batch
+from cluster.expert_messages import ExpertRequest
 from experts.engine import Generation, GenerationEngine, GenerationParams
 from experts.loader import adapter_of
 from experts.spec import ExpertSpec
@@ -136,7 +137,7 @@ def test_run_batch_streams_only_the_rows_with_a_sink(engine):
     got: dict[int, list[str]] = defaultdict(list)
 
     def rows(with_sinks: bool) -> list[Row]:
-        return [Row(expert, prompt, {"max_new_tokens": 12},
+        return [Row(ExpertRequest(expert, prompt, {"max_new_tokens": 12}),
                     got[i].append if with_sinks and i % 2 else None)
                 for i, (expert, prompt) in enumerate(zip(experts, PROMPTS, strict=True))]
 
@@ -147,7 +148,7 @@ def test_run_batch_streams_only_the_rows_with_a_sink(engine):
     assert streamed == run(rows(False))
     assert sorted(got) == [1, 3]
     for i in got:
-        assert "".join(got[i]) == streamed[i]["text"]
+        assert "".join(got[i]) == streamed[i].text
 
 
 # -- engines that cannot stream ----------------------------------------------------------

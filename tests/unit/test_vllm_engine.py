@@ -16,6 +16,7 @@ import pytest
 
 from cluster.config import ConfigError, parse_config
 from cluster.expert_batch import Row, run_continuous
+from cluster.expert_messages import ExpertRequest
 from experts.engine import GenerationParams
 from experts.errors import ExpertError, PromptTooLongError, UnsupportedFeatureError
 from experts.loader import EngineChoice, ExpertLoader
@@ -157,8 +158,8 @@ def test_a_model_vllm_cannot_load_fails_cleanly(tmp_path):
 def test_an_engine_process_killed_under_load_loses_no_request(engine):
     specs = {"base": ExpertSpec(id="base", model=engine.model_name)}
     generating = threading.Event()  # set by the first token: the rows are in the engine
-    rows = [Row("base", f"{PROMPT} {i}", {"max_new_tokens": 160}, lambda _d: generating.set())
-            for i in range(12)]
+    rows = [Row(ExpertRequest("base", f"{PROMPT} {i}", {"max_new_tokens": 160}),
+                lambda _d: generating.set()) for i in range(12)]
 
     async def load_and_kill():
         running = asyncio.create_task(run_continuous(engine, rows, specs.__getitem__,
@@ -170,7 +171,7 @@ def test_an_engine_process_killed_under_load_loses_no_request(engine):
 
     replies = asyncio.run(load_and_kill())
     assert engine.restarts == 1 and not engine.errored
-    assert all("text" in reply for reply in replies), replies
+    assert all(reply.error is None and reply.text for reply in replies), replies
     assert engine.generate([PROMPT], GREEDY)[0].completion_tokens == 8
 
 
