@@ -26,6 +26,7 @@ import contextvars
 import json
 import sys
 import threading
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -93,9 +94,10 @@ async def build(engine: str):
     from cluster.router_deployment import RouterServer
 
     config = load_config(ROOT / "configs" / "demo.yaml").model_dump(mode="json")
-    config["redis"] = {"url": "embedded", "namespace": "request-path"}
+    # A namespace of its own: the measured question must miss the pattern cache.
+    config["redis"] = {"url": "embedded", "namespace": f"request-path-{uuid.uuid4().hex[:8]}"}
     for pool in config["pools"]:
-        pool.update(engine=engine, preload=False)
+        pool.update(engine=engine)
     config = runtime_config(parse_config(config))  # as build_app does before deploying
     seed_registry(config)
     config = config.model_dump(mode="json")
@@ -143,6 +145,8 @@ async def measure(engine: str) -> tuple[Recorder, dict]:
     finally:
         recorder.on = False
         hook_threads(None, servers)
+        for server in servers.values():
+            server.models.clear()  # stops the vLLM engine processes
     return recorder, reply["conclave"]
 
 

@@ -115,8 +115,9 @@ class ExpertLoader:
             return None
         if not hasattr(engine, "load_adapter"):
             raise ExpertError(f"expert {spec.id!r}: engine of {spec.base!r} cannot load adapters")
-        self.check_path(spec, spec.adapter)
-        engine.load_adapter(spec.id, spec.adapter)
+        if spec.id not in getattr(engine, "adapters", {}):  # loaded: its path was checked then
+            self.check_path(spec, spec.adapter)
+            engine.load_adapter(spec.id, spec.adapter)
         return spec.id
 
     def check_adapter(self, spec: ExpertSpec) -> None:
