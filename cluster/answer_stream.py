@@ -55,12 +55,14 @@ async def streamed_text(run: Callable[[DeltaSink], Awaitable[FinalAnswer]]) -> A
                 sent.append(item)
                 yield item
     emitted = "".join(sent)
-    continues = outcome.text.startswith(emitted)
+    done = emitted.strip()  # the final text is stripped of the whitespace around it
+    continues = outcome.text.startswith(done)
     # A reasoning model's streamed <think> part, cut from the final text, is fine.
-    if outcome.interrupted or not (continues or emitted.endswith(outcome.text)):
+    if outcome.interrupted or not (continues or done.endswith(outcome.text)):
         raise StreamBroken("an expert failed mid-answer; the text above is incomplete")
     if continues:
-        for piece in pieces(outcome.text[len(emitted):]):
+        rest = outcome.text[len(done):]
+        for piece in pieces(rest.lstrip() if emitted[-1:].isspace() else rest):
             yield piece
     yield outcome
 

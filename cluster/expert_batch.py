@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from cluster.expert_messages import ExpertReply, ExpertRequest, Prompt
 from experts.engine import GenerationEngine, GenerationParams, TextSink
+from experts.errors import ExpertError
 from experts.spec import ExpertSpec
 
 log = logging.getLogger(__name__)
@@ -98,25 +99,41 @@ async def run_continuous(
 ) -> list[ExpertReply]:
     """Rows for an engine that batches by itself (vLLM): each its own request, all sent at
     once, so they join its running batch. Rows caught by the death of the engine's process
-    are retried once, on the engine restarted in place: a crash loses no request."""
+    are retried once, on the engine restarted in place: a crash loses no request. A
+    streamed row whose text had started to go out is failed instead (the retry would send
+    its text again from the start); the gateway fails it over and the stream says so."""
+    streamed: set[int] = set()  # rows whose sink has had text
 
-    async def one(row: Row) -> ExpertReply:
+    async def one(i: int) -> ExpertReply:
+        row = rows[i]
         spec = spec_of(row.expert)
         adapter = prepare(engine, spec)
+        sink = None if row.sink is None else _noting(row.sink, streamed, i)
         out = await engine.agenerate(row.prompt, merged_params(spec, row.request.params),
-                                     adapter, row.sink)
+                                     adapter, sink)
         return ExpertReply.of(out)
 
-    replies = await asyncio.gather(*map(one, rows), return_exceptions=True)
+    replies = await asyncio.gather(*map(one, range(len(rows))), return_exceptions=True)
     if engine.errored:
         log.error("the engine process of %s died; restarting it", engine.model_name)
         await asyncio.to_thread(engine.restart)
         failed = [i for i, reply in enumerate(replies) if isinstance(reply, Exception)]
-        again = await asyncio.gather(*(one(rows[i]) for i in failed), return_exceptions=True)
-        for i, reply in zip(failed, again, strict=True):
+        for i in streamed.intersection(failed):
+            replies[i] = ExpertError("the engine process died while this answer streamed")
+        retried = [i for i in failed if i not in streamed]
+        again = await asyncio.gather(*map(one, retried), return_exceptions=True)
+        for i, reply in zip(retried, again, strict=True):
             replies[i] = reply
     return [ExpertReply.failed(row.expert, r) if isinstance(r, Exception) else r
             for row, r in zip(rows, replies, strict=True)]
+
+
+def _noting(sink: Callable[[str], None], streamed: set[int], row: int) -> Callable[[str], None]:
+    def noted(delta: str) -> None:
+        streamed.add(row)
+        sink(delta)
+
+    return noted
 
 
 def _generate(engine, rows: list[Row], members: list, embed, results: list) -> None:

@@ -52,6 +52,7 @@ class ExpertReply:
     finish_reason: str = "stop"
     logprobs: list[dict] | None = None
     no_record: bool = False  # a replay engine had no recorded answer (counted by the gateway)
+    tool_calls: list[dict] | None = None  # found by the expert's tool parser (tool_choice auto)
     error: ExpertError | None = None
     stats: BatchStats = BatchStats()
 
@@ -59,7 +60,7 @@ class ExpertReply:
     def of(cls, out: Generation) -> ExpertReply:
         return cls(text=out.text, prompt_tokens=out.prompt_tokens,
                    completion_tokens=out.completion_tokens, finish_reason=out.finish_reason,
-                   logprobs=out.logprobs, no_record=out.no_record)
+                   logprobs=out.logprobs, no_record=out.no_record, tool_calls=out.tool_calls)
 
     @classmethod
     def failed(cls, expert: str, err: Exception) -> ExpertReply:

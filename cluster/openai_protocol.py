@@ -69,7 +69,8 @@ class _SamplingRequest(_Lenient):
     tools: list[dict] | None = Field(None, description="Functions the model may call.")
     tool_choice: str | dict | None = Field(
         None, description="'required' or {'type': 'function', 'function': {'name': ...}} force "
-        "a call (guided decoding); 'auto' needs a tool parser and is refused.")
+        "a call (guided decoding); 'auto' lets the model choose, and needs the expert's "
+        "tool_parser (vLLM).")
     stream: bool = False
     user: str | None = None
     conclave: RouteOptions | None = Field(

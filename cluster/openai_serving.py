@@ -70,6 +70,7 @@ class FinalAnswer:
     info: ConclaveInfo
     interrupted: bool = False  # streamed text went out that this answer does not continue
     logprobs: list[dict] | None = None  # of the call whose text is the answer, if asked
+    tool_calls: list[dict] | None = None  # that call's, found by its tool parser (auto)
 
 
 class ConclaveService:
@@ -93,9 +94,12 @@ class ConclaveService:
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
         plan = await self.plan(req.query(), req.prompt(), req)
         out = await self.run(plan)
-        calls = tool_calls(plan.params, out.text)
-        message = (ChatChoiceMessage(content=None, tool_calls=calls) if calls
-                   else ChatChoiceMessage(content=out.text))
+        if out.tool_calls:  # the model chose to call (auto): the text before is content
+            calls, content = out.tool_calls, out.text or None
+        else:  # a forced call is the whole text
+            calls = tool_calls(plan.params, out.text)
+            content = None if calls else out.text
+        message = ChatChoiceMessage(content=content, tool_calls=calls)
         choice = ChatChoice(index=0, message=message,
                             finish_reason="tool_calls" if calls else out.finish_reason,
                             logprobs=None if out.logprobs is None else {"content": out.logprobs})
@@ -186,7 +190,8 @@ class ConclaveService:
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         final = combined.extra or (run.answers[0] if lone else None)
         return FinalAnswer(combined.text, combined.finish_reason, usage, info, run.interrupted,
-                           final.logprobs if final is not None else None)
+                           final.logprobs if final is not None else None,
+                           final.tool_calls if final is not None else None)
 
     async def _call_router(self, query: str, options: RouteOptions) -> RouteResult:
         started = time.perf_counter()

@@ -46,13 +46,15 @@ class Answer:
     finish_reason: str
     replaces: str | None = None
     logprobs: list[dict] | None = None
+    tool_calls: list[dict] | None = None
 
     @classmethod
     def of(cls, expert: str, weight: float, reply: ExpertReply,
            replaces: str | None = None) -> Answer:
         return cls(expert=expert, weight=weight, text=reply.text,
                    prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-                   finish_reason=reply.finish_reason, replaces=replaces, logprobs=reply.logprobs)
+                   finish_reason=reply.finish_reason, replaces=replaces, logprobs=reply.logprobs,
+                   tool_calls=reply.tool_calls)
 
 
 @dataclass

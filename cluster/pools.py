@@ -11,8 +11,9 @@ hold that base: the online form of batching by assigned expert.
   :mod:`cluster.drain_batcher`.)
 The gateway sends its coalesced rows as one ``generate_many`` call; ``generate_stream``
 returns one row's text as it is generated (the row still generates with the others).
-A replica whose vLLM engine process died reports unhealthy (``check_health``), so Serve
-replaces it; rows caught by the death are retried once on a fresh engine.
+A vLLM engine whose process died is restarted in place, by the rows caught by the death
+(which are then retried once) or by ``check_health`` when none was; the replica reports
+unhealthy, so that Serve replaces it, only when that restart failed.
 
 Requests and replies are :mod:`cluster.expert_messages`; a batch's first reply carries its
 :class:`~cluster.expert_messages.BatchStats`, which the gateway turns into metrics.
@@ -71,6 +72,7 @@ class ExpertPoolServer:
         self.models = ModelPool(self.loader, max_models=self.pool.max_resident_models)
         self.catalog.on_change(self._forget_removed)
         self._loads: list[float] = []
+        self._restarts: dict[str, asyncio.Task] = {}  # engine key -> restart by check_health
         self.rows_served = 0
         self.batcher = DrainBatcher(self._generate_batch, self.pool.max_batch_size,
                                     self.pool.batch_wait_timeout_s)
@@ -169,13 +171,22 @@ class ExpertPoolServer:
                     engine.unload_adapter(expert_id)
 
     async def check_health(self) -> None:
-        """Serve's health probe: unhealthy when a resident vLLM engine's process is dead
-        and not being restarted (Serve then replaces the replica)."""
-        engines = {key: self.models.peek(key) for key in self.models.resident()}
-        dead = [key for key, e in engines.items()
-                if getattr(e, "errored", False) and not getattr(e, "restarting", False)]
-        if dead:
-            raise RuntimeError(f"pool {self.pool.name}: engine process dead for {dead}")
+        """Serve's health probe. A resident vLLM engine whose process died with no request
+        on it (a request restarts its engine itself) is restarted here, in the background;
+        the replica is unhealthy (Serve replaces it) only when such a restart failed."""
+        failed = {key: task.exception() for key, task in self._restarts.items()
+                  if task.done() and not task.cancelled() and task.exception()
+                  and getattr(self.models.peek(key), "errored", False)}
+        if failed:
+            raise RuntimeError(f"pool {self.pool.name}: cannot restart the engine of "
+                               f"{sorted(failed)}: {next(iter(failed.values()))}")
+        for key in self.models.resident():
+            engine = self.models.peek(key)
+            if (getattr(engine, "errored", False) and not engine.restarting
+                    and (key not in self._restarts or self._restarts[key].done())):
+                log.error("pool %s: the engine process of %s died; restarting it",
+                          self.pool.name, key)
+                self._restarts[key] = asyncio.create_task(asyncio.to_thread(engine.restart))
 
     def __del__(self):
         # Serve deletes the replica on shutdown: stop the engine processes with it.

@@ -57,6 +57,7 @@ class Generation:
     # per generated token: {"token", "logprob", "top_logprobs": [{"token", "logprob"}]}
     logprobs: list[dict] | None = None
     no_record: bool = False  # a replay engine had no recorded answer for this prompt
+    tool_calls: list[dict] | None = None  # OpenAI tool calls found in the text (tool parser)
 
 
 class GenerationEngine(ABC):

@@ -168,7 +168,8 @@ class ExpertLoader:
         return VLLMEngine(spec.model, max_loras=choice.max_loras,
                           max_lora_rank=choice.max_lora_rank,
                           engine_args={**choice.engine_args, **spec.engine_args},
-                          trust_remote_code=spec.trust_remote_code, num_cpus=choice.num_cpus)
+                          trust_remote_code=spec.trust_remote_code, num_cpus=choice.num_cpus,
+                          tool_parser=spec.tool_parser)
 
     def _load_hf(self, spec: ExpertSpec) -> GenerationEngine:
         from experts.hf_engine import HFEngine

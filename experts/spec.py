@@ -151,6 +151,12 @@ class ExpertSpec(BaseModel):
         "needs no `model`).",
     )
 
+    tool_parser: str | None = Field(
+        None, description="vLLM tool parser of a `model` expert's model family (hermes, "
+        "llama3_json, mistral, ...): requests may then use tool_choice 'auto' (its LoRA "
+        "experts share it). Without one, 'auto' is refused with a 400.",
+    )
+
     @field_validator("engine_args")
     @classmethod
     def _known_engine_args(cls, value: dict) -> dict:
@@ -158,6 +164,14 @@ class ExpertSpec(BaseModel):
 
         check_engine_args(value)
         return value
+
+    @field_validator("tool_parser")
+    @classmethod
+    def _known_tool_parser(cls, value: str | None) -> str | None:
+        from experts.vllm_engine import vllm_available
+        from experts.vllm_tools import check_tool_parser
+
+        return check_tool_parser(value) if value is not None and vllm_available() else value
 
     @field_validator("id")
     @classmethod

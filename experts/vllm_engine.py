@@ -26,6 +26,7 @@ from experts.engine import Generation, GenerationEngine, GenerationParams, Promp
 from experts.errors import ExpertError, PromptTooLongError, UnsupportedFeatureError
 from experts.prompts import encode_prompt
 from experts.spec import is_local_path
+from experts.vllm_tools import ToolCallParser
 
 # Conclave sets these itself (from the spec and the pool); engine_args may not.
 MANAGED_ARGS = frozenset({"model", "tokenizer", "trust_remote_code", "max_loras",
@@ -75,7 +76,7 @@ class VLLMEngine(GenerationEngine):
 
     def __init__(self, model: str, *, max_loras: int = 8, max_lora_rank: int = 16,
                  engine_args: dict | None = None, trust_remote_code: bool = False,
-                 num_cpus: float = 0.0):
+                 num_cpus: float = 0.0, tool_parser: str | None = None):
         for key, value in cpu_environment(num_cpus).items():
             os.environ.setdefault(key, value)  # read by the engine process vLLM spawns
         check_engine_args(engine_args or {})
@@ -106,6 +107,8 @@ class VLLMEngine(GenerationEngine):
                 from None
         self.max_model_len = self._engine.model_config.max_model_len
         self.restarts = 0
+        self.tool_parser = None if tool_parser is None else ToolCallParser(tool_parser,
+                                                                           self.tokenizer)
 
     async def _start(self, args: dict):
         from transformers import AutoTokenizer
@@ -184,7 +187,8 @@ class VLLMEngine(GenerationEngine):
 
     async def _generate(self, prompt: Prompt, params: GenerationParams, adapter: str | None,
                         on_text) -> Generation:
-        ids = encode_prompt(self.tokenizer, prompt)
+        chooses = self._tool_choice_auto(params, on_text)
+        ids = encode_prompt(self.tokenizer, prompt, params.tools if chooses else None)
         if len(ids) + 1 > self.max_model_len:
             raise PromptTooLongError(
                 f"the prompt has {len(ids)} tokens; this model's context is "
@@ -206,7 +210,25 @@ class VLLMEngine(GenerationEngine):
                 if on_text is not None:
                     on_text(piece.text)
             finish = "stop" if piece.finish_reason == "stop" else "length"
-        return Generation("".join(text), len(ids), len(tokens), finish, logprobs=logprobs)
+        out = Generation("".join(text), len(ids), len(tokens), finish, logprobs=logprobs)
+        if chooses:
+            out.text, out.tool_calls = self.tool_parser.parse(out.text, params.tools)
+        return out
+
+    def _tool_choice_auto(self, params: GenerationParams, on_text) -> bool:
+        """Whether the model chooses whether to call a tool (``tool_choice: auto``): then
+        the prompt carries the tools and the tool parser reads the calls from the text."""
+        if not params.tools or params.tool_choice != "auto":
+            return False
+        if self.tool_parser is None:
+            raise UnsupportedFeatureError(
+                f"tool_choice 'auto' needs the tool parser of {self.model_name!r}'s model "
+                "family: set tool_parser on its expert (e.g. hermes), or force a call with "
+                "tool_choice 'required' or a named function")
+        if on_text is not None:
+            raise UnsupportedFeatureError("tool_choice 'auto' is not streamed: ask without "
+                                          "stream, or force the call")
+        return True
 
     def _token_logprobs(self, token_ids, steps, top: int) -> list[dict]:
         """OpenAI-style logprobs of the new tokens: the chosen one and the ``top`` best."""
@@ -283,7 +305,7 @@ class VLLMEngine(GenerationEngine):
 
 def structured_outputs(params: GenerationParams):
     """vLLM's guided decoding for ``response_format`` or a forced tool call (None when the
-    output is free). ``tool_choice`` ``auto`` needs the model's tool parser: refused."""
+    output is free, as with ``tool_choice`` ``auto``)."""
     from vllm.sampling_params import StructuredOutputsParams
 
     fmt = params.response_format or {}
@@ -294,7 +316,7 @@ def structured_outputs(params: GenerationParams):
         if not isinstance(schema, dict):
             raise UnsupportedFeatureError("response_format json_schema needs json_schema.schema")
         return StructuredOutputsParams(json=schema)
-    if params.tools and params.tool_choice not in (None, "none"):
+    if params.tools and params.tool_choice not in (None, "none", "auto"):
         return StructuredOutputsParams(json=tool_call_schema(params.tools, params.tool_choice))
     return None
 
@@ -311,9 +333,8 @@ def tool_call_schema(tools: list[dict], tool_choice: str | dict) -> dict:
             raise UnsupportedFeatureError(f"tool_choice names {name!r}, which is not in tools")
         return functions[name]
     if tool_choice != "required":
-        raise UnsupportedFeatureError(
-            f"tool_choice {tool_choice!r} needs the model family's tool parser, which this "
-            "server does not run; use 'required' or name a function")
+        raise UnsupportedFeatureError(f"tool_choice must be 'none', 'auto', 'required' or "
+                                      f"a named function, not {tool_choice!r}")
     return {"type": "array", "minItems": 1, "items": {"type": "object", "anyOf": [
         {"properties": {"name": {"type": "string", "enum": [name]}, "parameters": schema},
          "required": ["name", "parameters"]} for name, schema in functions.items()]}}

@@ -186,3 +186,21 @@ def _wait_exit(pid: int, timeout_s: float = 30.0) -> None:
         psutil.Process(pid).wait(timeout=timeout_s)
     except psutil.NoSuchProcess:
         pass
+
+
+def kill_engine_processes(app: str, deployment: str) -> Replica:
+    """SIGKILL every vLLM engine-core process of one replica of ``deployment`` (what the OOM
+    killer taking the engines looks like); the replica's own process lives on."""
+    import psutil
+
+    live = [r for r in replicas(app, deployment) if r.pid > 0]
+    if not live:
+        raise LookupError(f"no live replica of {app}/{deployment}")
+    victim = live[0]
+    engines = [p for p in psutil.Process(victim.pid).children(recursive=True)
+               if "EngineCore" in " ".join([p.name(), *p.cmdline()])]
+    if not engines:
+        raise LookupError(f"replica {victim.name} runs no vLLM engine process")
+    for process in engines:
+        process.kill()
+    return victim

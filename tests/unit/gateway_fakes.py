@@ -43,6 +43,7 @@ class FakeBackends:
         self.calls: list[str] = []
         self.streamed: list[str] = []  # experts called with a sink
         self.held = threading.Event()
+        self.tool_calls: list[dict] | None = None  # what an expert's tool parser found
 
     async def route(self, query: str, options: RouteOptions) -> RouteResult:
         ranked = [("alpha", 0.9), ("beta", 0.8), ("gamma", 0.5)]
@@ -64,7 +65,8 @@ class FakeBackends:
         if sink is not None:
             await self._stream(expert, text, sink)
         return ExpertReply(text=text, prompt_tokens=3, completion_tokens=4,
-                           stats=BatchStats(batch_size=2, seconds=0.1, loads=(0.5,)))
+                           stats=BatchStats(batch_size=2, seconds=0.1, loads=(0.5,)),
+                           tool_calls=self.tool_calls)
 
     async def _stream(self, expert: str, text: str, sink) -> None:
         self.streamed.append(expert)

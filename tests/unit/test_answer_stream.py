@@ -8,6 +8,9 @@ import json
 import pytest
 from gateway_fakes import gateway_client
 
+from cluster.openai_protocol import ConclaveInfo, Usage
+from cluster.openai_serving import FinalAnswer
+
 OPEN_QUESTION = "what is 2+2?"
 
 
@@ -139,3 +142,23 @@ def test_every_expert_failing_mid_request_is_an_error_event(setup):
         chunks = events(resp.iter_lines())
     assert chunks[-2]["error"]["code"] == "experts_unavailable"
     assert chunks[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize("deltas", [[" 4", "2 \n"], ["\n", "42"], ["4", "2", " "]])
+def test_whitespace_the_final_answer_is_stripped_of_does_not_break_the_stream(deltas):
+    """The answer's text is stripped (routing/aggregate.py); what streamed still stands."""
+    import asyncio
+
+    from cluster.answer_stream import streamed_text
+
+    async def run(sink):
+        for delta in deltas:
+            sink(delta)
+        return FinalAnswer("42", "stop", Usage(), ConclaveInfo(
+            experts=[], strategy="direct", aggregation="single", cache="direct"))
+
+    async def collect():
+        return [item async for item in streamed_text(run)]
+
+    *texts, final = asyncio.run(collect())
+    assert texts == deltas and final.text == "42"

@@ -101,6 +101,21 @@ def test_direct_expert_request(setup):
     assert backends.calls == ["gamma"]
 
 
+def test_tool_calls_an_expert_chose_to_make_answer_as_tool_calls(setup):
+    client, backends, _ = setup
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "add", "arguments": '{"a": 1}'}}
+    backends.tool_calls = [call]
+    tools = [{"type": "function", "function": {"name": "add"}}]
+    resp = client.post("/v1/chat/completions", json={
+        "model": "alpha", "tools": tools, "tool_choice": "auto",
+        "messages": [{"role": "user", "content": "add one"}]})
+    [choice] = resp.json()["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"] == {"role": "assistant", "content": "answer from alpha",
+                                 "tool_calls": [call]}
+
+
 def test_streaming_chat_is_sse_ending_in_done(setup):
     client, _, _ = setup
     resp = chat(client, stream=True)
