@@ -236,23 +236,24 @@ class ChatChunkChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class _Chunk(BaseModel):
+    """What every streamed event carries (usage and the panel's info come in the last)."""
+
     id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int = Field(default_factory=_now)
     model: str
-    choices: list[ChatChunkChoice]
     usage: Usage | None = None
+
+
+class ChatCompletionChunk(_Chunk):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    choices: list[ChatChunkChoice]
     conclave: ConclaveInfo | None = None
 
 
-class CompletionChunk(BaseModel):
-    id: str
+class CompletionChunk(_Chunk):
     object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=_now)
-    model: str
     choices: list[CompletionChoice]
-    usage: Usage | None = None
     conclave: list[ConclaveInfo] | None = None
 
 

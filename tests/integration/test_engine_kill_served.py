@@ -25,8 +25,8 @@ def test_killed_engine_processes_are_restarted_in_place_and_lose_no_request(conc
     load = MixedLoad(conclave_server.url, questions, direct=["general"], concurrency=8,
                      max_tokens=4)
     kill = Fault("kill the pool replica's vLLM engine processes",
-                 lambda: kill_engine_processes(APP, POOL), after_requests=24)
-    report = asyncio.run(load.run(requests=96, faults=[kill]))
+                 lambda: kill_engine_processes(APP, POOL), after_requests=16)
+    report = asyncio.run(load.run(requests=48, faults=[kill]))
     print(report.table())
 
     [record] = report.faults
