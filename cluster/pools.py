@@ -174,19 +174,18 @@ class ExpertPoolServer:
         """Serve's health probe. A resident vLLM engine whose process died with no request
         on it (a request restarts its engine itself) is restarted here, in the background;
         the replica is unhealthy (Serve replaces it) only when such a restart failed."""
-        failed = {key: task.exception() for key, task in self._restarts.items()
-                  if task.done() and not task.cancelled() and task.exception()
-                  and getattr(self.models.peek(key), "errored", False)}
-        if failed:
-            raise RuntimeError(f"pool {self.pool.name}: cannot restart the engine of "
-                               f"{sorted(failed)}: {next(iter(failed.values()))}")
         for key in self.models.resident():
-            engine = self.models.peek(key)
-            if (getattr(engine, "errored", False) and not engine.restarting
-                    and (key not in self._restarts or self._restarts[key].done())):
-                log.error("pool %s: the engine process of %s died; restarting it",
-                          self.pool.name, key)
-                self._restarts[key] = asyncio.create_task(asyncio.to_thread(engine.restart))
+            engine, restart = self.models.peek(key), self._restarts.get(key)
+            if not getattr(engine, "errored", False) or engine.restarting:
+                continue
+            if restart is not None and not restart.done():
+                continue  # started by an earlier probe, its thread not yet in restart()
+            if restart is not None and not restart.cancelled() and restart.exception():
+                raise RuntimeError(f"pool {self.pool.name}: cannot restart the engine of "
+                                   f"{key}: {restart.exception()}")
+            log.error("pool %s: the engine process of %s died; restarting it",
+                      self.pool.name, key)
+            self._restarts[key] = asyncio.create_task(asyncio.to_thread(engine.restart))
 
     def __del__(self):
         # Serve deletes the replica on shutdown: stop the engine processes with it.

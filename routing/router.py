@@ -83,9 +83,9 @@ class Router:
         self.prior.update(_means(outcomes))
         for name, cost in outcomes.cost.items():
             self.costs.setdefault(name, cost)
-        rows = np.random.default_rng(0).permutation(len(outcomes))[:CALIBRATION_QUESTIONS]
-        self._calibration = outcomes.subset(np.sort(rows))
-        self._calibration_embeddings = embeddings[np.sort(rows)]
+        rows = np.sort(np.random.default_rng(0).permutation(len(outcomes))[:CALIBRATION_QUESTIONS])
+        self._calibration = outcomes.subset(rows)
+        self._calibration_embeddings = embeddings[rows]
         self.temperatures.clear()
 
     def temperature(self, name: str) -> float | None:
