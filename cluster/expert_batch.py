@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cluster import request_ids
 from cluster.expert_messages import ExpertReply, ExpertRequest, Prompt
 from experts.engine import GenerationEngine, GenerationParams, TextSink
 from experts.errors import ExpertError
@@ -47,6 +48,11 @@ class Row:
     @property
     def prompt(self) -> Prompt:
         return self.request.prompt
+
+    @property
+    def request_id(self) -> str | None:
+        """The x-request-id of the HTTP request this row serves (for its log lines)."""
+        return self.request.trace.request_id if self.request.trace else None
 
 
 def merged_params(spec: ExpertSpec, overrides: dict) -> GenerationParams:
@@ -106,16 +112,18 @@ async def run_continuous(
 
     async def one(i: int) -> ExpertReply:
         row = rows[i]
-        spec = spec_of(row.expert)
-        adapter = prepare(engine, spec)
-        sink = None if row.sink is None else _noting(row.sink, streamed, i)
-        out = await engine.agenerate(row.prompt, merged_params(spec, row.request.params),
-                                     adapter, sink)
-        return ExpertReply.of(out)
+        with request_ids.bound(row.request_id):  # this row's task: its log lines name it
+            spec = spec_of(row.expert)
+            adapter = prepare(engine, spec)
+            sink = None if row.sink is None else _noting(row.sink, streamed, i)
+            out = await engine.agenerate(row.prompt, merged_params(spec, row.request.params),
+                                         adapter, sink)
+            return ExpertReply.of(out)
 
     replies = await asyncio.gather(*map(one, range(len(rows))), return_exceptions=True)
     if engine.errored:
-        log.error("the engine process of %s died; restarting it", engine.model_name)
+        log.error("the engine process of %s died; restarting it (requests %s)",
+                  engine.model_name, ", ".join(sorted({r.request_id or "-" for r in rows})))
         await asyncio.to_thread(engine.restart)
         failed = [i for i, reply in enumerate(replies) if isinstance(reply, Exception)]
         for i in streamed.intersection(failed):
@@ -145,8 +153,9 @@ def _generate(engine, rows: list[Row], members: list, embed, results: list) -> N
     adapters = [adapter for _, adapter, _ in members]
     sinks = [rows[i].sink for i in index]
     if any(sinks):
+        on_text = _fan_out(sinks, [rows[i].request_id for i in index])
         outputs = engine.generate_streaming(
-            prompts, members[0][2], adapters=adapters, on_text=_fan_out(sinks), **extra
+            prompts, members[0][2], adapters=adapters, on_text=on_text, **extra
         )
     else:
         outputs = engine.generate(prompts, members[0][2], adapters=adapters, **extra)
@@ -154,11 +163,12 @@ def _generate(engine, rows: list[Row], members: list, embed, results: list) -> N
         results[i] = ExpertReply.of(out)
 
 
-def _fan_out(sinks: list[Callable[[str], None] | None]) -> TextSink:
+def _fan_out(sinks: list[Callable[[str], None] | None], ids: list[str | None]) -> TextSink:
     """The chunk's one engine sink: row j's deltas go to row j's own sink, if it has one.
 
     A sink that raises (its client went away) is dropped rather than let through: the
-    exception would abort the generate call, and with it every batch-mate's answer."""
+    exception would abort the generate call, and with it every batch-mate's answer. Its
+    log line names the row's request (``ids[j]``)."""
 
     def on_text(row: int, delta: str) -> None:
         sink = sinks[row]
@@ -167,7 +177,8 @@ def _fan_out(sinks: list[Callable[[str], None] | None]) -> TextSink:
         try:
             sink(delta)
         except Exception:
-            log.warning("dropping the text sink of row %d", row, exc_info=True)
+            with request_ids.bound(ids[row]):
+                log.warning("dropping the text sink of row %d", row, exc_info=True)
             sinks[row] = None
 
     return on_text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from cluster.expert_batch import Row, length_chunks, run_batch
 from cluster.expert_messages import ExpertRequest
+from cluster.request_ids import RequestIdFilter
+from cluster.tracing import TraceContext
 from experts.engine import Generation, GenerationEngine
 from experts.loader import adapter_of
 from experts.spec import ExpertSpec
@@ -33,8 +35,11 @@ class RecordingEngine(GenerationEngine):
 
 
 
-def row(expert: str, prompt: str, params: dict | None = None, sink=None) -> Row:
-    return Row(ExpertRequest(expert, prompt, params or {}), sink)
+def row(expert: str, prompt: str, params: dict | None = None, sink=None,
+        request_id: str | None = None) -> Row:
+    trace = TraceContext(request_id=request_id) if request_id else None
+    return Row(ExpertRequest(expert, prompt, params or {}, trace=trace), sink)
+
 
 def test_length_chunks_cut_where_a_prompt_outgrows_its_chunk():
     items = ["a" * n for n in (40, 10, 200, 12, 31, 700)]
@@ -97,3 +102,18 @@ def test_rows_with_a_sink_get_their_own_text_and_the_same_results():
     assert sorted(streaming.calls) == sorted(plain.calls)  # same batches either way
     assert sorted(streaming.streamed) == [["a", "b"], ["c"], ["d", "e"]]
     assert run(streaming, rows(False)) and len(streaming.streamed) == 3  # no sink: generate
+
+
+def test_a_dropped_sink_is_logged_under_its_own_request_id(caplog):
+    def broken(delta):
+        raise ConnectionError("client went away")
+
+    caplog.handler.addFilter(RequestIdFilter())
+    rows = [row("base", "a", {}, broken, request_id="req-a"),
+            row("base", "b", {}, lambda delta: None, request_id="req-b")]
+    with caplog.at_level("WARNING", logger="cluster.expert_batch"):
+        results = run_batch(StreamingRecorder(), rows, SPECS.__getitem__,
+                            lambda engine, spec: None, adapter_of)
+    assert [r.text for r in results] == ["re: a", "re: b"]
+    [record] = [r for r in caplog.records if "dropping the text sink" in r.getMessage()]
+    assert record.request_id == "req-a"
