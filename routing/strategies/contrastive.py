@@ -1,6 +1,8 @@
 """Contrastive: a learned router in the style of RouterDC (Chen et al., NeurIPS 2024), a
 trained head over the frozen sentence embeddings plus one learned vector per expert
-(:mod:`routing.strategies.contrastive_model` has the model, the losses and the schedule).
+(:mod:`routing.strategies.contrastive_model` has the model, the losses and the schedule);
+with ``encoder_layers: N`` the encoder's top N layers are fine-tuned instead of a head
+(:mod:`routing.strategies.contrastive_encoder`), and queries are embedded by that copy.
 
 An expert's score is ``sigmoid(a · cos(h(x), e_j) / τ + b)``: a calibrated chance that it
 answers the query well (``a, b`` learned with the rest), so ranking is by cosine.
@@ -47,6 +49,7 @@ class ContrastiveStrategy(RoutingStrategy):
             self.schedule = TrainSchedule(**schedule)
         except TypeError as err:
             raise RoutingError(f"contrastive: bad options: {err}") from None
+        self.encoder = encoder  # the fine-tuned mode builds on it (never changes it)
         self.encoder_name = str(getattr(encoder, "name", "") or "all-MiniLM-L6-v2")
         self.weights, self.explain = weights, explain
         self.train_log = None  # the TrainLog of the last fit that trained
@@ -63,10 +66,16 @@ class ContrastiveStrategy(RoutingStrategy):
             raise RoutingError(
                 f"contrastive: training needs at least {MIN_TRAIN_QUESTIONS} questions and 2 "
                 f"experts; got {len(outcomes)} questions, {len(outcomes.experts)} expert(s)")
-        from routing.strategies.contrastive_model import train_head
+        if self.schedule.encoder_layers:
+            from routing.strategies.contrastive_encoder import train_encoder
 
-        self._model, self.train_log = train_head(embeddings, outcomes.scores, self.schedule,
-                                                 progress)
+            self._model, self.train_log = train_encoder(self.encoder, outcomes.texts,
+                                                        outcomes.scores, self.schedule, progress)
+        else:
+            from routing.strategies.contrastive_model import train_head
+
+            self._model, self.train_log = train_head(embeddings, outcomes.scores,
+                                                     self.schedule, progress)
         self._experts = list(outcomes.experts)
         self._vectors = self._model.experts.detach().clone()
 
@@ -85,18 +94,27 @@ class ContrastiveStrategy(RoutingStrategy):
     def score(self, texts: list[str], embeddings: np.ndarray) -> Scores:
         check_queries(texts, embeddings, self._model is not None and bool(self._experts),
                       "contrastive")
-        values = self.probabilities(embeddings)
+        values = self.probabilities(self._embed(texts, embeddings))
         order = np.argsort(-values, axis=1)[:, : self.explain]
         explanations = [{"top": [{"expert": self._experts[j], "p": float(row[j])}
                                  for j in top]} for row, top in zip(values, order, strict=True)]
         return Scores(experts=self.experts, values=values, explanations=explanations)
 
-    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        """sigmoid(a·s + b) per (query, expert), float32."""
+    def _embed(self, texts: list[str], embeddings: np.ndarray):
+        """The queries' ``h``: from their texts by the fine-tuned encoder, else from their
+        shared embeddings by the head."""
+        import torch
+
+        if self.schedule.encoder_layers:
+            return self._model.embed_texts(texts)
+        with torch.no_grad():
+            return self._model.embed(torch.from_numpy(np.asarray(embeddings, dtype=np.float32)))
+
+    def probabilities(self, h) -> np.ndarray:
+        """sigmoid(a·s + b) per (query, expert) of the queries' ``h``, float32."""
         import torch
 
         with torch.no_grad():
-            h = self._model.embed(torch.from_numpy(np.asarray(embeddings, dtype=np.float32)))
             # Column by column (no matmul), so one expert's score never depends on which
             # other experts there are: adding one leaves the others' scores bit-identical.
             e = torch.nn.functional.normalize(self._vectors, dim=-1)
@@ -114,21 +132,21 @@ class ContrastiveStrategy(RoutingStrategy):
 
         column = outcomes.with_experts([expert]).scores[:, 0]
         known = ~np.isnan(column)
-        x = torch.from_numpy(np.asarray(embeddings, dtype=np.float32)[known])
+        h = self._embed([t for t, k in zip(outcomes.texts, known, strict=True) if k],
+                        np.asarray(embeddings, dtype=np.float32)[known])
         y = torch.from_numpy(column[known].astype(np.float32))
         if known.sum() and (y < 1).any():
             if known.sum() < MIN_EXPERT_QUESTIONS:
                 raise RoutingError(
                     f"contrastive: expert {expert!r} has outcomes on {int(known.sum())} "
                     f"questions; its embedding needs at least {MIN_EXPERT_QUESTIONS}")
-            vector = fit_expert_vector(self._model, x, y)
+            vector = fit_expert_vector(self._model, h, y)
         else:  # example questions only (all counted right): their mean direction
             if known.sum() < MIN_EXAMPLES:
                 raise RoutingError(
                     f"contrastive: expert {expert!r} has {int(known.sum())} example "
                     f"question(s); its embedding needs at least {MIN_EXAMPLES}")
-            with torch.no_grad():
-                vector = torch.nn.functional.normalize(self._model.embed(x).mean(0), dim=0)
+            vector = torch.nn.functional.normalize(h.mean(0), dim=0)
         self._set_vector(expert, vector)
 
     def remove_expert(self, expert: str) -> None:
@@ -159,7 +177,7 @@ class ContrastiveStrategy(RoutingStrategy):
                    if k != "experts"}
         tensors["experts"] = self._vectors.contiguous()
         meta = {"experts": json.dumps(self._experts), "encoder": self.encoder_name,
-                "in_dim": str(self._model.mlp[0].in_features),
+                "in_dim": str(getattr(self._model, "in_dim", 0)),
                 "schedule": json.dumps(self.schedule.to_dict()), "format": "conclave-router-1"}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +187,7 @@ class ContrastiveStrategy(RoutingStrategy):
     def load(self, path: str | Path, experts: list[str] | None = None) -> None:
         """Read a file written by :meth:`save`; refuse one made for another encoder or, when
         ``experts`` is given, for another set of experts."""
-        from routing.strategies.contrastive_model import RouterHead, TrainSchedule
+        from routing.strategies.contrastive_model import TrainSchedule
 
         tensors, meta = _read(path)
         if meta.get("encoder") != self.encoder_name:
@@ -181,12 +199,23 @@ class ContrastiveStrategy(RoutingStrategy):
             raise RoutingError(f"{path}: trained for other experts: missing {missing}, "
                                f"unknown here {extra}; retrain (conclave router train)")
         schedule = TrainSchedule(**json.loads(meta["schedule"]))
-        model = RouterHead(int(meta["in_dim"]), len(names), schedule)
+        model = self._new_model(int(meta["in_dim"]), len(names), schedule)
         state = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
         model.load_state_dict({**state, "experts": tensors["experts"]})
         model.eval()
         self.schedule, self._model, self._experts = schedule, model, names
         self._vectors = tensors["experts"].clone()
+
+    def _new_model(self, in_dim: int, experts: int, schedule):
+        if schedule.encoder_layers:
+            from routing.strategies.contrastive_encoder import EncoderRouter
+
+            if self.encoder is None:
+                raise RoutingError("contrastive: a fine-tuned-encoder router needs its encoder")
+            return EncoderRouter(self.encoder, experts, schedule)
+        from routing.strategies.contrastive_model import RouterHead
+
+        return RouterHead(in_dim, experts, schedule)
 
 
 def _read(path: str | Path) -> tuple[dict, dict]:

@@ -58,33 +58,52 @@ class TrainSchedule:
     patience: int = 5
     holdout: float = 0.1  # part of the training table held out for early stopping
     seed: int = 0
+    # 0: the head above over frozen embeddings. N > 0: no head; the encoder's top N layers
+    # are fine-tuned instead (routing.strategies.contrastive_encoder), at encoder_lr, in
+    # batches of encoder_batch_size questions cut to max_tokens tokens.
+    encoder_layers: int = 0
+    encoder_lr: float = 3e-5
+    encoder_batch_size: int = 64
+    max_tokens: int = 128
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-class RouterHead(nn.Module):
-    """``h(x) = normalise(x + MLP(x))`` and the expert vectors; ``forward`` gives ``s``."""
+class ExpertScorer(nn.Module):
+    """One learned vector per expert, the score ``s = cos(h, e_j) / τ`` and the calibration
+    ``a, b``; subclasses say how a query becomes ``h`` (``embed``)."""
 
-    def __init__(self, in_dim: int, experts: int, schedule: TrainSchedule):
+    def __init__(self, dim: int, experts: int, schedule: TrainSchedule):
         super().__init__()
         self.temperature = schedule.temperature
+        self.experts = nn.Parameter(torch.randn(experts, dim) * 0.01)
+        self.scale = nn.Parameter(torch.tensor(1.0))  # a of the calibration
+        self.shift = nn.Parameter(torch.tensor(-1.0))  # b of the calibration
+
+    def score(self, h: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
+        e = nn.functional.normalize(self.experts if experts is None else experts, dim=-1)
+        return h @ e.T / self.temperature
+
+    def param_groups(self, schedule: TrainSchedule) -> list[dict]:
+        return [{"params": list(self.parameters()), "lr": schedule.lr}]
+
+
+class RouterHead(ExpertScorer):
+    """``h(x) = normalise(x + MLP(x))`` over the frozen embedding ``x``."""
+
+    def __init__(self, in_dim: int, experts: int, schedule: TrainSchedule):
+        super().__init__(schedule.dim, experts, schedule)
+        self.in_dim = in_dim
         self.mlp = nn.Sequential(nn.Linear(in_dim, schedule.hidden), nn.GELU(),
                                  nn.Dropout(schedule.dropout),
                                  nn.Linear(schedule.hidden, schedule.dim))
         self.skip = nn.Identity() if in_dim == schedule.dim else nn.Linear(in_dim, schedule.dim)
         nn.init.zeros_(self.mlp[-1].weight)  # starts as the identity: h(x) = x
         nn.init.zeros_(self.mlp[-1].bias)
-        self.experts = nn.Parameter(torch.randn(experts, schedule.dim) * 0.01)
-        self.scale = nn.Parameter(torch.tensor(1.0))  # a of the calibration
-        self.shift = nn.Parameter(torch.tensor(-1.0))  # b of the calibration
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.skip(x) + self.mlp(x), dim=-1)
-
-    def score(self, h: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
-        e = nn.functional.normalize(self.experts if experts is None else experts, dim=-1)
-        return h @ e.T / self.temperature
 
 
 def sample_llm_loss(s: torch.Tensor, y: torch.Tensor, known: torch.Tensor, top_k: int,
@@ -157,35 +176,49 @@ def train_head(x: np.ndarray, y: np.ndarray, schedule: TrainSchedule,
                ) -> tuple[RouterHead, TrainLog]:
     """A :class:`RouterHead` trained on embeddings ``x`` (n, d) and outcomes ``y`` (n, m;
     NaN = no result) with the schedule's losses, early-stopped on its held-out part."""
-    started = time.perf_counter()
     torch.manual_seed(schedule.seed)
-    rng = np.random.default_rng(schedule.seed)
-    order = rng.permutation(len(x))
-    cut = max(1, int(round(len(x) * schedule.holdout)))
-    held, fit = order[:cut], order[cut:]
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    model = RouterHead(x.shape[1], y.shape[1], schedule)
+    log = train_model(model, lambda rows: xt[torch.from_numpy(rows)], y, schedule,
+                      schedule.batch_size, progress)
+    return model, log
+
+
+def train_model(model: ExpertScorer, take: Callable[[np.ndarray], object], y: np.ndarray,
+                schedule: TrainSchedule, batch_size: int,
+                progress: Callable[[int, float, float], None] | None = None) -> TrainLog:
+    """Train ``model`` in place on outcomes ``y`` (n, m; NaN = no result); ``take(rows)``
+    gives its ``embed`` input for those rows. Holds out part of the rows for early stopping
+    and ends with the best weights."""
+    started = time.perf_counter()
+    rng = np.random.default_rng(schedule.seed)
+    order = rng.permutation(len(y))
+    cut = max(1, int(round(len(y) * schedule.holdout)))
+    held, fit = order[:cut], order[cut:]
     yt = torch.from_numpy(np.nan_to_num(y, nan=0.0).astype(np.float32))
     kt = torch.from_numpy(~np.isnan(y))
-    labels = torch.from_numpy(kmeans_labels(x[fit], schedule.clusters, schedule.seed))
-    model = RouterHead(x.shape[1], y.shape[1], schedule)
-    init_experts(model, xt[fit], yt[fit], kt[fit])
+    with torch.no_grad():
+        model.eval()
+        h = model.embed(take(fit))
+    labels = torch.from_numpy(kmeans_labels(h.numpy(), schedule.clusters, schedule.seed))
+    init_experts(model, h, yt[fit], kt[fit])
 
     def batches():
         while True:
-            pick = rng.choice(len(fit), size=min(schedule.batch_size, len(fit)), replace=False)
-            rows = torch.from_numpy(fit[pick])
-            yield xt[rows], yt[rows], kt[rows], labels[torch.from_numpy(pick)]
+            pick = rng.choice(len(fit), size=min(batch_size, len(fit)), replace=False)
+            rows = fit[pick]
+            yield take(rows), yt[rows], kt[rows], labels[torch.from_numpy(pick)]
 
-    curve, best = _fit_loop(model, batches(), (xt[held], yt[held]), schedule, progress)
+    curve, best = _fit_loop(model, batches(), (take(held), yt[held]), schedule, progress)
     model.load_state_dict(best[2])
     model.eval()
-    return model, TrainLog(curve, best[1], best[0], time.perf_counter() - started)
+    return TrainLog(curve, best[1], best[0], time.perf_counter() - started)
 
 
 def _fit_loop(model, batches, held, schedule, progress):
     """Adam steps over ``batches`` with held-out evaluation and early stopping; (the curve,
     (best held-out top-1, its step, its weights))."""
-    optimiser = torch.optim.AdamW(model.parameters(), lr=schedule.lr,
+    optimiser = torch.optim.AdamW(model.param_groups(schedule),
                                   weight_decay=schedule.weight_decay)
     generator = torch.Generator().manual_seed(schedule.seed)
     best = (-1.0, 0, _state(model))
@@ -226,18 +259,17 @@ def _step_loss(model, x, y, known, labels, schedule, generator) -> torch.Tensor:
     return loss
 
 
-def init_experts(model: RouterHead, x: torch.Tensor, y: torch.Tensor,
+def init_experts(model: ExpertScorer, h: torch.Tensor, y: torch.Tensor,
                  known: torch.Tensor) -> None:
-    """Start each expert vector at the mean embedding of its right answers minus the mean of
+    """Start each expert vector at the mean ``h`` of its right answers minus the mean of
     its wrong ones (a useful direction before the first step)."""
     with torch.no_grad():
-        h = model.embed(x)
         right = (y * known).T @ h / (y * known).sum(0).clamp(min=1e-6)[:, None]
         wrong = ((1 - y) * known).T @ h / ((1 - y) * known).sum(0).clamp(min=1e-6)[:, None]
         model.experts.copy_(nn.functional.normalize(right - wrong + 1e-6, dim=-1))
 
 
-def holdout_top1(model: RouterHead, x: torch.Tensor, y: torch.Tensor) -> float:
+def holdout_top1(model: ExpertScorer, x, y: torch.Tensor) -> float:
     """Mean outcome of the top-scored expert on held-out rows (NaN-free ``y``)."""
     model.eval()
     with torch.no_grad():
@@ -249,12 +281,12 @@ def _state(model: nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def fit_expert_vector(model: RouterHead, x: torch.Tensor, y: torch.Tensor,
+def fit_expert_vector(model: ExpertScorer, h: torch.Tensor, y: torch.Tensor,
                       steps: int = 300) -> torch.Tensor:
-    """One new expert's vector: the head, the calibration and every other vector frozen,
-    fitted by the calibration loss on its own outcomes ``y`` (fractions allowed) at ``x``."""
+    """One new expert's vector: the model, the calibration and every other vector frozen,
+    fitted by the calibration loss on its own outcomes ``y`` (fractions allowed) at the
+    queries' ``h``."""
     with torch.no_grad():
-        h = model.embed(x)
         init = (h * y[:, None]).mean(0) - (h * (1 - y)[:, None]).mean(0)
     vector = nn.Parameter(nn.functional.normalize(init + 1e-6, dim=0).clone())
     optimiser = torch.optim.Adam([vector], lr=0.05)

@@ -111,6 +111,10 @@ def add_node(state: dict, spec) -> str:
     return state["cluster"].add(spec)
 
 
+def node_names(state: dict) -> list[str]:
+    return sorted(state["cluster"].node_ids())
+
+
 def remove_node(state: dict, name: str) -> str:
     return state["cluster"].remove(name)
 
