@@ -106,12 +106,20 @@ def modes(args) -> dict[str, tuple[str, str]]:
     return {name: (args.engine, name) for name in pair}
 
 
+def deploy_order(args) -> list[str]:
+    """The modes in the order their apps are deployed (``--second-first`` flips it: the app
+    deployed first has measured slower, so a ratio is best read from both orders)."""
+    names = list(modes(args))
+    return names[::-1] if args.second_first else names
+
+
 def start_modes(args) -> dict[str, str]:
     """Both apps side by side (one Serve, one port, a route prefix each), warmed up."""
     from cluster.local_serve import start_app
 
     urls = {}
-    for name, (engine, mode) in modes(args).items():
+    for name in deploy_order(args):
+        engine, mode = modes(args)[name]
         config = mode_config(engine, mode, f"bench-{name}-{os.getpid()}")
         urls[name] = start_app(config, name=f"bench-{name}", port=args.port,
                                route_prefix=f"/{name}")
@@ -197,6 +205,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2,
                         help="slices of the requests, sent to the two modes in ABBA order")
+    parser.add_argument("--second-first", action="store_true",
+                        help="deploy the second mode's app first (see deploy_order)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
@@ -225,7 +235,7 @@ def report(results: dict, args) -> None:
     for name, r in results.items():
         parts = ", ".join(f"{role} {ms:.1f}" for role, ms in r["cpu_ms_per_request"].items())
         print(f"  {name:<10} {r['cpu_ms_total']:6.1f}  ({parts})")
-    first, second = results
+    first, second = modes(args)
     ratio = results[first]["rps"] / results[second]["rps"]
     key = ("vllm_vs_hf_throughput" if args.engine == "both" else "tracing_overhead"
            if args.compare == "tracing" else "throughput_ratio")
@@ -236,7 +246,7 @@ def report(results: dict, args) -> None:
             key: ratio, "engine": args.engine, "p50_ms": lead["p50_ms"], "p99_ms": lead["p99_ms"],
             "errors": sum(r["errors"] for r in results.values()), "modes": results,
             "requests": args.requests, "concurrency": args.concurrency,
-            "rounds": args.rounds}, indent=2))
+            "rounds": args.rounds, "deployed_first": deploy_order(args)[0]}, indent=2))
 
 
 if __name__ == "__main__":
