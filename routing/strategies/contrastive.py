@@ -132,20 +132,19 @@ class ContrastiveStrategy(RoutingStrategy):
 
         column = outcomes.with_experts([expert]).scores[:, 0]
         known = ~np.isnan(column)
+        count, y = int(known.sum()), torch.from_numpy(column[known].astype(np.float32))
+        graded = bool(count) and bool((y < 1).any())  # else example questions (all right)
+        if graded and count < MIN_EXPERT_QUESTIONS:
+            raise RoutingError(f"contrastive: expert {expert!r} has outcomes on {count} "
+                               f"questions; its embedding needs at least {MIN_EXPERT_QUESTIONS}")
+        if not graded and count < MIN_EXAMPLES:
+            raise RoutingError(f"contrastive: expert {expert!r} has {count} example "
+                               f"question(s); its embedding needs at least {MIN_EXAMPLES}")
         h = self._embed([t for t, k in zip(outcomes.texts, known, strict=True) if k],
                         np.asarray(embeddings, dtype=np.float32)[known])
-        y = torch.from_numpy(column[known].astype(np.float32))
-        if known.sum() and (y < 1).any():
-            if known.sum() < MIN_EXPERT_QUESTIONS:
-                raise RoutingError(
-                    f"contrastive: expert {expert!r} has outcomes on {int(known.sum())} "
-                    f"questions; its embedding needs at least {MIN_EXPERT_QUESTIONS}")
+        if graded:
             vector = fit_expert_vector(self._model, h, y)
-        else:  # example questions only (all counted right): their mean direction
-            if known.sum() < MIN_EXAMPLES:
-                raise RoutingError(
-                    f"contrastive: expert {expert!r} has {int(known.sum())} example "
-                    f"question(s); its embedding needs at least {MIN_EXAMPLES}")
+        else:  # example questions only: their mean direction
             vector = torch.nn.functional.normalize(h.mean(0), dim=0)
         self._set_vector(expert, vector)
 

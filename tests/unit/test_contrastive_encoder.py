@@ -75,6 +75,10 @@ def test_save_load_and_add_expert_as_in_head_mode(fitted, minilm, tmp_path):
                             experts=["delta"], scores=np.ones((3, 1), dtype=np.float32))
     loaded.add_expert("delta", newcomer, minilm.encode(newcomer.texts))
     assert np.array_equal(loaded.score(queries, emb).values[:, :3], before)
+    few = OutcomeTable(ids=["f1", "f2"], texts=BIO[:2], domains=["biology"] * 2,
+                       experts=["eps"], scores=np.ones((2, 1), dtype=np.float32))
+    with pytest.raises(RoutingError, match="needs at least 3"):
+        loaded.add_expert("eps", few, minilm.encode(few.texts))
 
 
 def test_an_encoder_layer_count_the_encoder_lacks_is_refused(minilm):
