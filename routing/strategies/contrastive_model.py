@@ -62,7 +62,7 @@ class TrainSchedule:
     # are fine-tuned instead (routing.strategies.contrastive_encoder), at encoder_lr, in
     # batches of encoder_batch_size questions cut to max_tokens tokens.
     encoder_layers: int = 0
-    encoder_lr: float = 3e-5
+    encoder_lr: float = 1e-5
     encoder_batch_size: int = 64
     max_tokens: int = 128
 
