@@ -22,6 +22,10 @@ from experts.prompts import encode_prompt
 from experts.streaming import BatchTextStreamer, RowCut
 
 BASE_ROW = "__base__"  # peft's name for "no adapter" in adapter_names
+# transformers and peft build modules on the meta device through process-wide patches, so
+# two loads in threads at once (a pool replica preloads its engines side by side) can leave
+# one model's weights on meta ("Cannot copy out of meta tensor"): one load at a time here.
+_LOADING = threading.Lock()
 LORA_KERNELS = ("gathered", "peft")  # how a mixed-adapter batch runs in each LoRA layer
 
 
@@ -48,17 +52,18 @@ class HFEngine(GenerationEngine):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or ("auto" if self.device.startswith("cuda") else "float32")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                model, trust_remote_code=trust_remote_code, padding_side="left"
-            )
-            self.model = AutoModelForCausalLM.from_pretrained(
-                model,
-                dtype=dtype if dtype == "auto" else getattr(torch, dtype),
-                trust_remote_code=trust_remote_code,
-            )
+            with _LOADING:
+                self.tokenizer = AutoTokenizer.from_pretrained(
+                    model, trust_remote_code=trust_remote_code, padding_side="left"
+                )
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    model,
+                    dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+                    trust_remote_code=trust_remote_code,
+                )
+                self.model.to(self.device).eval()
         except (OSError, ValueError) as err:
             raise ExpertError(f"model {model!r} does not load: {_first_line(err)}") from None
-        self.model.to(self.device).eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -93,13 +98,14 @@ class HFEngine(GenerationEngine):
             self._adapters[name] = path
 
     def _attach(self, name: str, path: str) -> None:
-        if self._peft is None:
-            from peft import PeftModel
+        with _LOADING:
+            if self._peft is None:
+                from peft import PeftModel
 
-            self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=name)
-            self._peft.eval()
-        else:
-            self._peft.load_adapter(path, adapter_name=name)
+                self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+                self._peft.eval()
+            else:
+                self._peft.load_adapter(path, adapter_name=name)
 
     def unload_adapter(self, name: str) -> None:
         """Drop adapter ``name``; unknown names raise :class:`ExpertError`."""

@@ -113,3 +113,22 @@ def test_memory_and_close(tmp_path):
     engine.close()
     engine.close()
     assert engine.memory_bytes() == 0
+
+
+def test_engines_loaded_in_threads_at_once_all_get_their_weights(tmp_path):
+    """A pool replica preloads its engines side by side: loads running in threads at once
+    must not leave a model on the meta device (transformers' loading patches are
+    process-wide)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from experts.hf_engine import HFEngine
+    from experts.tiny import build_tiny_lm
+
+    paths = [str(build_tiny_lm(tmp_path / f"m{i}", TINY_TEXTS[:6], vocab_size=300, seed=i))
+             for i in range(4)]
+    for _ in range(3):
+        with ThreadPoolExecutor(4) as pool:
+            engines = list(pool.map(HFEngine, paths))
+        for engine in engines:
+            assert not any(p.is_meta for p in engine.model.parameters())
+            assert engine.generate(["7 * 6"], GREEDY)[0].completion_tokens > 0
