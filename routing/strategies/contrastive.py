@@ -101,14 +101,9 @@ class ContrastiveStrategy(RoutingStrategy):
         return Scores(experts=self.experts, values=values, explanations=explanations)
 
     def _embed(self, texts: list[str], embeddings: np.ndarray):
-        """The queries' ``h``: from their texts by the fine-tuned encoder, else from their
-        shared embeddings by the head."""
-        import torch
-
-        if self.schedule.encoder_layers:
-            return self._model.embed_texts(texts)
-        with torch.no_grad():
-            return self._model.embed(torch.from_numpy(np.asarray(embeddings, dtype=np.float32)))
+        """The queries' ``h``, by the model (the head reads the shared embeddings, the
+        fine-tuned encoder the texts)."""
+        return self._model.embed_queries(texts, np.asarray(embeddings, dtype=np.float32))
 
     def probabilities(self, h) -> np.ndarray:
         """sigmoid(a·s + b) per (query, expert) of the queries' ``h``, float32."""

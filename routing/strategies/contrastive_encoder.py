@@ -53,8 +53,8 @@ class EncoderRouter(ExpertScorer):
             for start in range(0, len(order), batch):
                 rows = order[start:start + batch]
                 tokens = tokenizer([texts[i] for i in rows], padding=True,
-                                         truncation=True, max_length=self.max_tokens,
-                                         return_tensors="pt")
+                                   truncation=True, max_length=self.max_tokens,
+                                   return_tensors="pt")
                 mask = tokens["attention_mask"]
                 h = bert.embeddings(input_ids=tokens["input_ids"],
                                     token_type_ids=tokens.get("token_type_ids"))
@@ -77,6 +77,10 @@ class EncoderRouter(ExpertScorer):
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         with torch.no_grad():
             return self.embed(self.lower(texts))
+
+    def embed_queries(self, texts: Sequence[str], embeddings=None) -> torch.Tensor:
+        """``h`` of queries from their texts (the shared embeddings are not used)."""
+        return self.embed_texts(texts)
 
     def _pooled(self, states: list[torch.Tensor]) -> torch.Tensor:
         width = max(s.shape[0] for s in states)

@@ -105,6 +105,11 @@ class RouterHead(ExpertScorer):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.skip(x) + self.mlp(x), dim=-1)
 
+    def embed_queries(self, texts, embeddings: np.ndarray) -> torch.Tensor:
+        """``h`` of queries from their shared embeddings (the texts are not needed)."""
+        with torch.no_grad():
+            return self.embed(torch.from_numpy(embeddings))
+
 
 def sample_llm_loss(s: torch.Tensor, y: torch.Tensor, known: torch.Tensor, top_k: int,
                     bottom_k: int, generator: torch.Generator) -> torch.Tensor:
