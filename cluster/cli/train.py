@@ -59,10 +59,13 @@ def train(base: str, data_path: str, out_dir: str, steps: int, batch_size: int, 
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
 @click.option("--count", default=2000, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--validation", is_flag=True, help='Write {"id", "text", "answer", "domain"} '
+              "lines, for `conclave experts add --validate-on`.")
 @click.option("-o", "--out", "out_path", required=True, type=click.Path(), help="JSONL file.")
-def skill_data(skill: str, split: str, count: int, seed: int, out_path: str) -> None:
-    """Write SKILL's generated items ({"prompt", "answer"} lines); test inputs never appear
-    in train."""
+def skill_data(skill: str, split: str, count: int, seed: int, validation: bool,
+               out_path: str) -> None:
+    """Write SKILL's generated items ({"prompt", "answer"} lines, the training format); test
+    inputs never appear in train."""
     from experts.skills import skill_items
 
     def action():
@@ -72,6 +75,8 @@ def skill_data(skill: str, split: str, count: int, seed: int, out_path: str) -> 
             raise ExpertError(str(err)) from None
 
     items = run_guarded(action)
-    Path(out_path).write_text("".join(
-        json.dumps({"prompt": item.question, "answer": item.answer}) + "\n" for item in items))
+    rows = [{"id": f"{skill}-{split}-{seed}-{n}", "text": item.question, "answer": item.answer,
+             "domain": skill} if validation else {"prompt": item.question, "answer": item.answer}
+            for n, item in enumerate(items)]
+    Path(out_path).write_text("".join(json.dumps(row) + "\n" for row in rows))
     click.echo(f"wrote {len(items)} {split} items of {skill} to {out_path}")
