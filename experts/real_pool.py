@@ -26,7 +26,10 @@ EXAMPLES_PER_SKILL = 6
 BASE_EXAMPLES = [
     "What is the capital of France?", "Name the three primary colors.",
     "Write a Python function that reverses a string.", "Why is the sky blue?",
-    "Give me a synonym for happy.", "What do bees make?",
+    "Give me a synonym for happy.", "What do bees make?", "Write a haiku about the sea.",
+    "How do I cook rice?", "List three animals that live in the ocean.",
+    "Summarize the plot of Romeo and Juliet.", "What is 15 plus 27?",
+    "Explain what a noun is.",
 ]
 
 
