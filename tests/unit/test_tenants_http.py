@@ -162,3 +162,60 @@ def test_keys_off_leaves_the_endpoints_open(redis_url):
         assert client.get("/v1/usage").status_code == 404
         assert client.post("/v1/keys", json={"name": "a"}, headers=AUTH).json()["error"][
             "code"] == "keys_disabled"
+
+
+@pytest.fixture()
+def served_keys(redis_url):
+    """The keyed gateway app on a real port (uvicorn in a thread), for the CLI."""
+    import threading
+    import time
+
+    import uvicorn
+    from serving_fixtures import free_port
+
+    with gateway_client(redis_url, tenants=ON) as (client, _, _):
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(client.app, port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_cli_creates_lists_and_revokes_keys(served_keys):
+    import httpx
+    from click.testing import CliRunner
+
+    from cluster.cli import main
+
+    runner = CliRunner()
+    where = ["--url", served_keys, "--token", AUTH["Authorization"].split()[1]]
+    made = runner.invoke(main, ["keys", "create", "team-a", "--rpm", "5", *where])
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip().splitlines()[0]
+    chat = httpx.post(served_keys + "/v1/chat/completions", json=CHAT, headers=bearer(key))
+    assert chat.status_code == 200
+    listed = runner.invoke(main, ["keys", "list", *where])
+    assert "team-a" in listed.output and '"rpm": 5' in listed.output and key not in listed.output
+    usage = runner.invoke(main, ["keys", "usage", *where])
+    assert '"total_tokens": 21' in usage.output
+    assert runner.invoke(main, ["keys", "revoke", "team-a", *where]).exit_code == 0
+    again = runner.invoke(main, ["keys", "revoke", "team-a", *where])
+    assert again.exit_code != 0 and "no live key named 'team-a'" in again.output
+
+
+@pytest.mark.parametrize(("args", "field"), [(["--rpm", "0"], "limits.rpm"),
+                                             (["--tpm", "-3"], "limits.tpm"),
+                                             (["--budget-tokens", "0"], "limits.budget_tokens")])
+def test_cli_refuses_bad_limits_naming_the_field(args, field):
+    from click.testing import CliRunner
+
+    from cluster.cli import main
+
+    result = CliRunner().invoke(main, ["keys", "create", "team-a", *args, "--url",
+                                       "http://127.0.0.1:9", "--token", "t"])
+    assert result.exit_code != 0 and f"error: {field}: Input should be greater than 0" in \
+        result.output
