@@ -34,9 +34,13 @@ def connect_async(url: str):
     """A ``redis.asyncio`` client for ``url`` (resolved: ``unix://`` or ``redis://``), with
     short timeouts so an unreachable Redis is noticed within a request."""
     import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 
+    # One quick retry (a connection dropped by a restart), not redis-py's default backoff
+    # of seconds: a request must not wait that long to learn that Redis is down.
     return redis.asyncio.Redis.from_url(url, decode_responses=True, socket_timeout=0.5,
-                                        socket_connect_timeout=0.5)
+                                        socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 1))
 
 
 def tenancy_for(config: ConclaveConfig, catalog: ExpertCatalog,

@@ -5,7 +5,8 @@ stand-in that answered, the synthesis) with its prompt and completion tokens and
 One answered prompt is one :class:`UsageEntry`, written in one MULTI/EXEC together with
 the key's token counts for its limits. While Redis is unreachable, entries wait in this
 replica (at most ``max_pending``, oldest dropped first, each drop logged) and are written
-with the next entry that gets through: an outage delays the books, it does not empty them.
+with the next entry that gets through, or by a retry every ``retry_s``: an outage delays
+the books, it does not empty them.
 """
 
 from __future__ import annotations
@@ -48,11 +49,14 @@ class UsageEntry:
 class UsageLedger:
     """Writes :class:`UsageEntry` records and reads a key's totals back."""
 
-    def __init__(self, client, limits: Limits, max_pending: int = 10_000):
+    def __init__(self, client, limits: Limits, max_pending: int = 10_000,
+                 retry_s: float = 1.0):
         self._redis = client
         self._limits = limits
         self._pending: deque[UsageEntry] = deque()
         self._max_pending = max_pending
+        self._retry_s = retry_s
+        self._retrying: asyncio.Task | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -67,7 +71,16 @@ class UsageLedger:
             log.error("usage of key %s dropped: %d entries waiting for Redis",
                       dropped.key.name, self._max_pending)
         self._pending.append(entry)
-        return await self.flush()
+        written = await self.flush()
+        if not written and (self._retrying is None or self._retrying.done()):
+            self._retrying = asyncio.create_task(self._retry())
+        return written
+
+    async def _retry(self) -> None:
+        """Write what waits once Redis is back, even if no request comes meanwhile."""
+        while self._pending:
+            await asyncio.sleep(self._retry_s)
+            await self.flush()
 
     async def flush(self) -> bool:
         async with self._lock:

@@ -224,7 +224,7 @@ def test_redis_down_known_keys_honoured_new_keys_503_usage_kept():
 async def _outage(server: RestartableRedis) -> None:
     client = connect_async(server.url)
     store = KeyStore(client, "t", fresh_s=0.1, outage_grace_s=30)
-    ledger = UsageLedger(client, Limits(client, "t"))
+    ledger = UsageLedger(client, Limits(client, "t"), retry_s=0.1)
     seen, record = await _create(store, name="seen")
     unseen, _ = await _create(store, name="unseen")
     await store.authenticate(bearer(seen))
@@ -237,8 +237,9 @@ async def _outage(server: RestartableRedis) -> None:
     assert not await ledger.record(UsageEntry(record, (CallUsage("alpha", 2, 3),)))
     assert ledger.pending == 1
     server.start()
-    assert await ledger.record(UsageEntry(record, (CallUsage("alpha", 1, 1),)))
+    await asyncio.sleep(0.5)  # no request meanwhile: the ledger's retry writes it
     assert ledger.pending == 0
+    assert await ledger.record(UsageEntry(record, (CallUsage("alpha", 1, 1),)))
     assert (await ledger.read(record))["total_tokens"] == 7  # nothing lost
     stale = KeyStore(client, "t", fresh_s=0.1, outage_grace_s=0.1)
     await stale.authenticate(bearer(seen))
