@@ -132,9 +132,9 @@ def served(args) -> dict:
         url = start_served(args.port)
         keys = {"limited": create_key(url, "limited", limits={"rpm": args.rpm}),
                 "other": create_key(url, "other")}
-        metered = create_key(url, "metered")
-        wait_for_expert(url, "general-base", headers=bearer(metered))
-        wait_for_expert(url, "code-base", headers=bearer(metered))
+        metered, warm = create_key(url, "metered"), create_key(url, "warm-up")
+        for expert in ("general-base", "code-base"):  # engines started, not on metered's bill
+            wait_for_expert(url, expert, headers=bearer(warm))
         codes = asyncio.run(hammer(url, keys, args.seconds, args.concurrency))
         said, calls = asyncio.run(said_usage(url, metered))
         counted = httpx.get(url + "/v1/usage", headers=bearer(metered), timeout=60).json()
@@ -149,6 +149,7 @@ def served(args) -> dict:
             "limited_key_accepted_vs_rpm": accepted / args.rpm,
             "other_key_requests": len(codes["other"]),
             "other_key_errors": sum(c != 200 for c in codes["other"]),
+            "usage_requests": len(usage_requests()), "usage_counted_requests": counted["requests"],
             "usage_said_tokens": said, "usage_counted_tokens": counted["total_tokens"],
             "usage_panel_calls": calls,
             "usage_counted_calls": sum(e["calls"] for e in counted["experts"].values()),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC
 
 import redis
 
@@ -116,8 +116,3 @@ class KeyStore:
     async def _read(self, key_id: str) -> StoredKey | None:
         raw = await self._redis.get(f"{self._ns}:{key_id}")
         return StoredKey.model_validate_json(raw) if raw else None
-
-
-def expires_in(seconds: float) -> datetime:
-    """The expiry ``seconds`` from now (for the CLI's ``--expires-in``)."""
-    return datetime.fromtimestamp(time.time() + seconds, tz=UTC)
