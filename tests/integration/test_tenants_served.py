@@ -112,6 +112,37 @@ def test_one_rpm_limit_across_two_gateway_replicas(keyed_app):
         codes = list(pool.map(ask, [limited, other] * 15))
     assert codes[0::2].count(200) == 6 and codes[0::2].count(429) == 9
     assert codes[1::2] == [200] * 15  # the limited key does not starve the other
+    # each replica counts what it admitted: both took a share of the six ({3}: both 3)
+    assert admitted_by_replica(app, "limited") in ({3}, {1, 5}, {2, 4})
+
+
+def admitted_by_replica(app: KeyedApp, key: str, scrapes: int = 40) -> set[int]:
+    """The values of ``key``'s admitted counter seen over ``scrapes`` of ``/metrics`` (Serve's
+    proxy sends each to one of the two gateway replicas; 0 where a replica has none)."""
+    line = f'conclave_key_requests_total{{key="{key}",outcome="admitted"}} '
+    seen = set()
+    for _ in range(scrapes):
+        text = httpx.get(app.url + "/metrics", timeout=30).text
+        found = [float(row.split()[-1]) for row in text.splitlines() if row.startswith(line)]
+        seen.add(int(found[0]) if found else 0)
+        if len(seen) == 2:
+            break
+    return seen
+
+
+def test_a_revoked_key_is_refused_by_both_replicas_within_a_second(keyed_app):
+    app = keyed_app
+    key = app.create("short-lived")
+
+    def ask(_index: int) -> int:
+        return httpx.post(app.url + "/v1/route", json=CHAT, headers=bearer(key),
+                          timeout=60).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(ask, range(16))) == {200}  # both replicas hold a fresh copy
+        assert httpx.delete(app.url + "/v1/keys/short-lived", headers=ADMIN).status_code == 200
+        time.sleep(1.0)
+        assert set(pool.map(ask, range(16))) == {401}
 
 
 def test_stock_openai_client_and_panel_usage(keyed_app):
