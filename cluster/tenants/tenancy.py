@@ -10,7 +10,6 @@ any other key gets 503 (see :mod:`cluster.tenants.store`).
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable, Sequence
 
 from cluster.api_errors import ApiError
@@ -20,13 +19,12 @@ from cluster.metrics import ConclaveMetrics
 from cluster.panel import Answer, live_decision
 from cluster.tenants.keys import StoredKey
 from cluster.tenants.limits import Limits
-from cluster.tenants.store import REDIS_ERRORS, KeyStore
+from cluster.tenants.store import REDIS_ERRORS, KeyStore, RedisBreaker
 from cluster.tenants.usage import CallUsage, UsageEntry, UsageLedger
 from experts.errors import ExpertError
 from experts.spec import ExpertSpec
 from routing.decision import Decision
 
-log = logging.getLogger(__name__)
 OTHER = "other"
 
 
@@ -73,9 +71,12 @@ class Tenancy:
 
     def __init__(self, config: TenantsConfig, client, namespace: str,
                  spec_of: Callable[[str], ExpertSpec], metrics: ConclaveMetrics):
-        self.store = KeyStore(client, namespace, config.key_cache_s, config.outage_grace_s)
+        breaker = RedisBreaker()
+        self.store = KeyStore(client, namespace, config.key_cache_s, config.outage_grace_s,
+                              breaker)
         self.limits = Limits(client, namespace)
-        self.ledger = UsageLedger(client, self.limits, config.max_pending_usage)
+        self.ledger = UsageLedger(client, self.limits, config.max_pending_usage,
+                                  breaker=breaker)
         self._spec_of = spec_of
         self._metrics = metrics
         self._label = KeyLabels(config.metric_keys)
@@ -88,13 +89,12 @@ class Tenancy:
         record = await self.store.authenticate(header)
         label = self._label(record.name)
         try:
-            await self.limits.admit(record)
+            await self.store.breaker.call(lambda: self.limits.admit(record))
         except ApiError as err:
             self._metrics.key_requests.labels(label, err.code or "limited").inc()
             raise
-        except REDIS_ERRORS as err:  # a known key (the store honoured it): serve it
-            log.warning("limits of key %s not checked: Redis unreachable (%s)", record.name,
-                        type(err).__name__)
+        except REDIS_ERRORS:  # a key the store honoured from its copy: serve it, unlimited
+            pass
         self._metrics.key_requests.labels(label, "admitted").inc()
         return record
 

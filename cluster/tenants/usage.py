@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from cluster.tenants.keys import StoredKey
 from cluster.tenants.limits import Limits
-from cluster.tenants.store import REDIS_ERRORS
+from cluster.tenants.store import REDIS_ERRORS, RedisBreaker
 
 log = logging.getLogger(__name__)
 _FIELDS = ("prompt_tokens", "completion_tokens", "calls", "cost_usd")
@@ -50,8 +50,9 @@ class UsageLedger:
     """Writes :class:`UsageEntry` records and reads a key's totals back."""
 
     def __init__(self, client, limits: Limits, max_pending: int = 10_000,
-                 retry_s: float = 1.0):
+                 retry_s: float = 1.0, breaker: RedisBreaker | None = None):
         self._redis = client
+        self._breaker = breaker or RedisBreaker()
         self._limits = limits
         self._pending: deque[UsageEntry] = deque()
         self._max_pending = max_pending
@@ -91,10 +92,8 @@ class UsageLedger:
             for entry in batch:
                 await self._queue(pipe, entry)
             try:
-                await pipe.execute()
-            except REDIS_ERRORS as err:  # keep them; the next entry retries
-                log.warning("usage not written yet (%s); %d entries wait",
-                            type(err).__name__, len(batch))
+                await self._breaker.call(pipe.execute)
+            except REDIS_ERRORS:  # keep them; the next entry or the retry writes them
                 return False
             for _ in batch:
                 self._pending.popleft()

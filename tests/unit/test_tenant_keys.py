@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from cluster.api_errors import ApiError
 from cluster.tenants.keys import KEY_LENGTH, KeyFormatError, KeySpec, new_key, parse_header
 from cluster.tenants.limits import Limits
-from cluster.tenants.store import KeyStore
+from cluster.tenants.store import REDIS_ERRORS, KeyStore, RedisBreaker, RedisSkipped
 from cluster.tenants.tenancy import KeyLabels, connect_async
 from cluster.tenants.usage import CallUsage, UsageEntry, UsageLedger
 from experts.redis_conn import connect
@@ -237,7 +237,7 @@ async def _outage(server: RestartableRedis) -> None:
     assert not await ledger.record(UsageEntry(record, (CallUsage("alpha", 2, 3),)))
     assert ledger.pending == 1
     server.start()
-    await asyncio.sleep(0.5)  # no request meanwhile: the ledger's retry writes it
+    await asyncio.sleep(1.5)  # past the breaker's pause; no request: the retry writes it
     assert ledger.pending == 0
     assert await ledger.record(UsageEntry(record, (CallUsage("alpha", 1, 1),)))
     assert (await ledger.read(record))["total_tokens"] == 7  # nothing lost
@@ -248,3 +248,28 @@ async def _outage(server: RestartableRedis) -> None:
     with pytest.raises(ApiError) as caught:
         await stale.authenticate(bearer(seen))
     assert caught.value.status == 503
+
+
+def test_a_redis_that_does_not_answer_slows_one_call_per_pause():
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}"
+
+        async def scenario() -> tuple[float, float]:
+            client, breaker = connect_async(url), RedisBreaker(pause_s=1.0)
+            started = time.monotonic()
+            with pytest.raises(REDIS_ERRORS):
+                await breaker.call(lambda: client.get("x"))
+            first = time.monotonic() - started
+            started = time.monotonic()
+            for _ in range(20):
+                with pytest.raises(RedisSkipped):
+                    await breaker.call(lambda: client.get("x"))
+            return first, time.monotonic() - started
+
+        first, rest = run(scenario())
+    assert 0.4 <= first <= 3.0  # its own timeouts (0.5 s, one retry)
+    assert rest < 0.1  # the next 20 are not sent
