@@ -52,7 +52,9 @@ redis.call('HINCRBY', KEYS[3], 'requests', 1)
 return {'ok', '0'}
 """
 
-# KEYS: token hash. ARGV: tokens, budget period. Adds to this minute's and period's totals.
+# KEYS: token hash, usage hash. ARGV: tokens, budget period, then (kind, field, amount)
+# triples for the usage hash (kind i: HINCRBY, f: HINCRBYFLOAT). Adds the tokens to this
+# minute's and period's totals, and the usage, in one call.
 _COUNT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -67,6 +69,9 @@ end
 add(math.floor(now / 60), 'm', 'mt')
 add(math.floor(now / period), 'b', 'bt')
 redis.call('EXPIRE', KEYS[1], math.max(120, 2 * period))
+for i = 3, #ARGV, 3 do
+  redis.call(ARGV[i] == 'f' and 'HINCRBYFLOAT' or 'HINCRBY', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+end
 """
 
 # limit → (its field in KeyLimits, what it is called in errors)
@@ -98,10 +103,14 @@ class Limits:
         if name != "ok":
             raise over_limit(record, name, float(wait))
 
-    async def count(self, pipe, record: StoredKey, tokens: int) -> None:
-        """Queue, on ``pipe``, adding ``tokens`` to the key's minute and period totals."""
-        await self._count(keys=[self.keys(record.id)["tokens"]],
-                    args=[tokens, record.limits.budget_period_s], client=pipe)
+    async def count(self, pipe, record: StoredKey, tokens: int,
+                    usage: list[tuple[str, str, int | float]]) -> None:
+        """Queue, on ``pipe``, adding ``tokens`` to the key's minute and period totals and
+        ``usage`` (kind ``i`` or ``f``, field, amount) to its usage hash."""
+        keys = self.keys(record.id)
+        await self._count(keys=[keys["tokens"], keys["usage"]],
+                          args=[tokens, record.limits.budget_period_s,
+                                *(part for triple in usage for part in triple)], client=pipe)
 
     async def used(self, record: StoredKey) -> dict:
         """Tokens counted in the current budget period (0 once it has rolled over)."""

@@ -2,7 +2,7 @@
 stand-in that answered, the synthesis) with its prompt and completion tokens and its cost
 (the expert's ``cost``, USD per million generated tokens).
 
-One answered prompt is one :class:`UsageEntry`, written in one MULTI/EXEC together with
+One answered prompt is one :class:`UsageEntry`, written by one script call together with
 the key's token counts for its limits. While Redis is unreachable, entries wait in this
 replica (at most ``max_pending``, oldest dropped first, each drop logged) and are written
 with the next entry that gets through, or by a retry every ``retry_s``: an outage delays
@@ -88,7 +88,9 @@ class UsageLedger:
             batch = list(self._pending)
             if not batch:
                 return True
-            pipe = self._redis.pipeline(transaction=True)
+            # one entry is one script call, atomic as it is; several (after an outage) go in
+            # one MULTI/EXEC, so a retry never books part of them twice
+            pipe = self._redis.pipeline(transaction=len(batch) > 1)
             for entry in batch:
                 await self._queue(pipe, entry)
             try:
@@ -100,14 +102,15 @@ class UsageLedger:
             return True
 
     async def _queue(self, pipe, entry: UsageEntry) -> None:
-        usage = self._limits.keys(entry.key.id)["usage"]
-        await self._limits.count(pipe, entry.key, entry.tokens)
+        """One script call: the key's token totals for its limits, and its usage."""
+        usage: list[tuple[str, str, int | float]] = []
         for call in entry.calls:
-            pipe.hincrby(usage, f"{call.expert}|prompt_tokens", call.prompt_tokens)
-            pipe.hincrby(usage, f"{call.expert}|completion_tokens", call.completion_tokens)
-            pipe.hincrby(usage, f"{call.expert}|calls", 1)
+            usage += [("i", f"{call.expert}|prompt_tokens", call.prompt_tokens),
+                      ("i", f"{call.expert}|completion_tokens", call.completion_tokens),
+                      ("i", f"{call.expert}|calls", 1)]
             if call.cost_usd:
-                pipe.hincrbyfloat(usage, f"{call.expert}|cost_usd", call.cost_usd)
+                usage.append(("f", f"{call.expert}|cost_usd", call.cost_usd))
+        await self._limits.count(pipe, entry.key, entry.tokens, usage)
 
     async def read(self, record: StoredKey) -> dict:
         """The key's totals and per-expert usage, and its current budget period."""

@@ -234,13 +234,14 @@ async def _outage(server: RestartableRedis) -> None:
     with pytest.raises(ApiError) as caught:
         await store.authenticate(bearer(unseen))
     assert caught.value.status == 503 and caught.value.headers["Retry-After"]
-    assert not await ledger.record(UsageEntry(record, (CallUsage("alpha", 2, 3),)))
-    assert ledger.pending == 1
+    for _ in range(2):  # two wait: written together in one MULTI/EXEC
+        assert not await ledger.record(UsageEntry(record, (CallUsage("alpha", 2, 3),)))
+    assert ledger.pending == 2
     server.start()
     await asyncio.sleep(1.5)  # past the breaker's pause; no request: the retry writes it
     assert ledger.pending == 0
     assert await ledger.record(UsageEntry(record, (CallUsage("alpha", 1, 1),)))
-    assert (await ledger.read(record))["total_tokens"] == 7  # nothing lost
+    assert (await ledger.read(record))["total_tokens"] == 12  # nothing lost, nothing twice
     stale = KeyStore(client, "t", fresh_s=0.1, outage_grace_s=0.1)
     await stale.authenticate(bearer(seen))
     server.stop()
