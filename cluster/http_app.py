@@ -111,8 +111,8 @@ def _add_openai_routes(app: FastAPI, parts: GatewayParts) -> None:
         return _reply(await _timed(parts, "completions", service.completions(body, caller)))
 
     @app.post("/v1/route")
-    async def route(body: RouteRequest, _caller: Admitted):
-        return await _timed(parts, "route", service.route(body))
+    async def route(body: RouteRequest, caller: Admitted):
+        return await _timed(parts, "route", service.route(body, caller))
 
     @app.get("/v1/models", response_model=ModelList)
     async def models(_caller: Known):

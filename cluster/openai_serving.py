@@ -133,7 +133,8 @@ class ConclaveService:
         """Every prompt of a completions request, routed."""
         return [await self.plan(prompt, prompt, req, caller) for prompt in req.prompts()]
 
-    async def route(self, req: RouteRequest) -> dict:
+    async def route(self, req: RouteRequest, caller: StoredKey | None = None) -> dict:
+        """The routing decision alone (a dry run), restricted as ``caller``'s key is."""
         query = req.text()
         if not query.strip():
             raise ApiError(400, "give a non-empty 'query' or user message", param="query")
@@ -142,7 +143,10 @@ class ConclaveService:
             raise ApiError(400, f"model {req.model!r} is one expert; nothing to route",
                            param="model")
         routed = await self._call_router(query, options)
-        return {"decision": routed.decision.to_dict(), "cache": routed.cache,
+        decision = routed.decision
+        if caller is not None:
+            decision = self._tenancy.restrict(caller, decision)
+        return {"decision": decision.to_dict(), "cache": routed.cache,
                 "routing_ms": routed.routing_ms, "options": options.model_dump()}
 
     def route_options(self, model: str, body: RouteOptions | None) -> RouteOptions | None:

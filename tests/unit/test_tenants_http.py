@@ -112,6 +112,8 @@ def test_allowed_experts_steer_the_panel_and_refuse_others(keyed):
     assert resp.status_code == 200
     assert {e["id"] for e in resp.json()["conclave"]["experts"]} == {"beta", "gamma"}
     assert "alpha" not in backends.calls
+    routed = client.post("/v1/route", json=CHAT, headers=bearer(key)).json()
+    assert set(routed["decision"]["experts"]) == {"beta", "gamma"}
     direct = client.post("/v1/chat/completions", json={**CHAT, "model": "alpha"},
                          headers=bearer(key))
     assert direct.status_code == 403 and direct.json()["error"]["param"] == "model"
