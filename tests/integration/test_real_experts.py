@@ -102,13 +102,16 @@ def test_each_adapter_beats_the_base_on_its_own_held_out_items(client, skill):
     assert adapter >= 0.8 and adapter >= base + 0.5, (skill, adapter, base)
 
 
-def test_a_routed_skill_question_reaches_its_expert_and_is_right(client):
-    for skill in SKILLS:
-        item = skill_items(skill, "test", 1, seed=11)[0]
-        resp = chat(client, "conclave:k=1", item.question)
+def test_routed_skill_questions_reach_their_expert_and_are_right(client):
+    items = [item for skill in SKILLS for item in skill_items(skill, "test", 3, seed=11)]
+    with ThreadPoolExecutor(len(items)) as threads:
+        replies = list(threads.map(lambda item: chat(client, "conclave:k=1", item.question), items))
+    for item, resp in zip(items, replies, strict=True):
         chosen = resp.model_extra["conclave"]["experts"][0]["id"]
-        assert chosen == skill, (item.question, chosen)
-        assert is_correct(skill, resp.choices[0].message.content, item.answer)
+        assert chosen == item.skill, (item.question, chosen)
+    right = [is_correct(i.skill, r.choices[0].message.content, i.answer)
+             for i, r in zip(items, replies, strict=True)]
+    assert sum(right) >= len(items) - 1, right  # an adapter errs now and then (roman: 0.97)
 
 
 def test_k2_synthesis_returns_the_aggregators_own_text(client):
