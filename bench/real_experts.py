@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,10 +57,22 @@ class Asker:
             self.errors += 1
             return {"right": False, "expert": None, "tokens": 0, "error": repr(err)}
         info = resp.model_extra.get("conclave") or {}
-        return {"right": is_correct(item.skill, resp.choices[0].message.content or "",
-                                    item.answer),
+        text = resp.choices[0].message.content or ""
+        return {"right": is_correct(item.skill, text, item.answer),
+                "lenient": contains_answer(item.skill, text, item.answer),
                 "expert": (info.get("experts") or [{}])[0].get("id"),
                 "tokens": resp.usage.completion_tokens}
+
+
+def contains_answer(skill: str, reply: str, answer: str) -> bool:
+    """A lenient check, to show how far exact match is from "the answer is in there": the
+    answer anywhere in the reply as a whole word (the first JSON object, for extract)."""
+    from experts.skills import is_correct
+
+    if skill == "extract":
+        found = re.search(r"\{.*?\}", reply, re.S)
+        return bool(found) and is_correct(skill, found.group(0), answer)
+    return re.search(rf"(?<![\w-]){re.escape(answer)}(?![\w-])", reply, re.I) is not None
 
 
 def share(rows: list[dict], key: str = "right") -> float:
@@ -94,6 +107,8 @@ def direct(asker: Asker, stream, experts: list[str]) -> dict:
         rows = [i for i, item in enumerate(stream) if item.skill == skill]
         per_skill[skill] = {who: share([answers[expert][i] for i in rows])
                             for who, expert in (("base", BASE_ID), ("adapter", skill))}
+        per_skill[skill]["base_contains"] = share([answers[BASE_ID][i] for i in rows],
+                                                  "lenient")
     whole = {expert: share(rows) for expert, rows in answers.items()}
     best = max(whole, key=whole.get)
     oracle = [answers[item.skill][i] for i, item in enumerate(stream)]
@@ -112,8 +127,8 @@ def routed(asker: Asker, stream) -> dict:
 
 
 def table(f: dict) -> str:
-    lines = [f"{'skill':<9} {'base':>6} {'adapter':>8}"]
-    lines += [f"{skill:<9} {v['base']:>6.3f} {v['adapter']:>8.3f}"
+    lines = [f"{'skill':<9} {'base':>6} {'adapter':>8} {'base, answer anywhere':>22}"]
+    lines += [f"{skill:<9} {v['base']:>6.3f} {v['adapter']:>8.3f} {v['base_contains']:>22.3f}"
               for skill, v in f["per_skill"].items()]
     lines.append("")
     for key in ("routed_accuracy", "oracle_accuracy", "best_single_accuracy",

@@ -56,13 +56,13 @@ def test_chat_rows_and_prompt_rows_both_load(tmp_path):
 def test_training_lowers_the_answer_loss_and_writes_a_card(tiny_lm, tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", good_rows(32))
     facts = train_expert(tiny_lm, data, tmp_path / "adapter",
-                         TrainOptions(steps=30, batch_size=8, lr=1e-2, rank=4,
+                         TrainOptions(steps=20, batch_size=4, lr=2e-2, rank=4,
                                       target_modules=["q_proj", "v_proj"]))
     assert facts["final_loss"] < facts["first_loss"] * 0.95  # a tiny random model: slow
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_lm) and config["r"] == 4
     card = (tmp_path / "adapter" / "README.md").read_text()
-    assert "train.jsonl" in card and "30 steps" in card and str(facts["final_loss"]) in card
+    assert "train.jsonl" in card and "20 steps" in card and str(facts["final_loss"]) in card
 
 
 def test_an_adapter_trained_on_another_base_is_refused(tiny_lm, tmp_path):
