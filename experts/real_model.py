@@ -146,7 +146,6 @@ def _convert(gguf: Path, out: Path, echo) -> None:
     config_dict = {key: value for key, value in config.to_dict().items()
                    if key not in ("quantization_config", "_model_name_or_path")}
     config = type(config).from_dict(config_dict)
-    config.torch_dtype = "bfloat16"
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.load_state_dict(state, strict=False)
     model.tie_weights()
