@@ -40,7 +40,7 @@ class Asker:
 
         self.client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0,
                                     timeout=300)
-        self.concurrency, self.errors = concurrency, 0
+        self.concurrency, self.errors, self.first_error = concurrency, 0, None
 
     def ask(self, model: str, items) -> list[dict]:
         with ThreadPoolExecutor(self.concurrency) as threads:
@@ -55,6 +55,7 @@ class Asker:
                 messages=[{"role": "user", "content": item.question}])
         except Exception as err:  # noqa: BLE001 - counted, and the run goes on
             self.errors += 1
+            self.first_error = self.first_error or repr(err)[:300]
             return {"right": False, "expert": None, "tokens": 0, "error": repr(err)}
         info = resp.model_extra.get("conclave") or {}
         text = resp.choices[0].message.content or ""
@@ -136,6 +137,8 @@ def table(f: dict) -> str:
                 "errors"):
         lines.append(f"{key:<22} {f[key]:>8.3f}" if isinstance(f[key], float)
                      else f"{key:<22} {f[key]:>8}")
+    if f["first_error"]:
+        lines.append(f"first error: {f['first_error']}")
     lines.append(f"best single expert: {f['best_single']}; routed/oracle "
                  f"{f['routed_accuracy'] / max(f['oracle_accuracy'], 1e-9):.3f}, routed/best "
                  f"{f['routed_accuracy'] / max(f['best_single_accuracy'], 1e-9):.2f}")
@@ -166,7 +169,7 @@ def main(per_skill: int, concurrency: int, seed: int, json_path: str | None) -> 
         figures = live_add(asker, url, token, [i for i in stream if i.skill == LIVE_SKILL])
         figures.update(direct(asker, stream, ["smollm2", *SKILLS]))
         figures.update(routed(asker, stream))
-        figures["errors"] = asker.errors
+        figures["errors"], figures["first_error"] = asker.errors, asker.first_error
     finally:
         stop_app()
     figures.update(items=len(stream), per_skill_items=per_skill, seed=seed)

@@ -29,7 +29,7 @@ from routing.encoder import build_encoder
 from routing.errors import RoutingError
 from routing.outcomes import OutcomeError
 from routing.profile_store import ProfileStore
-from routing.router import build_router, outcomes_from_specs
+from routing.router import build_router, example_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,9 @@ class RouterServer:
         log.info("registry v%s: +%d -%d experts", version, len(added), len(removed))
 
     def _outcomes(self, spec):
-        """The expert's stored validation outcomes, else its example questions."""
+        """The expert's stored validation outcomes, else its example questions (against the
+        other experts' examples, as at start)."""
         try:
             return self.profiles.load(spec.id)
         except OutcomeError:
-            return outcomes_from_specs([spec])
+            return example_outcomes(spec, self.catalog.specs())

@@ -202,6 +202,14 @@ def outcomes_from_specs(specs: list[ExpertSpec]) -> OutcomeTable:
     )
 
 
+def example_outcomes(spec: ExpertSpec, others: list[ExpertSpec]) -> OutcomeTable:
+    """A new expert's column from example questions, as :func:`outcomes_from_specs` builds
+    it at start: right on its own examples, wrong on every other expert's. (Scored on its
+    own examples alone, it would score 1.0 wherever they are among a query's neighbours.)"""
+    rest = [other for other in others if other.id != spec.id and other.examples]
+    return outcomes_from_specs([spec, *rest]).with_experts([spec.id])
+
+
 def build_router(config, specs: list[ExpertSpec], outcomes: OutcomeTable | None,
                  encoder=None, cache=None, version: Callable[[], int] = lambda: 0,
                  profiles=None) -> Router:
