@@ -34,11 +34,12 @@ from routing.errors import RoutingError
 MODEL_PREFIX = "conclave"
 Aggregation = Literal["auto", "vote", "synthesis", "best"]
 # The fields that change a routing decision (aggregation only changes the answer).
-DECISION_FIELDS = ("k", "k_mass", "k_max", "strategy", "cost_weight", "sample", "seed")
+DECISION_FIELDS = ("k", "k_mass", "k_max", "strategy", "cost_weight", "sample", "seed",
+                   "guard")
 # Model-string key → field (``cost`` is the short name of ``cost_weight``).
 _KEYS = {"k": "k", "strategy": "strategy", "cost": "cost_weight", "cost_weight": "cost_weight",
          "sample": "sample", "seed": "seed", "aggregation": "aggregation",
-         "k_mass": "k_mass", "k_max": "k_max"}
+         "k_mass": "k_mass", "k_max": "k_max", "guard": "guard"}
 
 
 class RouteOptionFields(BaseModel):
@@ -58,6 +59,9 @@ class RouteOptionFields(BaseModel):
         0.0, ge=0.0, allow_inf_nan=False,
         description="λ in score − λ·cost (costs normalised; model string: `cost`).")
     sample: bool = Field(False, description="Sample k experts by weight instead of top-k.")
+    guard: bool = Field(
+        True, description="Leave the default expert only where the evidence backs it by a "
+        "margin (routing.guard); false: always the strategy's top expert.")
     seed: int | None = Field(
         None, description="Seed for sampling; None: derived from the query text.")
     aggregation: Aggregation = Field(

@@ -59,10 +59,12 @@ def cost_of(values: np.ndarray, cost: np.ndarray, k: int = 1) -> float:
 
 
 def cost_sweep(
-    values: np.ndarray, outcomes: np.ndarray, cost: np.ndarray, weights: list[float]
+    values: np.ndarray, outcomes: np.ndarray, cost: np.ndarray, weights: list[float],
+    guard=None,
 ) -> list[dict]:
     """Top-1 accuracy and mean cost for each λ in ``weights``, with the router's own cost
-    penalty (:func:`routing.selection.penalise`, costs scaled by the most expensive)."""
+    penalty (:func:`routing.selection.penalise`, costs scaled by the most expensive), then
+    ``guard`` (penalised scores → guarded ones), as the router selects."""
     from routing.selection import penalise
 
     top = float(cost.max()) if cost.size else 0.0
@@ -70,6 +72,7 @@ def cost_sweep(
     points = []
     for weight in weights:
         routed = np.stack([penalise(row, scaled, weight) for row in values])
+        routed = guard(routed) if guard is not None else routed
         points.append({
             "lambda": float(weight),
             "top1": float(top1_hits(routed, outcomes).mean()),

@@ -8,6 +8,10 @@ The result is a plain dict, written as ``eval.json``::
      "reference": {"best_single", "best_per_domain", "oracle", "random", ...},
      "reference_macro": {the same rows, macro-averaged}, "meta": {..., "average"}}
 
+Every strategy's scores pass through the guard (:mod:`routing.guard`: the default experts
+fitted on train, the margin on the strategy's out-of-fold scores there); ``top1_unguarded``
+and ``held_back`` say what it changed, ``guard`` what it was.
+
 and per strategy ``"auto"``: the adaptive panel (``k: auto``, :mod:`routing.eval.panel`),
 ``{"accuracy", "mean_experts", "curve": [[k_mass, accuracy, mean_experts], ...], ...}``.
 
@@ -18,7 +22,9 @@ one the printed table shows (``conclave eval --average``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +35,7 @@ from routing.eval.metrics import (
     cost_of,
     cost_sweep,
     per_domain,
+    ranked,
     top1_hits,
     vote_hits,
 )
@@ -36,10 +43,13 @@ from routing.eval.panel import auto_panel
 from routing.eval.pools import resolve_pool
 from routing.eval.reference import reference_rows
 from routing.eval.split import make_split
-from routing.eval.tuning import grid, tune
+from routing.eval.tuning import grid, out_of_fold, tune
+from routing.guard import DefaultExperts, columns, fit_defaults, guarded, tune_margin
 from routing.outcomes import OutcomeError, OutcomeTable, load_outcomes
+from routing.strategies.hybrid import standardise
 
 DEFAULT_STRATEGIES = ("knn", "pilots", "hybrid")
+Guarding = Callable[[np.ndarray], np.ndarray]  # scores → the guard's scores
 LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]
 
 
@@ -64,7 +74,7 @@ def build(name: str, options: dict, encoder):
 def evaluate(data_dir: str | Path, pool: str | None = None,
              strategies: tuple[str, ...] = DEFAULT_STRATEGIES, seed: int = 0,
              encoder=None, folds: int = 3, progress: bool = True,
-             average: str = "micro") -> dict:
+             average: str = "micro", default_expert: str | None = None) -> dict:
     """Run the whole offline evaluation; see the module doc for the result's shape."""
     from routing.strategies import STRATEGIES, make_strategy
 
@@ -80,9 +90,12 @@ def evaluate(data_dir: str | Path, pool: str | None = None,
     train_rows, test_rows = make_split(data_dir, table, seed=seed)
     embeddings = encoder.encode(table.texts)
     train, test = table.subset(train_rows), table.subset(test_rows)
+    defaults = fit_defaults(train, embeddings[train_rows], default_expert)
     tuner = _Tuner(train, embeddings[train_rows], encoder, folds, seed, progress,
-                   parts=tuple(n for n in strategies if n != "hybrid") or ("knn", "pilots"))
-    rows = {name: _strategy_result(name, tuner, test, embeddings[test_rows])
+                   parts=tuple(n for n in strategies if n != "hybrid") or ("knn", "pilots"),
+                   defaults=defaults)
+    test_defaults = columns(defaults.names(embeddings[test_rows]), test.experts)
+    rows = {name: _strategy_result(name, tuner, test, embeddings[test_rows], test_defaults)
             for name in _bar(strategies, "strategies", progress)}
     return {
         "strategies": rows,
@@ -95,24 +108,33 @@ def evaluate(data_dir: str | Path, pool: str | None = None,
 
 
 def _strategy_result(name: str, tuner: _Tuner, test: OutcomeTable,
-                     test_embeddings: np.ndarray) -> dict:
+                     test_embeddings: np.ndarray, test_defaults: np.ndarray) -> dict:
     """Fit ``name`` on train with its tuned options, score test: its row of eval.json."""
     options, cv = tuner.options(name)
     strategy = build(name, options, tuner.encoder)
     strategy.fit(tuner.train, tuner.embeddings)
+    margin = tune_margin(tuner.out_of_fold(name, strategy), tuner.outcomes,
+                         tuner.train_defaults)
+    guard = partial(_hold, defaults=test_defaults, margin=margin)
     scored = strategy.score(test.texts, test_embeddings)
-    row = strategy_row(scored, test)
+    row = strategy_row(scored, test, guard)
     row["auto"] = auto_row(strategy.score(tuner.train.texts, tuner.embeddings), tuner.train,
-                           scored, test)
-    row.update(options=_plain(options), cv=cv)
+                           scored, test, guard)
+    row.update(options=_plain(options), cv=cv,
+               guard={**tuner.defaults.describe(), "margin": None if np.isinf(margin) else margin})
     if isinstance(getattr(strategy, "weights", None), dict):
         row["fitted_weights"] = _plain(strategy.weights)  # the hybrid's mix
     return row
 
 
+def _hold(values: np.ndarray, defaults: np.ndarray, margin: float) -> np.ndarray:
+    return guarded(values, defaults, margin)[0]
+
+
 @dataclass
 class _Tuner:
-    """Options per strategy, tuned once by CV on train (a strategy's ``param_grid``)."""
+    """Options per strategy, tuned once by CV on train (a strategy's ``param_grid``), their
+    out-of-fold scores, and the guard's default experts (one set for every strategy)."""
 
     train: OutcomeTable
     embeddings: np.ndarray
@@ -121,7 +143,18 @@ class _Tuner:
     seed: int
     progress: bool
     parts: tuple[str, ...]  # the hybrid's components
+    defaults: DefaultExperts
     done: dict = field(default_factory=dict)
+    oof: dict = field(default_factory=dict)  # name -> out-of-fold scores on train
+
+    @property
+    def outcomes(self) -> np.ndarray:
+        return np.nan_to_num(self.train.scores, nan=0.0)
+
+    @cached_property
+    def train_defaults(self) -> np.ndarray:
+        names = self.defaults.names(self.embeddings, np.arange(len(self.train)))
+        return columns(names, self.train.experts)
 
     def options(self, name: str) -> tuple[dict, float | None]:
         if name == "hybrid":
@@ -137,11 +170,24 @@ class _Tuner:
                 self.done[name] = ({}, None)
                 return self.done[name]
             bar = _bar(None, f"tuning {name}", self.progress, total=len(grid(space)))
-            options, trials = tune(lambda **o: build(name, o, self.encoder), self.train,
-                                   self.embeddings, self.folds, self.seed, space, bar)
+            options, trials, self.oof[name] = tune(lambda **o: build(name, o, self.encoder),
+                                                   self.train, self.embeddings, self.folds,
+                                                   self.seed, space, bar)
             bar.close()
             self.done[name] = (options, max(t["cv"] for t in trials))
         return self.done[name]
+
+    def out_of_fold(self, name: str, strategy) -> np.ndarray:
+        """``name``'s out-of-fold scores on train (the hybrid's: its components', mixed
+        with its fitted weights, as its own CV computes them)."""
+        if name == "hybrid":
+            return sum(w * standardise(self.out_of_fold(p, None))
+                       for p, w in strategy.weights.items())
+        if name not in self.oof:
+            options = self.options(name)[0]
+            self.oof[name] = out_of_fold(lambda: build(name, options, self.encoder),
+                                         self.train, self.embeddings, self.folds, self.seed)
+        return self.oof[name]
 
 
 def aligned(scores, table: OutcomeTable) -> np.ndarray:
@@ -150,16 +196,21 @@ def aligned(scores, table: OutcomeTable) -> np.ndarray:
     return np.asarray(scores.values, dtype=np.float64)[:, columns]
 
 
-def auto_row(train_scores, train: OutcomeTable, test_scores, test: OutcomeTable) -> dict:
+def auto_row(train_scores, train: OutcomeTable, test_scores, test: OutcomeTable,
+             guard: Guarding | None = None) -> dict:
     """The adaptive panel (k=auto) of one strategy: calibrated on its train scores (as the
-    router calibrates on its fit table), scored on test."""
-    return auto_panel(aligned(train_scores, train), train.scores, aligned(test_scores, test),
+    router calibrates on its fit table), scored on test (through ``guard``)."""
+    values = aligned(test_scores, test)
+    return auto_panel(aligned(train_scores, train), train.scores,
+                      guard(values) if guard else values,
                       np.nan_to_num(test.scores, nan=0.0), test.predictions)
 
 
-def strategy_row(scores, test: OutcomeTable) -> dict:
-    """The metrics of one strategy's scores on the test split."""
-    values = aligned(scores, test)
+def strategy_row(scores, test: OutcomeTable, guard: Guarding | None = None) -> dict:
+    """The metrics of one strategy's scores on the test split; with ``guard`` (scores →
+    guarded scores), of the guarded routing, and ``top1_unguarded`` and ``held_back``."""
+    raw = aligned(scores, test)
+    values = guard(raw) if guard else raw
     outcomes = np.nan_to_num(test.scores, nan=0.0)
     cost = np.array([test.cost.get(e, np.nan) for e in test.experts], dtype=np.float64)
     has_cost = bool(test.cost) and np.isfinite(cost).all()
@@ -175,8 +226,19 @@ def strategy_row(scores, test: OutcomeTable) -> dict:
         "mean_cost_top3": cost_of(values, cost, k=3) if has_cost else None,
         "per_domain": per_domain(hits, test.domains),
         "per_domain_vote": None if votes is None else per_domain(votes, test.domains),
-        "cost_sweep": cost_sweep(values, outcomes, cost, LAMBDAS) if has_cost else [],
+        "cost_sweep": cost_sweep(raw, outcomes, cost, LAMBDAS, guard) if has_cost else [],
+        **({} if guard is None else guard_figures(raw, values, outcomes, test.domains)),
     }
+
+
+def guard_figures(raw: np.ndarray, values: np.ndarray, outcomes: np.ndarray,
+                  domains: list[str]) -> dict:
+    """What the guard changed: the unguarded top-1 (micro, macro) and the share held back."""
+    hits = top1_hits(raw, outcomes)
+    moved = ranked(raw, 1)[:, 0] != ranked(values, 1)[:, 0]
+    return {"top1_unguarded": float(hits.mean()),
+            "top1_unguarded_macro": averaged(hits, domains, "macro"),
+            "held_back": float(moved.mean())}
 
 
 def _bar(items, desc: str, enabled: bool, total: int | None = None):
