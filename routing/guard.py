@@ -34,21 +34,47 @@ QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 @dataclass
 class DefaultExperts:
-    """Each query's default expert: per (predicted) domain where backed, else ``single``."""
+    """Each query's default expert: per (predicted) domain where backed, else ``single``;
+    under a cost weight λ, a cheaper expert of the domain where its gain over the default
+    there, plus λ·(cost saved)·(the domain's score spread, as :func:`routing.selection.
+    penalise` scales it), is backed (its lower confidence bound is above 0)."""
 
     experts: list[str]
     single: str  # the default where no domain default is backed
     by_domain: dict[str, str]  # domain → its backed default (only where it differs)
     fit_embeddings: np.ndarray  # the fit questions, for the domain vote
     fit_domains: np.ndarray
+    fit_predicted: np.ndarray  # each fit question's domain as voted by the others
+    leads: dict[str, tuple]  # predicted domain → (mean, standard error) of each expert's
+    # paired gain over the domain's default there, and the spread of its experts' means
+    z: float = Z
 
-    def names(self, embeddings: np.ndarray, rows: np.ndarray | None = None) -> list[str]:
-        """The default expert of each query (``rows``: the queries are these fit questions,
-        which do not vote for their own domain)."""
-        if not self.by_domain:
-            return [self.single] * len(embeddings)
-        domains = predict_domains(self.fit_embeddings, self.fit_domains, embeddings, rows)
-        return [self.by_domain.get(d, self.single) for d in domains]
+    def domains(self, embeddings: np.ndarray, rows: np.ndarray | None = None) -> list[str]:
+        """Each query's domain (``rows``: the queries are these fit questions, which do not
+        vote for their own)."""
+        if len(set(self.fit_domains)) < 2:
+            return [str(self.fit_domains[0])] * len(embeddings)
+        if rows is not None:
+            return list(self.fit_predicted[rows])
+        return predict_domains(self.fit_embeddings, self.fit_domains, embeddings)
+
+    def names(self, domains: list[str], cost: np.ndarray | None = None,
+              cost_weight: float = 0.0) -> list[str]:
+        """The default expert for each of ``domains``; ``cost``: per expert of ``experts``,
+        scaled to [0, 1], with ``cost_weight`` the λ of the request."""
+        chosen = {d: self._choose(d, cost, cost_weight) for d in set(domains)}
+        return [chosen[d] for d in domains]
+
+    def _choose(self, domain: str, cost: np.ndarray | None, cost_weight: float) -> str:
+        default = self.by_domain.get(domain, self.single)
+        if not cost_weight or cost is None or domain not in self.leads:
+            return default
+        base = self.experts.index(default)
+        mean, error, spread = self.leads[domain]
+        bound = mean + cost_weight * (cost[base] - cost) * spread - self.z * error
+        bound[base] = 0.0
+        best = int(np.argmax(bound))
+        return self.experts[best] if bound[best] > 0 else default
 
     def describe(self) -> dict:
         return {"default": self.single, "by_domain": dict(self.by_domain)}
@@ -93,25 +119,41 @@ def fit_defaults(table: OutcomeTable, embeddings: np.ndarray,
         raise RoutingError(f"default expert {default_expert!r} is not in the pool "
                            f"({', '.join(table.experts)})")
     single = default_expert or table.experts[int(np.argmax(column_means(table.scores)))]
-    outcomes = np.nan_to_num(table.scores, nan=0.0)
-    by_domain = {} if default_expert else domain_defaults(table, outcomes, single, z)
-    return DefaultExperts(list(table.experts), single, by_domain,
-                          np.asarray(embeddings, dtype=np.float32),
-                          np.asarray(table.domains, dtype=object))
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    domains = np.asarray(table.domains, dtype=object)
+    predicted = domains if len(set(table.domains)) < 2 else np.asarray(
+        predict_domains(embeddings, domains, embeddings, np.arange(len(table))), dtype=object)
+    by_domain = {} if default_expert else domain_defaults(table, predicted, single, z)
+    leads = {d: _leads(table, predicted == d, by_domain.get(d, single)) for d in set(predicted)}
+    return DefaultExperts(list(table.experts), single, by_domain, embeddings, domains,
+                          predicted, leads, z)
 
 
-def domain_defaults(table: OutcomeTable, outcomes: np.ndarray, single: str,
+def _leads(table: OutcomeTable, inside: np.ndarray, default: str) -> tuple:
+    """(mean, standard error) of each expert's gain over ``default`` on the ``inside`` rows,
+    and the spread of the experts' means there."""
+    outcomes = np.nan_to_num(table.scores[inside], nan=0.0)
+    gains = outcomes - outcomes[:, [table.experts.index(default)]]
+    error = gains.std(axis=0, ddof=1) / np.sqrt(len(gains)) if len(gains) > 1 else (
+        np.full(gains.shape[1], np.inf))
+    means = column_means(table.scores[inside])
+    return gains.mean(axis=0), error, float(means.max() - means.min()) or 1.0
+
+
+def domain_defaults(table: OutcomeTable, predicted: np.ndarray, single: str,
                     z: float = Z) -> dict[str, str]:
-    """Domain → its best expert, where that expert's lead over ``single`` is backed."""
-    labels = np.asarray(table.domains, dtype=object)
-    if len(set(table.domains)) < 2:
+    """Predicted domain → the best expert on the fit questions predicted into it (so the
+    choice allows for the vote's mistakes, as served), where its lead over ``single`` there
+    is backed."""
+    if len(set(predicted)) < 2:
         return {}
+    outcomes = np.nan_to_num(table.scores, nan=0.0)
     base = table.experts.index(single)
     chosen = {}
-    for domain in sorted(set(table.domains)):
-        rows = outcomes[labels == domain]
-        best = int(np.argmax(column_means(table.scores[labels == domain])))
-        if best != base and backed(rows[:, best] - rows[:, base], z) > 0:
+    for domain in sorted(set(predicted)):
+        inside = predicted == domain
+        best = int(np.argmax(column_means(table.scores[inside])))
+        if best != base and backed(outcomes[inside, best] - outcomes[inside, base], z) > 0:
             chosen[domain] = table.experts[best]
     return chosen
 

@@ -114,14 +114,18 @@ class Router:
         order = np.random.default_rng(0).permutation(len(outcomes))
         self._guard_rows = np.sort(order[:GUARD_QUESTIONS])
 
-    def guard(self, name: str, embeddings: np.ndarray) -> tuple[list[str], float] | None:
-        """(each query's default expert, strategy ``name``'s margin), or None (no guard:
-        ``guard_off`` says why). The margin is fitted on first use (routing.guard)."""
+    def guard(self, name: str, embeddings: np.ndarray,
+              cost_weight: float = 0.0) -> tuple[list[str], float] | None:
+        """(each query's default expert under ``cost_weight``, strategy ``name``'s margin),
+        or None (no guard: ``guard_off`` says why). The margin is fitted on first use."""
         if self.defaults is None:
             return None
         if name not in self.margins:
             self.margins[name] = self._margin(name)
-        return self.defaults.names(embeddings), self.margins[name]
+        cost = np.array([self.costs.get(e, 0.0) for e in self.defaults.experts])
+        cost = cost / cost.max() if cost.size and cost.max() > 0 else None
+        names = self.defaults.names(self.defaults.domains(embeddings), cost, cost_weight)
+        return names, self.margins[name]
 
     def _margin(self, name: str) -> float:
         table, embeddings = self._fit_table
@@ -130,7 +134,8 @@ class Router:
             return np.inf  # nothing to cross-validate on: nothing backs leaving the default
         sample = table.subset(rows)
         values = out_of_fold(self.factories[name], sample, embeddings[rows])
-        defaults = columns(self.defaults.names(embeddings[rows], rows), sample.experts)
+        domains = self.defaults.domains(embeddings[rows], rows)
+        defaults = columns(self.defaults.names(domains), sample.experts)
         return tune_margin(values, np.nan_to_num(sample.scores, nan=0.0), defaults)
 
     def temperature(self, name: str) -> float | None:
@@ -174,7 +179,8 @@ class Router:
             texts = [queries[i] for i in todo]
             scores = strategy.score(texts, embeddings[todo])
             temperature = self.temperature(name) if options.k == "auto" else None
-            guard = self.guard(name, embeddings[todo]) if options.guard else None
+            guard = (self.guard(name, embeddings[todo], options.cost_weight) if options.guard
+                     else None)
             fresh = select(texts, scores, options, name, costs=self.costs, prior=self.prior,
                            temperature=temperature, guard=guard)
             for i, decision in zip(todo, fresh, strict=True):

@@ -12,6 +12,10 @@ Every strategy's scores pass through the guard (:mod:`routing.guard`: the defaul
 fitted on train, the margin on the strategy's out-of-fold scores there); ``top1_unguarded``
 and ``held_back`` say what it changed, ``guard`` what it was.
 
+Where the data has costs: per strategy ``cost_at_best_single``, ``saving_at_best_single`` and
+``lambda_at_best_single`` (and ``_macro`` twins), and top-level ``pareto`` / ``pareto_macro``
+(:mod:`routing.eval.cost`).
+
 and per strategy ``"auto"``: the adaptive panel (``k: auto``, :mod:`routing.eval.panel`),
 ``{"accuracy", "mean_experts", "curve": [[k_mass, accuracy, mean_experts], ...], ...}``.
 
@@ -24,11 +28,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from routing.eval.cost import cost_figures
 from routing.eval.metrics import (
     any_hits,
     averaged,
@@ -41,7 +46,7 @@ from routing.eval.metrics import (
 )
 from routing.eval.panel import auto_panel
 from routing.eval.pools import resolve_pool
-from routing.eval.reference import reference_rows
+from routing.eval.reference import expert_means, reference_rows
 from routing.eval.split import make_split
 from routing.eval.tuning import grid, out_of_fold, tune
 from routing.guard import DefaultExperts, columns, fit_defaults, guarded, tune_margin
@@ -49,8 +54,9 @@ from routing.outcomes import OutcomeError, OutcomeTable, load_outcomes
 from routing.strategies.hybrid import standardise
 
 DEFAULT_STRATEGIES = ("knn", "pilots", "hybrid")
-Guarding = Callable[[np.ndarray], np.ndarray]  # scores → the guard's scores
-LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0]
+Guarding = Callable[..., np.ndarray]  # scores[, cost weight] → the guard's scores
+LAMBDAS = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
+           5.0]
 
 
 def load_eval_table(data_dir: str | Path, pool: str | None) -> OutcomeTable:
@@ -94,28 +100,34 @@ def evaluate(data_dir: str | Path, pool: str | None = None,
     tuner = _Tuner(train, embeddings[train_rows], encoder, folds, seed, progress,
                    parts=tuple(n for n in strategies if n != "hybrid") or ("knn", "pilots"),
                    defaults=defaults)
-    test_defaults = columns(defaults.names(embeddings[test_rows]), test.experts)
-    rows = {name: _strategy_result(name, tuner, test, embeddings[test_rows], test_defaults)
+    test_domains = defaults.domains(embeddings[test_rows])
+    rows = {name: _strategy_result(name, tuner, test, embeddings[test_rows], test_domains)
             for name in _bar(strategies, "strategies", progress)}
+    reference = reference_rows(train, test)
+    reference_macro = reference_rows(train, test, average="macro")
+    single = train.experts[int(np.argmax(expert_means(train)))]
+    single_cost = test.cost.get(single)
+    fronts = {} if single_cost is None else cost_figures(rows, reference, reference_macro,
+                                                         single_cost)
     return {
-        "strategies": rows,
-        "reference": reference_rows(train, test),
-        "reference_macro": reference_rows(train, test, average="macro"),
+        "strategies": rows, "reference": reference, "reference_macro": reference_macro,
+        **fronts,
         "meta": {"data": str(data_dir), "pool": table.experts, "seed": seed, "average": average,
                  "train": len(train), "test": len(test), "folds": folds,
-                 "cost": {e: test.cost.get(e) for e in test.experts}},
+                 "cost": {e: test.cost.get(e) for e in test.experts},
+                 "best_single": {"expert": single, "cost": single_cost}},
     }
 
 
 def _strategy_result(name: str, tuner: _Tuner, test: OutcomeTable,
-                     test_embeddings: np.ndarray, test_defaults: np.ndarray) -> dict:
+                     test_embeddings: np.ndarray, test_domains: list[str]) -> dict:
     """Fit ``name`` on train with its tuned options, score test: its row of eval.json."""
     options, cv = tuner.options(name)
     strategy = build(name, options, tuner.encoder)
     strategy.fit(tuner.train, tuner.embeddings)
     margin = tune_margin(tuner.out_of_fold(name, strategy), tuner.outcomes,
                          tuner.train_defaults)
-    guard = partial(_hold, defaults=test_defaults, margin=margin)
+    guard = TestGuard(tuner.defaults, test_domains, test.experts, _scaled_cost(test), margin)
     scored = strategy.score(test.texts, test_embeddings)
     row = strategy_row(scored, test, guard)
     row["auto"] = auto_row(strategy.score(tuner.train.texts, tuner.embeddings), tuner.train,
@@ -127,8 +139,26 @@ def _strategy_result(name: str, tuner: _Tuner, test: OutcomeTable,
     return row
 
 
-def _hold(values: np.ndarray, defaults: np.ndarray, margin: float) -> np.ndarray:
-    return guarded(values, defaults, margin)[0]
+@dataclass
+class TestGuard:
+    """The guard on the test split: scores (penalised by ``cost_weight``) → guarded scores."""
+
+    defaults: DefaultExperts
+    domains: list[str]  # each test query's (predicted) domain
+    experts: list[str]
+    cost: np.ndarray | None  # per expert, scaled to [0, 1]
+    margin: float
+
+    def __call__(self, values: np.ndarray, cost_weight: float = 0.0) -> np.ndarray:
+        names = self.defaults.names(self.domains, self.cost, cost_weight)
+        return guarded(values, columns(names, self.experts), self.margin)[0]
+
+
+def _scaled_cost(table: OutcomeTable) -> np.ndarray | None:
+    cost = np.array([table.cost.get(e, np.nan) for e in table.experts], dtype=np.float64)
+    if not np.isfinite(cost).all() or not cost.size or cost.max() <= 0:
+        return None
+    return cost / cost.max()
 
 
 @dataclass
@@ -153,8 +183,8 @@ class _Tuner:
 
     @cached_property
     def train_defaults(self) -> np.ndarray:
-        names = self.defaults.names(self.embeddings, np.arange(len(self.train)))
-        return columns(names, self.train.experts)
+        domains = self.defaults.domains(self.embeddings, np.arange(len(self.train)))
+        return columns(self.defaults.names(domains), self.train.experts)
 
     def options(self, name: str) -> tuple[dict, float | None]:
         if name == "hybrid":
@@ -226,8 +256,11 @@ def strategy_row(scores, test: OutcomeTable, guard: Guarding | None = None) -> d
         "mean_cost_top3": cost_of(values, cost, k=3) if has_cost else None,
         "per_domain": per_domain(hits, test.domains),
         "per_domain_vote": None if votes is None else per_domain(votes, test.domains),
-        "cost_sweep": cost_sweep(raw, outcomes, cost, LAMBDAS, guard) if has_cost else [],
+        "cost_sweep": cost_sweep(raw, outcomes, cost, LAMBDAS, guard, test.domains)
+        if has_cost else [],
         **({} if guard is None else guard_figures(raw, values, outcomes, test.domains)),
+        "cost_sweep_unguarded": cost_sweep(raw, outcomes, cost, LAMBDAS, None, test.domains)
+        if has_cost and guard is not None else [],
     }
 
 

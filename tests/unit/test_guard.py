@@ -47,10 +47,11 @@ def _routed(shuffled: bool, per_domain: bool = False):
     oof = out_of_fold(make, train, train_emb, 3, 0)
     defaults = fit_defaults(train, train_emb)
     margin = tune_margin(oof, np.nan_to_num(train.scores),
-                         columns(defaults.names(train_emb, np.arange(len(train))), EXPERTS))
+                         columns(defaults.names(defaults.domains(train_emb, np.arange(len(train)))),
+                                 EXPERTS))
     knn = make()
     knn.fit(train, train_emb)
-    test_defaults = columns(defaults.names(test_emb), EXPERTS)
+    test_defaults = columns(defaults.names(defaults.domains(test_emb)), EXPERTS)
     values, _ = guarded(knn.score(test.texts, test_emb).values, test_defaults, margin)
     picked = values.argmax(axis=1)
     rows = np.arange(len(test))
