@@ -90,8 +90,8 @@ def _decide(query, row, scores, i, options, strategy, context, guard) -> Decisio
         weights = _weights(final[picks]) if mass is None else _weights(mass[:k])
     explanation["selection"] = {
         "mode": "sample" if options.sample else "top-k",
-        "k": options.k if options.k != "auto" else {"auto": k, "k_mass": options.k_mass,
-                                                    "k_max": options.k_max},
+        "k": options.k if options.k not in ("auto", "cascade") else {
+            options.k: k, "k_mass": options.k_mass, "k_max": options.k_max},
         "cost_weight": options.cost_weight,
     }
     explanation["options"] = options.decision_fields()
@@ -125,8 +125,11 @@ def _guard(final: np.ndarray, experts: list[str], default: str,
 def panel_size(ordered: np.ndarray, options: RouteOptions,
                temperature: float | None) -> tuple[int, np.ndarray | None]:
     """(experts to recruit, their calibrated probabilities or None) for scores ``ordered``
-    best first: ``options.k``, or for ``k="auto"`` the smallest panel whose mass reaches
-    ``k_mass`` (at most ``k_max``)."""
+    best first: ``options.k``, for ``k="auto"`` the smallest panel whose mass reaches
+    ``k_mass`` (at most ``k_max``), for ``k="cascade"`` the ``k_max`` candidates, best first,
+    that the cascade asks in turn while the answers are unsure."""
+    if options.k == "cascade":
+        return options.k_max, None
     if options.k != "auto":
         return options.k, None
     if not len(ordered):
