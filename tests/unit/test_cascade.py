@@ -84,3 +84,10 @@ def test_the_offline_replay_follows_the_served_rule():
     assert outcome(confidences, -0.5) == (2, 1)  # as test_unsure_answers_escalate...
     assert outcome(confidences, -3.0) == (1, 0)
     assert outcome(confidences, 0.0) == (3, 1)
+
+
+def test_cascade_rides_in_the_model_string():
+    from routing.options import RouteOptions
+
+    options = RouteOptions.parse_model_string("conclave:k=cascade,k_max=2,threshold=-0.3")
+    assert (options.k, options.k_max, options.cascade_threshold) == ("cascade", 2, -0.3)
