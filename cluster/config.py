@@ -273,7 +273,10 @@ class TracingConfig(_Strict):
 class ConclaveConfig(_Strict):
     """The whole application."""
 
-    demo_pool: bool = Field(False, description="Build and add the offline demo experts.")
+    demo_pool: Literal["none", "tiny", "real"] = Field(
+        "none", description="Offline experts to build and add: `real` (SmolLM2-135M-Instruct "
+        "and its LoRA skill experts), `tiny` (random-weight models: fast, answers are noise) "
+        "or `none`. `true` means `tiny`.")
     experts: list[ExpertSpec] = Field(default_factory=list, description="Experts at start.")
     redis: RedisConfig = Field(default_factory=RedisConfig, description="Redis connection.")
     encoder: EncoderConfig = Field(default_factory=EncoderConfig, description="Embeddings.")
@@ -283,6 +286,11 @@ class ConclaveConfig(_Strict):
     )
     serving: ServingConfig = Field(default_factory=ServingConfig, description="HTTP serving.")
     tracing: TracingConfig = Field(default_factory=TracingConfig, description="Tracing.")
+
+    @field_validator("demo_pool", mode="before")
+    @classmethod
+    def _demo_pool_flag(cls, value: Any) -> Any:
+        return {True: "tiny", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ConclaveConfig:
@@ -305,14 +313,23 @@ class ConclaveConfig(_Strict):
         return self
 
     def start_specs(self) -> list[ExpertSpec]:
-        """The experts to start with: the config's, then the demo pool's when ``demo_pool``
-        is on (built offline on first use)."""
-        specs = list(self.experts)
-        if self.demo_pool:
-            from experts.demo import build_demo_pool
+        """The experts to start with: the config's, then the offline pool ``demo_pool``
+        names (built on first use)."""
+        return list(self.experts) + build_offline_pool(self.demo_pool)
 
-            specs += build_demo_pool()
-        return specs
+
+def build_offline_pool(kind: str) -> list:
+    """The specs of the offline pool ``kind`` (``none``, ``tiny``, ``real``), built on this
+    node on first use: its files live in each node's cache dir."""
+    if kind == "tiny":
+        from experts.demo import build_demo_pool
+
+        return build_demo_pool()
+    if kind == "real":
+        from experts.real_pool import build_real_pool
+
+        return build_real_pool()
+    return []
 
 
 class ConfigError(ValueError):

@@ -33,14 +33,13 @@ from ray import serve
 
 from cluster.admin import allowed_roots
 from cluster.catalog import ExpertCatalog
-from cluster.config import parse_config
+from cluster.config import build_offline_pool, parse_config
 from cluster.drain_batcher import DrainBatcher
 from cluster.expert_batch import Row, run_batch, run_continuous
 from cluster.expert_messages import BatchStats, ExpertReply, ExpertRequest
 from cluster.request_ids import install_logging
 from cluster.sink_stream import Finished, sink_stream
 from cluster.tracing import record_span, setup_tracing
-from experts.demo import build_demo_pool
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader, adapter_of, engine_key
 from experts.pool import ModelPool
@@ -62,8 +61,7 @@ class ExpertPoolServer:
         setup_tracing(cfg.tracing, f"pool-{pool_name}")
         install_logging()
         self.pool = next(p for p in cfg.pools if p.name == pool_name)
-        if cfg.demo_pool:  # its files live in each node's cache dir: build them on this one
-            build_demo_pool()
+        build_offline_pool(cfg.demo_pool)  # its files live in each node's cache dir
         self.registry = ExpertRegistry(connect(cfg.redis.url), namespace=cfg.redis.namespace)
         self.catalog = ExpertCatalog(self.registry).start()
         self.embedder = LazyEmbedder(cfg.encoder)

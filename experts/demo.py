@@ -45,13 +45,13 @@ def build_demo_pool(root: str | Path | None = None) -> list[ExpertSpec]:
     texts = tokenizer_texts()
     specs = []
     for name, (profile, options) in BASES.items():
-        path = _build_once(
+        path = build_once(
             folder / name, lambda p, o=options: build_tiny_lm(p, texts, init_std=0.2, **o)
         )
         specs.append(_spec(name, profile, model=str(path)))
     for name, (profile, base, seed) in ADAPTERS.items():
         base_path = folder / base
-        path = _build_once(
+        path = build_once(
             folder / "adapters" / name,
             lambda p, b=base_path, s=seed: add_random_lora(b, p, seed=s, scale=0.3),
         )
@@ -73,7 +73,7 @@ def _spec(expert_id: str, profile: dict, **fields) -> ExpertSpec:
     )
 
 
-def _build_once(path: Path, build) -> Path:
+def build_once(path: Path, build) -> Path:
     """Run ``build(tmp)`` unless ``path`` exists, then move the result into place, so a
     crash or a concurrent builder never leaves a half-built model behind."""
     if path.exists():

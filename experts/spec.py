@@ -106,7 +106,8 @@ class ExpertSpec(BaseModel):
     id: str = Field(description="Slug: lowercase letters, digits, '-' and '_'.")
     kind: Literal["model", "lora", "mixture"] = Field("model", description="What is loaded.")
     model: str | None = Field(
-        None, description="HF id or local path of the causal LM (kind=model)."
+        None, description="HF id or local path of the causal LM (kind=model), or "
+        "`local:smollm2-135m-instruct` for the prepared real model (`conclave models prepare`)."
     )
     base: str | None = Field(
         None, description="Id of the `model` expert this adapter or mixture sits on."
@@ -172,6 +173,17 @@ class ExpertSpec(BaseModel):
         from experts.vllm_tools import check_tool_parser
 
         return check_tool_parser(value) if value is not None and vllm_available() else value
+
+    @field_validator("model")
+    @classmethod
+    def _model_alias(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """``local:NAME`` (a prepared model, :mod:`experts.real_model`) → its folder here."""
+        from experts.real_model import resolve_alias
+
+        if value is None:
+            return None
+        on_load = bool((info.context or {}).get("paths_on_load"))
+        return resolve_alias(value, must_exist=not on_load)
 
     @field_validator("id")
     @classmethod

@@ -14,6 +14,11 @@ import pytest
 from cluster.local_serve import offline_defaults
 
 offline_defaults()
+# Prepared real models are kept across sessions (converting one takes ~30 s); set before the
+# cache dir below moves, so they stay in the user's model folder.
+from experts.real_model import models_root  # noqa: E402
+
+os.environ.setdefault("CONCLAVE_MODELS", str(models_root()))
 # One cache dir per test session, so tests never see a user's models or Redis file.
 os.environ.setdefault("CONCLAVE_CACHE", tempfile.mkdtemp(prefix="conclave-test-"))
 
@@ -81,3 +86,11 @@ def minilm():
 
 # The Ray + Serve session and the deployed test app (tests/integration, tests/e2e).
 from serving_fixtures import conclave_server, serve_instance, serving_redis  # noqa: E402, F401
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    """SmolLM2-135M-Instruct, prepared once (``conclave models prepare``)."""
+    from experts.real_model import prepare_real_model
+
+    return prepare_real_model()

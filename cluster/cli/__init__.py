@@ -23,8 +23,10 @@ def _register() -> None:
     from cluster.cli import eval as _eval  # noqa: F401
     from cluster.cli import experts as _experts  # noqa: F401
     from cluster.cli import gates as _gates  # noqa: F401
+    from cluster.cli import models as _models  # noqa: F401
     from cluster.cli import router as _router  # noqa: F401
     from cluster.cli import serve as _serve  # noqa: F401
+    from cluster.cli import train as _train  # noqa: F401
 
 
 _register()

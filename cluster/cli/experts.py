@@ -142,11 +142,15 @@ def list_experts(redis_url: str | None, config_path: str | None, url: str | None
     help="Validation JSONL (id, text, answer): run each expert on it, score the answers and "
     "store its outcomes, from which every router builds its profile.",
 )
+@click.option("--prompt", "val_prompt", default=None,
+              help="How --validate-on asks each question: a format string with {question} "
+              "(default: the question, then 'Give your final answer after \"The answer "
+              "is\".'). '{question}' asks it as is, as skill experts were trained.")
 @url_option
 @token_option
 def add_experts(
     spec_file: str, redis_url: str | None, config_path: str | None, val_path: str | None,
-    url: str | None, token: str | None,
+    val_prompt: str | None, url: str | None, token: str | None,
 ) -> None:
     """Register the expert(s) in SPEC_FILE (YAML)."""
 
@@ -158,7 +162,7 @@ def add_experts(
         if not url:  # the admin API checks these itself
             _check_adapters(specs, registry, read_config(config_path))
         if val_path:
-            _validate(specs, val_path, registry)
+            _validate(specs, val_path, registry, val_prompt)
         return [(spec.id, registry.add(spec)) for spec in specs]
 
     for expert_id, version in run_guarded(action):
@@ -201,10 +205,10 @@ def _check_adapters(specs: list[ExpertSpec], registry, config) -> None:
         checks.check_adapter(spec)
 
 
-def _validate(specs: list[ExpertSpec], val_path: str, registry) -> None:
+def _validate(specs: list[ExpertSpec], val_path: str, registry, prompt: str | None) -> None:
     """Validate each new expert before it is registered, so none joins without a profile."""
     from routing.errors import RoutingError
-    from routing.onboard import load_validation, validate_and_store
+    from routing.onboard import PROMPT, load_validation, validate_and_store
     from routing.outcomes import OutcomeError
     from routing.profile_store import ProfileStore
 
@@ -213,11 +217,22 @@ def _validate(specs: list[ExpertSpec], val_path: str, registry) -> None:
     try:
         rows = load_validation(val_path)
         for spec in specs:
-            table = validate_and_store(spec, rows, lambda i: by_id.get(i) or registry.get(i), store)
+            table = validate_and_store(spec, rows, lambda i: by_id.get(i) or registry.get(i),
+                                       store, prompt=_checked_prompt(prompt or PROMPT))
             accuracy = float(table.scores.mean())
             click.echo(f"validated {spec.id}: {accuracy:.3f} on {len(table)} questions")
     except (OutcomeError, RoutingError) as err:
         raise ExpertError(str(err)) from None
+
+
+def _checked_prompt(prompt: str) -> str:
+    try:
+        prompt.format(question="")
+    except (KeyError, IndexError, ValueError):
+        raise ExpertError(f"--prompt {prompt!r}: only {{question}} may be used") from None
+    if "{question}" not in prompt:
+        raise ExpertError(f"--prompt {prompt!r} does not hold {{question}}")
+    return prompt
 
 
 def _clip(text: str | None, width: int) -> str:

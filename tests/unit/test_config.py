@@ -75,15 +75,16 @@ def test_lora_on_a_known_base_validates(tiny_lm, tiny_adapters):
                                                    "adapter": str(tiny_adapters["alpha"])}]})
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "hf-small.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "tiny.yaml", "hf-small.yaml"])
 def test_shipped_configs_validate(name):
     config = load_config(CONFIGS / name)
     assert config.pools and config.redis.url == "embedded"
 
 
-def test_demo_config_builds_the_demo_pool_on_cpu():
-    config = load_config(CONFIGS / "demo.yaml")
-    assert config.demo_pool is True
+@pytest.mark.parametrize(("name", "pool"), [("demo.yaml", "real"), ("tiny.yaml", "tiny")])
+def test_offline_configs_build_their_pool_on_cpu(name, pool):
+    config = load_config(CONFIGS / name)
+    assert config.demo_pool == pool
     assert all(pool.num_cpus == 0 and pool.num_gpus == 0 for pool in config.pools)
     assert "default" in {pool.name for pool in config.pools}  # the demo experts' pool
 

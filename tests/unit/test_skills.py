@@ -1,131 +1,65 @@
-"""Skills (Symbolic-MoE) on a hand-made text table where the right expert is known."""
+"""The skill data: exact answers, and test inputs that never appear in training."""
 
 from __future__ import annotations
 
-import numpy as np
+import json
+
 import pytest
-from text_tables import QUERIES, text_table
 
-from experts.engine import Generation, GenerationEngine
-from routing.errors import RoutingError
-from routing.keywords import EmbeddingKeywordExtractor, LLMKeywordExtractor, candidate_phrases
-from routing.outcomes import OutcomeTable
-from routing.strategies import StrategyContext, make_strategy
-from routing.strategies.skills import SkillsStrategy
+from experts.skills import SKILLS, is_correct, mixed_stream, roman, skill_items, split_of
 
 
-class ScriptedEngine(GenerationEngine):
-    """Replies from a script: one list of replies per prompt substring, indexed by seed."""
-
-    def __init__(self, script: dict[str, list[str]]):
-        self.script = script
-
-    def generate(self, prompts, params=None, adapters=None):
-        replies = []
-        for prompt in prompts:
-            options = next((r for key, r in self.script.items() if key in prompt), [""])
-            replies.append(options[(params.seed or 0) % len(options)])
-        return [Generation(text=r, prompt_tokens=1, completion_tokens=1) for r in replies]
+@pytest.mark.parametrize(("number", "numeral"), [(1, "I"), (4, "IV"), (9, "IX"), (14, "XIV"),
+                                                 (40, "XL"), (90, "XC"), (400, "CD"),
+                                                 (944, "CMXLIV"), (999, "CMXCIX")])
+def test_roman_numerals(number, numeral):
+    assert roman(number) == numeral
 
 
-@pytest.fixture(scope="module")
-def fitted(minilm):
-    def build(variant: str) -> SkillsStrategy:
-        table = text_table()
-        strategy = SkillsStrategy(minilm, variant=variant)
-        strategy.fit(table, minilm.encode(table.texts))
-        return strategy
-
-    return build
-
-
-@pytest.mark.parametrize("variant", ["faithful", "smoothed"])
-def test_each_query_goes_to_its_expert(fitted, minilm, variant):
-    strategy = fitted(variant)
-    texts = list(QUERIES.values())
-    scores = strategy.score(texts, minilm.encode(texts))
-    assert scores.experts == ["mathy", "lawyer", "medic"]
-    picked = [scores.experts[j] for j in np.nanargmax(scores.values, axis=1)]
-    assert picked == list(QUERIES)
-    explanation = scores.explanations[0]
-    assert explanation["skills"] and "mathy" in explanation["profile"]
+@pytest.mark.parametrize("skill", list(SKILLS))
+def test_test_inputs_never_appear_in_train(skill):
+    train = skill_items(skill, "train", 2000)
+    test = skill_items(skill, "test", 100)
+    train_questions = {item.question for item in train}
+    assert not train_questions & {item.question for item in test}
+    # the split is by input, whatever the phrasing: no test answer is a train answer for
+    # the skills whose answer is a function of the input alone
+    if skill in ("roman", "isodate", "extract"):
+        assert not {item.answer for item in train} & {item.answer for item in test}
+    assert all(split_of(skill, "x") in ("train", "test") for _ in range(2))
 
 
-def test_faithful_profile_counts_plus_and_minus_one(fitted):
-    strategy = fitted("faithful")
-    skill = strategy.skills.index("contract")
-    net = dict(zip(strategy.experts, strategy._net[skill], strict=True))
-    assert net["lawyer"] > 0 and net["mathy"] < 0 and net["medic"] < 0
-    assert net["lawyer"] == -net["mathy"]  # every question counts +1 for one, −1 for the others
-    assert strategy.global_competence().sum() == pytest.approx(1.0)
+@pytest.mark.parametrize("skill", list(SKILLS))
+def test_items_are_seeded_and_their_answers_check(skill):
+    items = skill_items(skill, "test", 20, seed=3)
+    assert items == skill_items(skill, "test", 20, seed=3)
+    assert len({item.question for item in items}) == 20
+    for item in items:
+        assert is_correct(skill, item.answer, item.answer)
+        assert is_correct(skill, f"  {item.answer}.\n", item.answer)
+        assert not is_correct(skill, f"The answer is {item.answer}, I think.", item.answer)
 
 
-def test_add_and_remove_an_expert_changes_decisions(fitted, minilm):
-    strategy = fitted("faithful")
-    query = [QUERIES["lawyer"]]
-    table = text_table()
-    # "judge" gets every law question right and, unlike lawyer, the others too.
-    judge = OutcomeTable(ids=table.ids, texts=table.texts, domains=table.domains,
-                         experts=["judge"], scores=np.ones((len(table), 1), np.float32))
-    strategy.add_expert("judge", judge, minilm.encode(judge.texts))
-    scores = strategy.score(query, minilm.encode(query))
-    assert scores.experts[int(np.nanargmax(scores.values[0]))] == "judge"
-    strategy.remove_expert("judge")
-    scores = strategy.score(query, minilm.encode(query))
-    assert "judge" not in scores.experts
-    assert scores.experts[int(np.nanargmax(scores.values[0]))] == "lawyer"
-    with pytest.raises(RoutingError, match="unknown expert"):
-        strategy.remove_expert("judge")
+def test_exact_match_rules():
+    assert is_correct("roman", "mcmxc", "MCMXC")
+    assert is_correct("units", "4,000", "4000")
+    answer = json.dumps({"name": "Ana Silva", "city": "Lima"})
+    assert is_correct("extract", '{"city": "Lima", "name": "Ana Silva"}', answer)
+    assert is_correct("extract", '```\n{"name": "Ana Silva", "city": "Lima"}\n```', answer)
+    assert not is_correct("extract", '{"name": "Ana Silva"}', answer)
+    assert not is_correct("extract", "not json", answer)
+    assert is_correct("reverse", "Apple  river", "apple river")
 
 
-def test_query_without_any_skill_has_no_opinion(fitted, minilm):
-    strategy = fitted("faithful")
-    strategy.skill_floor = 1.01  # nothing can map: the selector must fall back
-    values = strategy.score(["hello"], minilm.encode(["hello"])).values
-    assert np.isnan(values).all()
+def test_mixed_stream_holds_every_skill_shuffled():
+    stream = mixed_stream(5, seed=1)
+    assert len(stream) == 5 * len(SKILLS)
+    assert {item.skill for item in stream} == set(SKILLS)
+    assert [item.skill for item in stream] != sorted(item.skill for item in stream)
 
 
-def test_llm_extractor_keeps_repeated_short_keywords():
-    engine = ScriptedEngine({"integral": [
-        "calculus, integration, x",
-        "Calculus; integration techniques for definite integrals",
-        "1. calculus\n2. integration",
-        "limits",
-        "calculus, limits",
-    ]})
-    extractor = LLMKeywordExtractor(engine)
-    (keywords,) = extractor.extract(["Evaluate the integral of x."])
-    # seen ≥ 2 of 5 samples and ≤ 20 characters; the long phrase is dropped
-    assert keywords[0] == "calculus" and set(keywords) == {"calculus", "integration", "limits"}
-
-
-def test_skills_with_an_llm_extractor(minilm):
-    engine = ScriptedEngine({
-        "derivative": ["calculus, derivatives"], "integral": ["calculus, integration"],
-        "contract": ["contract law"], "patient": ["medicine, diagnosis"],
-    })
-    table = text_table()
-    strategy = SkillsStrategy(minilm, extractor=LLMKeywordExtractor(engine))
-    strategy.fit(table, minilm.encode(table.texts))
-    assert {"calculus", "contract law", "medicine"} <= set(strategy.skills)
-    texts = ["Find the derivative of x.", "Who breached the contract?"]
-    values = strategy.score(texts, minilm.encode(texts)).values
-    assert list(np.nanargmax(values, axis=1)) == [0, 1]
-
-
-def test_candidate_phrases_skip_stopwords_and_long_phrases():
-    phrases = candidate_phrases("What is the derivative of the natural logarithm function?")
-    assert "derivative" in phrases and "natural logarithm" in phrases
-    assert "what" not in phrases and "the derivative" not in phrases
-    assert all(len(p) <= 20 for p in phrases)
-
-
-def test_bad_inputs(minilm):
-    with pytest.raises(RoutingError, match="variant"):
-        SkillsStrategy(minilm, variant="magic")
-    with pytest.raises(RoutingError, match="before fit"):
-        SkillsStrategy(minilm).score(["q"], np.zeros((1, 384), np.float32))
-    with pytest.raises(RoutingError, match="no phrase occurs"):
-        EmbeddingKeywordExtractor(minilm).fit(["one lonely question"], np.zeros((1, 384)))
-    with pytest.raises(RoutingError, match="unknown routing strategy 'skils'; valid: .*skills"):
-        make_strategy("skils", context=StrategyContext(minilm))
+def test_unknown_skill_and_split_are_refused():
+    with pytest.raises(ValueError, match="unknown skill 'nope'"):
+        skill_items("nope", "train", 1)
+    with pytest.raises(ValueError, match="split must be"):
+        skill_items("roman", "dev", 1)
