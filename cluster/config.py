@@ -302,7 +302,7 @@ class ConclaveConfig(_Strict):
             if spec.pool not in names:
                 raise ValueError(f"expert {spec.id!r}: unknown pool {spec.pool!r}")
         default = self.routing.default_expert
-        if default is not None and not self.demo_pool and default not in {
+        if default is not None and self.demo_pool == "none" and default not in {
                 spec.id for spec in self.experts}:
             raise ValueError(f"routing.default_expert {default!r} is not one of the experts "
                              f"({', '.join(spec.id for spec in self.experts) or 'none'})")
