@@ -7,9 +7,11 @@ and in the offline evaluation (:mod:`routing.eval.run`), with the same :func:`gu
   else, where the fit table has domains, the best expert of the query's domain when its
   lead over the best single expert there is backed (the lower confidence bound of the
   paired difference is above 0), else the best single expert. A query's domain is the
-  majority label of its ``neighbours`` nearest fit questions (served queries carry none).
-- **Margin** (per strategy): the strategy's top expert replaces the default only when its score beats
-  the default's by more than ``margin``. The margin is chosen on out-of-fold scores of the
+  majority label of its nearest fit questions (served queries carry none); a domain's
+  default is chosen on the fit questions the vote puts in it (so it allows for the vote's
+  mistakes, as served).
+- **Margin** (per strategy): the strategy's top expert replaces the default only when its
+  score beats the default's by more than ``margin``, chosen on out-of-fold scores of the
   fit table: among candidate margins (0 and quantiles of the positive score gaps), the one
   with the largest mean gain in outcome over always answering with the default, counting
   only margins whose gain has a lower confidence bound (mean − z·standard error) above 0.

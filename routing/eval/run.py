@@ -26,7 +26,6 @@ one the printed table shows (``conclave eval --average``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -54,7 +53,6 @@ from routing.outcomes import OutcomeError, OutcomeTable, load_outcomes
 from routing.strategies.hybrid import standardise
 
 DEFAULT_STRATEGIES = ("knn", "pilots", "hybrid")
-Guarding = Callable[..., np.ndarray]  # scores[, cost weight] → the guard's scores
 LAMBDAS = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
            5.0]
 
@@ -127,7 +125,7 @@ def _strategy_result(name: str, tuner: _Tuner, test: OutcomeTable,
     strategy.fit(tuner.train, tuner.embeddings)
     margin = tune_margin(tuner.out_of_fold(name, strategy), tuner.outcomes,
                          tuner.train_defaults)
-    guard = TestGuard(tuner.defaults, test_domains, test.experts, _scaled_cost(test), margin)
+    guard = HeldOutGuard(tuner.defaults, test_domains, test.experts, _scaled_cost(test), margin)
     scored = strategy.score(test.texts, test_embeddings)
     row = strategy_row(scored, test, guard)
     row["auto"] = auto_row(strategy.score(tuner.train.texts, tuner.embeddings), tuner.train,
@@ -140,7 +138,7 @@ def _strategy_result(name: str, tuner: _Tuner, test: OutcomeTable,
 
 
 @dataclass
-class TestGuard:
+class HeldOutGuard:
     """The guard on the test split: scores (penalised by ``cost_weight``) → guarded scores."""
 
     defaults: DefaultExperts
@@ -227,7 +225,7 @@ def aligned(scores, table: OutcomeTable) -> np.ndarray:
 
 
 def auto_row(train_scores, train: OutcomeTable, test_scores, test: OutcomeTable,
-             guard: Guarding | None = None) -> dict:
+             guard: HeldOutGuard | None = None) -> dict:
     """The adaptive panel (k=auto) of one strategy: calibrated on its train scores (as the
     router calibrates on its fit table), scored on test (through ``guard``)."""
     values = aligned(test_scores, test)
@@ -236,7 +234,7 @@ def auto_row(train_scores, train: OutcomeTable, test_scores, test: OutcomeTable,
                       np.nan_to_num(test.scores, nan=0.0), test.predictions)
 
 
-def strategy_row(scores, test: OutcomeTable, guard: Guarding | None = None) -> dict:
+def strategy_row(scores, test: OutcomeTable, guard: HeldOutGuard | None = None) -> dict:
     """The metrics of one strategy's scores on the test split; with ``guard`` (scores →
     guarded scores), of the guarded routing, and ``top1_unguarded`` and ``held_back``."""
     raw = aligned(scores, test)
