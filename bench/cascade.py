@@ -32,6 +32,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+NEVER = -1e9  # a threshold no answer falls below: the cascade never escalates
 MODES = {"k=1": "conclave:k=1", "k=3 vote": "conclave:k=3,aggregation=vote",
          "k=auto": "conclave:k=auto"}
 
@@ -114,7 +115,7 @@ def replayed(record: list[list[tuple[float, float]]], threshold: float) -> tuple
 def tune_threshold(record, budget: float) -> float:
     """The most accurate threshold within ``budget`` experts per query (ties: fewer experts)."""
     firsts = sorted({steps[0][0] for steps in record if steps})
-    candidates = [0.0, float("-inf"), *np.quantile(firsts, np.linspace(0, 1, 21)).tolist()]
+    candidates = [0.0, NEVER, *np.quantile(firsts, np.linspace(0, 1, 21)).tolist()]
     scored = [(t, *replayed(record, t)) for t in candidates]
     within = [s for s in scored if s[2] <= budget] or [min(scored, key=lambda s: s[2])]
     return max(within, key=lambda s: (s[1], -s[2]))[0]

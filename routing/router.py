@@ -183,6 +183,8 @@ class Router:
                      else None)
             fresh = select(texts, scores, options, name, costs=self.costs, prior=self.prior,
                            temperature=temperature, guard=guard)
+            for decision in fresh if options.guard and guard is None else []:
+                decision.explanation["guard"] = {"off": self.guard_off}
             for i, decision in zip(todo, fresh, strict=True):
                 decisions[i] = decision
                 if self.cache is not None:

@@ -127,3 +127,13 @@ def test_router_decisions_say_when_the_guard_held_back(shuffled):
         assert any(d.experts == ["coder"] for d in decisions)
     off = router.route(test.texts, RouteOptions(k=1, guard=False))
     assert all("guard" not in d.explanation for d in off)
+
+
+def test_a_router_on_few_outcomes_says_why_the_guard_is_off():
+    train, train_emb = _world(40, 1)
+    make = lambda: KNNStrategy(k=3)  # noqa: E731
+    router = Router(_Embeddings([(train, train_emb)]), {"knn": make()}, default_strategy="knn",
+                    factories={"knn": make})
+    router.fit(train)
+    why = router.route(train.texts[:2], RouteOptions(k=1))[0].explanation["guard"]
+    assert "40 fit questions" in why["off"] and "routing.default_expert" in why["off"]
