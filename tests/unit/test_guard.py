@@ -137,3 +137,31 @@ def test_a_router_on_few_outcomes_says_why_the_guard_is_off():
     router.fit(train)
     why = router.route(train.texts[:2], RouteOptions(k=1))[0].explanation["guard"]
     assert "40 fit questions" in why["off"] and "routing.default_expert" in why["off"]
+
+
+@pytest.mark.parametrize("guard", [False, True])
+def test_the_served_router_takes_the_evals_lambda(guard):
+    """``cost=λ`` in a request picks what the eval's λ sweep scores: the penalised scores,
+    then the guard with its cost-aware defaults."""
+    from routing.selection import penalise
+
+    train, train_emb = _world(600, 1)
+    test, test_emb = _world(80, 2)
+    train.cost = {"general": 10.0, "coder": 1.0, "weak": 0.5}
+    make = lambda: KNNStrategy(k=30)  # noqa: E731
+    router = Router(_Embeddings([(train, train_emb), (test, test_emb)]), {"knn": make()},
+                    default_strategy="knn", factories={"knn": make})
+    router.fit(train)
+    picks = {}
+    for weight in (0.0, 0.3, 2.0):
+        chosen = picks[weight] = [d.experts[0] for d in router.route(
+            test.texts, RouteOptions(k=1, cost_weight=weight, guard=guard))]
+        cost = np.array([10.0, 1.0, 0.5]) / 10.0
+        values = np.stack([penalise(row, cost, weight) for row in
+                           router.strategies["knn"].score(test.texts, test_emb).values])
+        if guard:
+            d = router.defaults
+            names = d.names(d.domains(test_emb), cost, weight)
+            values = guarded(values, columns(names, EXPERTS), router.margins["knn"])[0]
+        assert chosen == [EXPERTS[j] for j in np.argmax(values, axis=1)]
+    assert picks[2.0].count("general") < picks[0.0].count("general")  # λ moves the choice
