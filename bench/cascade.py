@@ -34,7 +34,7 @@ import numpy as np
 
 NEVER = -1e9  # a threshold no answer falls below: the cascade never escalates
 MODES = {"k=1": "conclave:k=1", "k=3 vote": "conclave:k=3,aggregation=vote",
-         "k=auto": "conclave:k=auto"}
+         "k=auto": "conclave:k=auto,aggregation=vote"}
 
 
 def ask(client, model: str, text: str, max_tokens: int, **extra) -> tuple[str, dict]:
@@ -75,13 +75,18 @@ def load_items(items_path: str | None, skills: int | None, validation: float,
 def mode_row(client, model: str, items: list[dict], max_tokens: int, workers: int) -> dict:
     """Accuracy and experts per query of one routed mode, per item."""
 
+    import openai
+
     def one(item):
-        text, resp = ask(client, model, item["text"], max_tokens)
-        return score(item, text), len(resp.model_extra["conclave"]["experts"])
+        try:
+            text, resp = ask(client, model, item["text"], max_tokens)
+        except openai.APIError:  # a failed request is a wrong answer, and counted
+            return 0.0, 0, 1
+        return score(item, text), len(resp.model_extra["conclave"]["experts"]), 0
 
     with ThreadPoolExecutor(workers) as pool:
-        hits, sizes = zip(*pool.map(one, items), strict=True)
-    return {"hits": list(hits), "experts": list(sizes)}
+        hits, sizes, errors = zip(*pool.map(one, items), strict=True)
+    return {"hits": list(hits), "experts": list(sizes), "errors": sum(errors)}
 
 
 def cascade_record(client, http, items: list[dict], k_max: int, max_tokens: int,
@@ -172,7 +177,8 @@ def measure(url: str, tune_items, test_items, budget, k_max, max_tokens, workers
     for name, model in MODES.items():
         row = mode_row(client, model, test_items, max_tokens, workers)
         figures[name] = {"accuracy": float(np.mean(row["hits"])),
-                         "experts_per_query": float(np.mean(row["experts"]))}
+                         "experts_per_query": float(np.mean(row["experts"])),
+                         "errors": row["errors"]}
     accuracy, experts = replayed(record, threshold)
     figures["cascade"] = {"accuracy": accuracy, "experts_per_query": experts,
                           "threshold": threshold}
