@@ -5,7 +5,8 @@ as replay experts (``configs/replay-mmlu-pro.yaml``), against the offline evalua
    on the train split and scored on the test split, as ``conclave eval`` does
    (``routing.eval.run.strategy_row``): ``offline_accuracy`` (top-1) and its top-1 expert
    per question. ``best_single_accuracy``: the best expert on train, scored on test.
-2. Served: every test question sent over HTTP (stock ``openai`` client, ``conclave:k=1``):
+2. Served: every test question sent over HTTP (stock ``openai`` client,
+   ``conclave:k=1,guard=false``):
    ``served_accuracy`` (the letter of the reply against the gold answer), and
    ``decision_match``: the fraction of questions whose served expert is the offline one.
    Run once with the pattern cache on (the config's setting) and once with it off: a
@@ -58,7 +59,9 @@ def served(config, held, rows: list[int], choices: list[str], concurrency: int,
     start_s = time.perf_counter() - started
     try:
         started = time.perf_counter()
-        replies = ask_all(url, lambda _row: "conclave:k=1", held, rows, concurrency)
+        # guard off: the offline figure below is the strategy's own top-1 (conclave eval
+        # reports the guarded one beside it)
+        replies = ask_all(url, lambda _row: "conclave:k=1,guard=false", held, rows, concurrency)
         wall = time.perf_counter() - started
     finally:
         stop_app("replay-bench", shutdown=False)

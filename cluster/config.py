@@ -109,6 +109,10 @@ class RoutingConfig(RouteOptionFields):
     outcomes_subset: OutcomeSubset = Field(
         default_factory=OutcomeSubset, description="Which questions and columns of "
         "`outcomes` profiles are built from (default: all of them).")
+    default_expert: str | None = Field(
+        None, description="The expert the guard keeps a query on unless the evidence backs "
+        "another by a margin (routing/guard.py); default: the best single expert on the "
+        "outcomes, per domain where backed. Must be one of the experts.")
     trained_router: str | None = Field(
         None, description="Folder (or .safetensors file) made by `conclave router train`: "
         "the contrastive strategy loads it instead of training; the experts must match.")
@@ -321,6 +325,11 @@ class ConclaveConfig(_Strict):
         for spec in self.experts:
             if spec.pool not in names:
                 raise ValueError(f"expert {spec.id!r}: unknown pool {spec.pool!r}")
+        default = self.routing.default_expert
+        if default is not None and self.demo_pool == "none" and default not in {
+                spec.id for spec in self.experts}:
+            raise ValueError(f"routing.default_expert {default!r} is not one of the experts "
+                             f"({', '.join(spec.id for spec in self.experts) or 'none'})")
         checks = ExpertLoader({s.id: s for s in self.experts}.__getitem__,
                               engines={pool.name: pool.engine_choice() for pool in self.pools})
         for spec in self.experts:

@@ -163,17 +163,25 @@ class Failover(BaseModel):
     reason: str
 
 
+class CascadeStep(BaseModel):
+    expert: str = Field(description="The expert asked, in turn.")
+    confidence: float = Field(description="Mean token log-probability of its answer.")
+    kept: bool = Field(description="Whether its answer is the one returned.")
+
+
 class ConclaveInfo(BaseModel):
     """What the panel did for one answer."""
 
     experts: list[ExpertUse]
     strategy: str
-    aggregation: str = Field(description="single, vote, synthesis or best.")
+    aggregation: str = Field(description="single, vote, synthesis, best or cascade.")
     aggregator: str | None = Field(None, description="The expert that synthesised, if any.")
     cache: Literal["hit", "miss", "off", "direct"]
     failovers: list[Failover] = Field(default_factory=list)
     routing_ms: float = 0.0
     request_id: str | None = Field(None, description="The x-request-id of this request.")
+    cascade: list[CascadeStep] | None = Field(
+        None, description="k=cascade: each expert asked, its answer's confidence, which kept.")
 
 
 class ChatChoiceMessage(BaseModel):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from cluster import request_ids
 from cluster.aggregation import AnswerCombiner
 from cluster.api_errors import ApiError, from_domain
+from cluster.cascade import run_cascade
 from cluster.catalog import ExpertCatalog
 from cluster.config import ConclaveConfig
 from cluster.metrics import ConclaveMetrics
@@ -29,6 +30,7 @@ from cluster.openai_protocol import (
     CompletionRequest,
     CompletionResponse,
     ConclaveInfo,
+    ExpertUse,
     ModelCard,
     ModelList,
     RouteRequest,
@@ -64,6 +66,7 @@ class RoutedPrompt:
     routing_ms: float
     mode: str  # the aggregation mode asked for
     caller: StoredKey | None = None  # the API key it is answered for (None: keys off)
+    cascade: float | None = None  # k=cascade: the confidence threshold
 
 
 @dataclass
@@ -91,6 +94,7 @@ class ConclaveService:
         self._catalog = catalog
         self._metrics = metrics
         client = ExpertClient(call, config.serving.expert_timeout_s)
+        self._client = client
         self._panel = Panel(client, catalog.is_live)
         self._combiner = AnswerCombiner(client, catalog.is_live)
 
@@ -182,12 +186,15 @@ class ConclaveService:
         if caller is not None:
             decision = self._tenancy.restrict(caller, decision)
         return RoutedPrompt(query, prompt, params, decision, routed.cache, routed.routing_ms,
-                            options.aggregation, caller)
+                            options.aggregation, caller,
+                            options.cascade_threshold if options.k == "cascade" else None)
 
     async def run(self, plan: RoutedPrompt, sink: DeltaSink | None = None) -> FinalAnswer:
         """Ask the plan's experts and combine their answers. With ``sink``, the text of
         the call that writes the final answer (a lone expert's, or the synthesis) goes to
         ``sink`` as it is generated."""
+        if plan.cascade is not None:
+            return await self._run_cascade(plan)
         lone = len(set(plan.decision.experts)) == 1
         synthesised = not lone and Aggregator(mode=plan.mode).mode_for(
             plan.query, plan.decision) == "synthesis"
@@ -216,6 +223,29 @@ class ConclaveService:
         return FinalAnswer(combined.text, combined.finish_reason, usage, info, run.interrupted,
                            final.logprobs if final is not None else None,
                            final.tool_calls if final is not None else None)
+
+    async def _run_cascade(self, plan: RoutedPrompt) -> FinalAnswer:
+        """k=cascade (cluster/cascade.py); the kept answer streams once chosen."""
+        run = await run_cascade(self._client, plan.decision, plan.prompt, plan.params,
+                                plan.cascade, self._catalog.is_live)
+        kept = run.answers[run.kept]
+        if plan.caller is not None:  # every answer asked for is booked, as a panel's are
+            await self._tenancy.book(plan.caller, run.answers)
+        for failover in run.failovers:
+            self._metrics.failovers.labels(failover.expert).inc()
+        uses = [ExpertUse(id=a.expert, weight=float(i == run.kept),
+                          completion_tokens=a.completion_tokens)
+                for i, a in enumerate(run.answers)]
+        info = ConclaveInfo(experts=uses, strategy=plan.decision.strategy,
+                            aggregation="cascade", cache=plan.cache, failovers=run.failovers,
+                            routing_ms=plan.routing_ms, request_id=request_ids.current(),
+                            cascade=run.steps())
+        usage = Usage(prompt_tokens=sum(a.prompt_tokens for a in run.answers),
+                      completion_tokens=sum(a.completion_tokens for a in run.answers))
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        logprobs = kept.logprobs if plan.params.get("logprobs") is not None else None
+        return FinalAnswer(kept.text, kept.finish_reason, usage, info, False, logprobs,
+                           kept.tool_calls)
 
     async def _call_router(self, query: str, options: RouteOptions) -> RouteResult:
         started = time.perf_counter()

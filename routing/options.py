@@ -3,7 +3,8 @@
 :class:`RouteOptions` is frozen and hashable; it travels from the HTTP layer (the
 ``conclave`` body field, or the OpenAI ``model`` string so a stock client can drive it:
 ``conclave:k=3,strategy=skills,cost=0.2,sample=true,seed=7,aggregation=vote``, or an
-adaptive panel ``conclave:k=auto,k_mass=0.8,k_max=3``) through
+adaptive panel ``conclave:k=auto,k_mass=0.8,k_max=3``, or a cascade
+``conclave:k=cascade,threshold=-0.4``) through
 the router hop to the pattern cache keys. The config's ``routing`` section inherits the
 same fields (:class:`RouteOptionFields`) as the defaults a request starts from.
 
@@ -34,11 +35,13 @@ from routing.errors import RoutingError
 MODEL_PREFIX = "conclave"
 Aggregation = Literal["auto", "vote", "synthesis", "best"]
 # The fields that change a routing decision (aggregation only changes the answer).
-DECISION_FIELDS = ("k", "k_mass", "k_max", "strategy", "cost_weight", "sample", "seed")
+DECISION_FIELDS = ("k", "k_mass", "k_max", "strategy", "cost_weight", "sample", "seed",
+                   "guard")
 # Model-string key → field (``cost`` is the short name of ``cost_weight``).
 _KEYS = {"k": "k", "strategy": "strategy", "cost": "cost_weight", "cost_weight": "cost_weight",
          "sample": "sample", "seed": "seed", "aggregation": "aggregation",
-         "k_mass": "k_mass", "k_max": "k_max"}
+         "k_mass": "k_mass", "k_max": "k_max", "guard": "guard",
+         "cascade_threshold": "cascade_threshold", "threshold": "cascade_threshold"}
 
 
 class RouteOptionFields(BaseModel):
@@ -47,17 +50,26 @@ class RouteOptionFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    k: Annotated[int, Field(ge=1, le=16)] | Literal["auto"] = Field(
+    k: Annotated[int, Field(ge=1, le=16)] | Literal["auto", "cascade"] = Field(
         3, description="Experts recruited for the query (1..16), or 'auto': recruit until "
-        "their calibrated mass reaches k_mass, at most k_max (see routing.calibration).")
+        "their calibrated mass reaches k_mass, at most k_max (see routing.calibration), or "
+        "'cascade': ask the top expert, and the next (at most k_max in all) while the "
+        "answer's confidence is below cascade_threshold (cluster/cascade.py).")
     k_mass: float = Field(0.8, gt=0.0, le=1.0, description="k=auto: mass to reach.")
-    k_max: int = Field(3, ge=1, le=16, description="k=auto: most experts recruited.")
+    k_max: int = Field(3, ge=1, le=16, description="k=auto, k=cascade: most experts asked.")
+    cascade_threshold: float = Field(
+        -0.5, le=0.0, allow_inf_nan=False,
+        description="k=cascade: an answer whose mean token log-probability is below this is "
+        "escalated to the next expert (tuned on validation items: bench/cascade.py).")
     strategy: str | None = Field(
         None, description="Strategy name (see routing.strategies); None: the router's default.")
     cost_weight: float = Field(
         0.0, ge=0.0, allow_inf_nan=False,
         description="λ in score − λ·cost (costs normalised; model string: `cost`).")
     sample: bool = Field(False, description="Sample k experts by weight instead of top-k.")
+    guard: bool = Field(
+        True, description="Leave the default expert only where the evidence backs it by a "
+        "margin (routing.guard); false: always the strategy's top expert.")
     seed: int | None = Field(
         None, description="Seed for sampling; None: derived from the query text.")
     aggregation: Aggregation = Field(

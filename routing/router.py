@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from experts.spec import ExpertSpec
 from routing.calibration import fit_temperature
 from routing.decision import Decision
 from routing.errors import RoutingError
+from routing.eval.tuning import out_of_fold
+from routing.guard import MIN_QUESTIONS, DefaultExperts, columns, fit_defaults, tune_margin
 from routing.options import RouteOptions
 from routing.outcomes import OutcomeTable
 from routing.selection import select
@@ -31,6 +34,7 @@ from routing.strategies.base import RoutingStrategy, StrategyContext
 
 log = logging.getLogger(__name__)
 CALIBRATION_QUESTIONS = 512  # fit-table questions the k=auto temperature is fitted on
+GUARD_QUESTIONS = 2000  # fit-table questions a strategy's guard margin is fitted on
 
 
 class Router:
@@ -46,6 +50,8 @@ class Router:
         cache=None,
         version: Callable[[], int] = lambda: 0,
         prior: dict[str, float] | None = None,
+        default_expert: str | None = None,
+        factories: dict[str, Callable[[], RoutingStrategy]] | None = None,
     ):
         if default_strategy not in strategies:
             raise RoutingError(
@@ -61,6 +67,14 @@ class Router:
         self.temperatures: dict[str, float] = {}  # strategy -> k=auto calibration
         self._calibration: OutcomeTable | None = None  # a sample of the fit table, for it
         self._calibration_embeddings: np.ndarray | None = None
+        # The guard (routing.guard): the default experts, and per strategy its margin,
+        # cross-validated on first use with a fresh strategy from ``factories``.
+        self.default_expert, self.factories = default_expert, dict(factories or {})
+        self.defaults: DefaultExperts | None = None
+        self.guard_off = "not fitted"  # why there is no guard, when there is none
+        self.margins: dict[str, float] = {}
+        self._guard_rows = np.zeros(0, dtype=int)
+        self._fit_table: tuple[OutcomeTable, np.ndarray] | None = None
 
     @property
     def experts(self) -> list[str]:
@@ -87,6 +101,42 @@ class Router:
         self._calibration = outcomes.subset(rows)
         self._calibration_embeddings = embeddings[rows]
         self.temperatures.clear()
+        self._fit_guard(outcomes, embeddings)
+
+    def _fit_guard(self, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
+        self.margins.clear()
+        self.defaults, self._fit_table = None, (outcomes, embeddings)
+        if len(outcomes) < MIN_QUESTIONS and self.default_expert is None:
+            self.guard_off = (f"{len(outcomes)} fit questions (< {MIN_QUESTIONS}) back no "
+                              "default expert; name one in routing.default_expert")
+            return
+        self.defaults = fit_defaults(outcomes, embeddings, self.default_expert)
+        order = np.random.default_rng(0).permutation(len(outcomes))
+        self._guard_rows = np.sort(order[:GUARD_QUESTIONS])
+
+    def guard(self, name: str, embeddings: np.ndarray,
+              cost_weight: float = 0.0) -> tuple[list[str], float] | None:
+        """(each query's default expert under ``cost_weight``, strategy ``name``'s margin),
+        or None (no guard: ``guard_off`` says why). The margin is fitted on first use."""
+        if self.defaults is None:
+            return None
+        if name not in self.margins:
+            self.margins[name] = self._margin(name)
+        cost = np.array([self.costs.get(e, 0.0) for e in self.defaults.experts])
+        cost = cost / cost.max() if cost.size and cost.max() > 0 else None
+        names = self.defaults.names(self.defaults.domains(embeddings), cost, cost_weight)
+        return names, self.margins[name]
+
+    def _margin(self, name: str) -> float:
+        table, embeddings = self._fit_table
+        rows = self._guard_rows
+        if name not in self.factories or len(rows) < MIN_QUESTIONS:
+            return np.inf  # nothing to cross-validate on: nothing backs leaving the default
+        sample = table.subset(rows)
+        values = out_of_fold(self.factories[name], sample, embeddings[rows])
+        domains = self.defaults.domains(embeddings[rows], rows)
+        defaults = columns(self.defaults.names(domains), sample.experts)
+        return tune_margin(values, np.nan_to_num(sample.scores, nan=0.0), defaults)
 
     def temperature(self, name: str) -> float | None:
         """Strategy ``name``'s k=auto temperature, fitted on first use on a sample of the
@@ -129,8 +179,12 @@ class Router:
             texts = [queries[i] for i in todo]
             scores = strategy.score(texts, embeddings[todo])
             temperature = self.temperature(name) if options.k == "auto" else None
+            guard = (self.guard(name, embeddings[todo], options.cost_weight) if options.guard
+                     else None)
             fresh = select(texts, scores, options, name, costs=self.costs, prior=self.prior,
-                           temperature=temperature)
+                           temperature=temperature, guard=guard)
+            for decision in fresh if options.guard and guard is None else []:
+                decision.explanation["guard"] = {"off": self.guard_off}
             for i, decision in zip(todo, fresh, strict=True):
                 decisions[i] = decision
                 if self.cache is not None:
@@ -151,6 +205,7 @@ class Router:
             strategy.add_expert(expert_id, column, embeddings)
         self.costs[expert_id] = float(cost)
         self.prior.update(_means(column))
+        self.margins.clear()  # refitted on next use, with the new expert
 
     def remove_expert(self, expert_id: str) -> None:
         """Forget ``expert_id`` in every strategy (profiles and index vectors)."""
@@ -161,6 +216,7 @@ class Router:
                 strategy.remove_expert(expert_id)
         self.costs.pop(expert_id, None)
         self.prior.pop(expert_id, None)
+        self.margins.clear()
 
     def _cached(self, query, embedding, version, options: RouteOptions) -> Decision | None:
         if self.cache is None:
@@ -229,20 +285,22 @@ def build_router(config, specs: list[ExpertSpec], outcomes: OutcomeTable | None,
     outcomes = startup_outcomes(specs, outcomes, profiles)
     context = StrategyContext(encoder, {spec.id: spec.task_instruction for spec in specs})
     trained = config.routing.trained_router
-    strategies = {
-        name: make_strategy(name, _options(cls, config.routing.strategies.get(name), trained),
-                            context)
+    factories = {
+        name: partial(make_strategy, name,
+                      _options(cls, config.routing.strategies.get(name), trained), context)
         for name, cls in STRATEGIES.items()
         # A learned strategy trains for minutes without weights: only when asked for.
         if not getattr(cls, "trains", False) or trained or name == config.routing.strategy
     }
+    strategies = {name: make() for name, make in factories.items()}
     if config.routing.strategy not in strategies:
         raise RoutingError(
             f"routing.strategy {config.routing.strategy!r} unknown; valid: {sorted(strategies)}"
         )
     costs = {**outcomes.cost, **{spec.id: spec.cost for spec in specs}}
     router = Router(encoder, strategies, default_strategy=config.routing.strategy,
-                    costs=costs, cache=cache, version=version)
+                    costs=costs, cache=cache, version=version,
+                    default_expert=config.routing.default_expert, factories=factories)
     router.fit(outcomes)
     return router
 

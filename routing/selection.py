@@ -10,6 +10,10 @@ costs in [0, 1]; scaling by the spread makes λ mean the same for every strategy
 its score units: at λ = 1 the priciest expert loses as much as the whole gap between the
 best and the worst expert.
 
+Guard (:mod:`routing.guard`): with ``defaults`` (each query's default expert) and a
+``margin``, the top expert after the cost penalty replaces the query's default only when it
+leads it by more than the margin; else the default goes first and the explanation says so.
+
 Weights: the positive part of the selected experts' final scores, normalised (uniform
 when none is positive). Sampling (Symbolic-MoE) draws k experts *with replacement* with
 probability proportional to that positive part, so an expert may appear twice; each draw
@@ -25,8 +29,11 @@ import numpy as np
 from routing.calibration import DEFAULT_TEMPERATURE, distribution, panel_sizes
 from routing.decision import Decision
 from routing.errors import RoutingError
+from routing.guard import guarded
 from routing.options import RouteOptions
 from routing.strategies.base import Scores
+
+Guarding = tuple[list[str], float]  # each query's default expert, and the margin
 
 
 def select(
@@ -37,10 +44,12 @@ def select(
     costs: dict[str, float] | None = None,
     prior: dict[str, float] | None = None,
     temperature: float | None = None,
+    guard: Guarding | None = None,
 ) -> list[Decision]:
     """One decision per query from ``scores`` (rows = queries, columns = experts).
     ``temperature``: the strategy's calibration for ``k="auto"`` (see
-    :mod:`routing.calibration`; None: its default)."""
+    :mod:`routing.calibration`; None: its default). ``guard``: (each query's default
+    expert, the margin), or None: no guard."""
     values = np.asarray(scores.values, dtype=np.float64)
     if values.shape != (len(queries), len(scores.experts)):
         raise RoutingError(
@@ -51,18 +60,23 @@ def select(
         raise RoutingError(f"strategy {strategy!r} knows no experts; add one first")
     cost = _normalised_costs(scores.experts, costs or {})
     fallback = _prior_row(scores.experts, prior or {})
+    defaults, margin = guard if guard is not None else ([None] * len(queries), np.inf)
     return [
-        _decide(query, values[i], scores, i, options, strategy, cost, fallback, temperature)
+        _decide(query, values[i], scores, i, options, strategy, (cost, fallback, temperature),
+                (defaults[i], margin))
         for i, query in enumerate(queries)
     ]
 
 
-def _decide(query, row, scores, i, options, strategy, cost, fallback, temperature) -> Decision:
+def _decide(query, row, scores, i, options, strategy, context, guard) -> Decision:
+    cost, fallback, temperature = context
     explanation = dict(scores.explanations[i]) if i < len(scores.explanations) else {}
     if np.isnan(row).all():
         row = fallback
         explanation["fallback"] = "no expert scored; ranked by prior (mean validation score)"
     final = penalise(row, cost, options.cost_weight)
+    if guard[0] is not None:
+        final, explanation["guard"] = _guard(final, scores.experts, *guard)
     order = _rank(final)
     ranked = [(scores.experts[j], float(final[j])) for j in order]
     scored = [j for j in order if not np.isnan(final[j])]
@@ -76,8 +90,8 @@ def _decide(query, row, scores, i, options, strategy, cost, fallback, temperatur
         weights = _weights(final[picks]) if mass is None else _weights(mass[:k])
     explanation["selection"] = {
         "mode": "sample" if options.sample else "top-k",
-        "k": options.k if options.k != "auto" else {"auto": k, "k_mass": options.k_mass,
-                                                    "k_max": options.k_max},
+        "k": options.k if options.k not in ("auto", "cascade") else {
+            options.k: k, "k_mass": options.k_mass, "k_max": options.k_max},
         "cost_weight": options.cost_weight,
     }
     explanation["options"] = options.decision_fields()
@@ -91,11 +105,31 @@ def _decide(query, row, scores, i, options, strategy, cost, fallback, temperatur
     )
 
 
+def _guard(final: np.ndarray, experts: list[str], default: str,
+           margin: float) -> tuple[np.ndarray, dict]:
+    """``final`` with ``default`` first unless the top expert leads it by more than
+    ``margin``, and what the guard did (the decision's explanation)."""
+    column = experts.index(default) if default in experts else -1
+    top = experts[_rank(final)[0]]
+    guarded_row, held = guarded(final[None, :], np.array([column]), margin)
+    why = {"default": default, "margin": None if np.isinf(margin) else margin,
+           "held_back": bool(held[0]) and top != default}
+    if column >= 0 and why["held_back"]:
+        lead = float(final[experts.index(top)] - final[column])
+        why["note"] = (f"held back: {top} leads the default by {lead:.3g}, not more than "
+                       f"the margin the evidence backs ({why['margin']})")
+        why["top"] = top
+    return guarded_row[0], why
+
+
 def panel_size(ordered: np.ndarray, options: RouteOptions,
                temperature: float | None) -> tuple[int, np.ndarray | None]:
     """(experts to recruit, their calibrated probabilities or None) for scores ``ordered``
-    best first: ``options.k``, or for ``k="auto"`` the smallest panel whose mass reaches
-    ``k_mass`` (at most ``k_max``)."""
+    best first: ``options.k``, for ``k="auto"`` the smallest panel whose mass reaches
+    ``k_mass`` (at most ``k_max``), for ``k="cascade"`` the ``k_max`` candidates, best first,
+    that the cascade asks in turn while the answers are unsure."""
+    if options.k == "cascade":
+        return options.k_max, None
     if options.k != "auto":
         return options.k, None
     if not len(ordered):

@@ -59,10 +59,13 @@ def cost_of(values: np.ndarray, cost: np.ndarray, k: int = 1) -> float:
 
 
 def cost_sweep(
-    values: np.ndarray, outcomes: np.ndarray, cost: np.ndarray, weights: list[float]
+    values: np.ndarray, outcomes: np.ndarray, cost: np.ndarray, weights: list[float],
+    guard=None, domains: list[str] | None = None,
 ) -> list[dict]:
     """Top-1 accuracy and mean cost for each λ in ``weights``, with the router's own cost
-    penalty (:func:`routing.selection.penalise`, costs scaled by the most expensive)."""
+    penalty (:func:`routing.selection.penalise`, costs scaled by the most expensive), then
+    ``guard`` (penalised scores, λ → guarded ones), as the router selects. With ``domains``,
+    each point also has ``top1_macro``."""
     from routing.selection import penalise
 
     top = float(cost.max()) if cost.size else 0.0
@@ -70,11 +73,12 @@ def cost_sweep(
     points = []
     for weight in weights:
         routed = np.stack([penalise(row, scaled, weight) for row in values])
-        points.append({
-            "lambda": float(weight),
-            "top1": float(top1_hits(routed, outcomes).mean()),
-            "mean_cost": cost_of(routed, cost),
-        })
+        routed = guard(routed, weight) if guard is not None else routed
+        hits = top1_hits(routed, outcomes)
+        points.append({"lambda": float(weight), "top1": float(hits.mean()),
+                       "mean_cost": cost_of(routed, cost)})
+        if domains is not None:
+            points[-1]["top1_macro"] = averaged(hits, domains, "macro")
     return points
 
 

@@ -60,14 +60,17 @@ def grid(space: dict[str, list]) -> list[dict]:
 def tune(
     make: Callable[..., RoutingStrategy], table: OutcomeTable, embeddings: np.ndarray,
     count: int = 3, seed: int = 0, space: dict[str, list] | None = None, progress=None,
-) -> tuple[dict, list[dict]]:
-    """(best options, every tried option with its CV objective): ``make(**options)`` for each
-    combination in ``space``, scored out of fold on ``table``."""
-    trials = []
+) -> tuple[dict, list[dict], np.ndarray]:
+    """(best options, every tried option with its CV objective, the best's out-of-fold
+    scores): ``make(**options)`` for each combination in ``space``, scored out of fold on
+    ``table``."""
+    trials, best_values = [], None
     for options in grid(space or {}):
         values = out_of_fold(lambda o=options: make(**o), table, embeddings, count, seed)
         trials.append({"options": options, "cv": objective(values, table)})
+        if best_values is None or trials[-1]["cv"] > max(t["cv"] for t in trials[:-1]):
+            best_values = values
         if progress is not None:
             progress.update(1)
     best = max(trials, key=lambda t: t["cv"])
-    return best["options"], trials
+    return best["options"], trials, best_values

@@ -124,3 +124,13 @@ def test_a_streamed_replay_answer_is_the_recorded_one(replay_app):
     parts = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
     assert len(parts) >= 2 and "".join(parts) == whole.choices[0].message.content
     assert whole.choices[0].message.content.startswith("The answer is (")
+
+
+def test_a_cascade_over_replay_experts_is_a_400_naming_the_expert(replay_app):
+    url, data = replay_app
+    question = json.loads((data / "questions.jsonl").read_text().splitlines()[3])
+    resp = httpx.post(url + "/v1/chat/completions", timeout=60, json={
+        "model": "conclave:k=cascade", "messages": [{"role": "user", "content": question["text"]}]})
+    assert resp.status_code == 400, resp.text
+    message = resp.json()["error"]["message"]
+    assert "cannot give it" in message and any(f"'{slug(m)}'" in message for m in MODELS)

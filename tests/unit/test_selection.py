@@ -82,7 +82,7 @@ def test_model_string_options():
     assert RouteOptions.parse_model_string("conclave") == RouteOptions()
     given = RouteOptions.parse_model_string("conclave:aggregation=vote,k=4")
     assert given.given() == {"aggregation": "vote", "k": 4}  # only these override defaults
-    for bad, words in [("conclave:x=1", "valid keys: aggregation, cost"), ("conclave:k=0", "k"),
+    for bad, words in [("conclave:x=1", "valid keys: aggregation, cascade_threshold, cost"), ("conclave:k=0", "k"),
                        ("conclave:k=two", "integer"), ("conclave:sample=maybe", "boolean"),
                        ("conclave:cost=-1", "cost_weight"), ("conclave:cost=inf", "finite"),
                        ("conclave:aggregation=mean", "vote"), ("conclave:seed=", "bad option"),
