@@ -32,8 +32,10 @@ bare vLLM, tokens/s), ``vs_ray_serve_llm`` and ``vs_ray_serve_llm_nobatch`` (Con
 base model / Ray Serve LLM, tokens/s), ``ttft_p50_overhead_ms`` (Conclave k=1 minus bare
 vLLM, under load), ``ttft_c1_ms`` (TTFT p50 of each mode at concurrency 1) and
 ``ttft_c1_overhead_ms`` (Conclave k=1 minus bare vLLM there), ``errors``, breakdowns
-(``routing_ttft_p50_ms``: k=1 minus direct) and the per-mode figures; the ~100M base's at the
-top level, the tiny base's under ``tiny``, the real model's under ``real``.
+(``routing_ttft_p50_ms``: k=1 minus direct), ``cpu_ms_per_token`` (CPU spent under load per
+output token, by process: engine, Serve replicas, proxy, client; :mod:`vs_vllm_cpu`) and the
+per-mode figures; the ~100M base's at the top level, the tiny base's under ``tiny``, the
+real model's under ``real``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vs_vllm_cpu import cpu_by_role, per_token_ms, snapshot
 from vs_vllm_load import Sample, models_for, send
 from vs_vllm_models import Bundle, build_bundle, build_real_bundle
 from vs_vllm_servers import BASE_NAME, bare_vllm, conclave, ray_serve_llm
@@ -86,10 +89,17 @@ def start(system: str, bundle: Bundle, args):
 
 @dataclass
 class Measured:
-    """Per mode: the load at ``--concurrency`` and the requests sent one at a time."""
+    """Per mode: the load at ``--concurrency``, the requests sent one at a time, and the
+    CPU seconds by process role during the load (:mod:`vs_vllm_cpu`)."""
 
     load: dict[str, Sample]
     c1: dict[str, Sample]
+    cpu: dict[str, dict[str, float]]
+
+    def add_cpu(self, mode: str, seconds: dict[str, float]) -> None:
+        mine = self.cpu.setdefault(mode, {})
+        for role, s in seconds.items():
+            mine[role] = mine.get(role, 0.0) + s
 
     def fail(self, modes: list[str], requests: int, c1_requests: int, text: str) -> None:
         for mode in modes:
@@ -101,7 +111,7 @@ class Measured:
 def run_size(bundle: Bundle, args) -> Measured:
     """Every mode of every system over all requests, in ABBA order of slices."""
     modes = [m for m in MODES if MODES[m][0] in args.systems]
-    measured = Measured({m: Sample() for m in modes}, {m: Sample() for m in modes})
+    measured = Measured({m: Sample() for m in modes}, {m: Sample() for m in modes}, {})
     for p, part in enumerate(slices(bundle.requests, args.passes)):
         for system in args.systems if p % 2 == 0 else args.systems[::-1]:
             mine = [m for m in modes if MODES[m][0] == system]
@@ -141,8 +151,10 @@ def run_system(system: str, modes: list[str], bundle: Bundle, part, measured: Me
         for mode in modes:
             model = MODES[mode][1]
             send(url, models_for(warmup, model), len(warmup), args.max_tokens, args.count)
+            before = snapshot()
             load = send(url, models_for(part[:alone], model), args.concurrency,
                         args.max_tokens, args.count)
+            measured.add_cpu(mode, cpu_by_role(before, snapshot()))
             c1 = send(url, models_for(part[alone:], model), 1, args.max_tokens, args.count)
             print(f"  {mode}: {load.summary()['tokens_per_s']:.1f} tok/s, TTFT p50 at "
                   f"concurrency 1 {c1.summary()['ttft_p50_ms']:.0f} ms, "
@@ -164,7 +176,9 @@ def figures(measured: Measured) -> dict:
     s = {m: x.summary() for m, x in measured.load.items()}
     c1 = {m: x.summary()["ttft_p50_ms"] for m, x in measured.c1.items()}
     errors = sum(x.errors for x in [*measured.load.values(), *measured.c1.values()])
-    out: dict = {"errors": errors, "modes": s, "ttft_c1_ms": c1}
+    out: dict = {"errors": errors, "modes": s, "ttft_c1_ms": c1,
+                 "cpu_ms_per_token": {m: per_token_ms(cpu, s[m]["tokens"])
+                                      for m, cpu in measured.cpu.items()}}
 
     def ratio(a: str, b: str) -> float | None:
         both = a in s and b in s and s[b]["tokens_per_s"]
@@ -219,6 +233,10 @@ def table(size: str, out: dict, args) -> str:
     for key in ("breakdown_ms", "breakdown_c1_ms"):
         lines.append(f"{key}: " + ", ".join(f"{k} {show(v, '.1f')}"
                                             for k, v in out[key].items()))
+    lines.append("CPU ms per output token under load, by process (the largest 5):")
+    lines += [f"  {mode:<17} " + ", ".join(f"{role} {ms:.1f}" for role, ms in
+                                           list(roles.items())[:6])
+              for mode, roles in out["cpu_ms_per_token"].items()]
     return "\n".join(lines)
 
 
