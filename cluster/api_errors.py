@@ -61,6 +61,14 @@ def from_validation(errors: list[dict]) -> ApiError:
     return ApiError(400, message, param=param, code="invalid_value")
 
 
+async def json_body(request) -> object:
+    """A request's JSON body; 400 when it is not JSON."""
+    try:
+        return await request.json()
+    except ValueError:
+        raise ApiError(400, "request body is not valid JSON", code="invalid_json") from None
+
+
 def timeout_error(seconds: float) -> ApiError:
     return ApiError(
         504,

@@ -111,6 +111,7 @@ def gateway_options(config: ConclaveConfig) -> dict[str, Any]:
     serving = config.serving
     return {
         "ray_actor_options": front_actor_options(serving.resources),
+        "num_replicas": serving.num_replicas,
         "max_ongoing_requests": serving.max_ongoing_requests,
         "max_queued_requests": serving.max_queued_requests,
         # Over the queue limit: 503 with Retry-After, never a hang.

@@ -222,6 +222,8 @@ class ServingConfig(_Strict):
     max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a request may ask.")
     request_timeout_s: float = Field(60.0, gt=0, description="Per request; then HTTP 504.")
     expert_timeout_s: float = Field(30.0, gt=0, description="Per expert call; then failover.")
+    num_replicas: int = Field(1, ge=1, description="Gateway replicas (API-key limits hold "
+                              "across them: they are kept in Redis).")
     max_ongoing_requests: int = Field(256, ge=1, description="Gateway replica concurrency.")
     max_queued_requests: int = Field(512, ge=-1, description="Queued beyond that: HTTP 503.")
     allowed_model_roots: list[str] = Field(
@@ -266,6 +268,26 @@ class TracingConfig(_Strict):
         return self
 
 
+class TenantsConfig(_Strict):
+    """API keys, per-key limits and usage (cluster/tenants/, docs/tenants.md)."""
+
+    enabled: bool = Field(
+        False, description="Inference endpoints need 'Authorization: Bearer <key>' with a key "
+        "made by `conclave keys create` (off: anyone reaching the port may call).")
+    key_cache_s: float = Field(
+        1.0, gt=0, le=1.0, description="Seconds a replica reuses a key's record before "
+        "reading it again (at most 1: a revoked key is refused everywhere within it).")
+    outage_grace_s: float = Field(
+        60.0, ge=0, description="Redis unreachable: keys this replica read within this many "
+        "seconds are still honoured (limits not enforced meanwhile); others get 503.")
+    max_pending_usage: int = Field(
+        10_000, ge=1, description="Usage entries a replica keeps while Redis is unreachable "
+        "(written when it is back; beyond this the oldest are dropped and logged).")
+    metric_keys: int = Field(
+        100, ge=1, description="Key names with a Prometheus label of their own; later ones "
+        "are counted under 'other' (a bounded label set).")
+
+
 class ConclaveConfig(_Strict):
     """The whole application."""
 
@@ -282,6 +304,8 @@ class ConclaveConfig(_Strict):
     )
     serving: ServingConfig = Field(default_factory=ServingConfig, description="HTTP serving.")
     tracing: TracingConfig = Field(default_factory=TracingConfig, description="Tracing.")
+    tenants: TenantsConfig = Field(default_factory=TenantsConfig,
+                                   description="API keys, per-key limits and usage.")
 
     @field_validator("demo_pool", mode="before")
     @classmethod

@@ -31,6 +31,7 @@ from cluster.openai_serving import ConclaveService
 from cluster.request_ids import install_logging
 from cluster.route_messages import RouteQuery, RouteResult
 from cluster.shutdown_gate import ShutdownGate
+from cluster.tenants.tenancy import tenancy_for
 from cluster.tracing import TraceContext, setup_tracing, span
 from experts.errors import ExpertError
 from experts.loader import engine_key
@@ -59,8 +60,9 @@ class Gateway:
         self._routes = Coalescer(self._send_routes, routing.batch_size, routing.num_replicas)
         self._rows = {pool.name: Coalescer(self._sender(pool.name), pool.max_batch_size,
                                            calls_in_flight(pool)) for pool in self.config.pools}
+        self.tenancy = tenancy_for(self.config, self.catalog, self.metrics)
         self.service = ConclaveService(self.config, self._route, self._call_expert,
-                                       self.catalog, self.metrics)
+                                       self.catalog, self.metrics, self.tenancy)
         self.admin = ExpertAdmin(self.catalog, token or admin_token(self.config.serving),
                                  allowed_roots(self.config.serving),
                                  {pool.name: pool.engine_choice() for pool in self.config.pools})
@@ -70,7 +72,7 @@ class Gateway:
         serving = self.config.serving
         return build_http_app(GatewayParts(self.service, self.admin, self.metrics,
                                            serving.request_timeout_s, serving.max_body_bytes,
-                                           self.gate))
+                                           self.gate, self.tenancy))
 
     async def drain(self, grace_s: float) -> int:
         """Refuse new requests (503) and wait up to ``grace_s`` for those in flight; the

@@ -12,15 +12,16 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from cluster.admin import ExpertAdmin
 from cluster.answer_stream import chat_events, completion_events, plan_headers
-from cluster.api_errors import ApiError, from_validation, timeout_error
+from cluster.api_errors import ApiError, from_validation, json_body, timeout_error
 from cluster.body_limit import BodyLimit
 from cluster.metrics import CONTENT_TYPE, ConclaveMetrics
 from cluster.openai_protocol import (
@@ -36,10 +37,32 @@ from cluster.openai_serving import (
 )
 from cluster.request_ids import RequestIds
 from cluster.shutdown_gate import ShutdownGate, ShutdownGuard
+from cluster.tenants.keys import StoredKey
+from cluster.tenants.routes import add_key_routes
+from cluster.tenants.tenancy import Tenancy
 from cluster.tracing import Traced
 
 log = logging.getLogger(__name__)
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 502, 503, 504)}
+_ERRORS = {code: {"model": ErrorResponse}
+           for code in (400, 401, 403, 404, 413, 429, 502, 503, 504)}
+
+
+async def _admitted(request: Request) -> StoredKey | None:
+    """The caller's key, admitted by its limits (None: keys off). A dependency runs before
+    the body is read: without a valid key, or over its limits, a caller gets 401/429
+    whatever it sent, and nothing is routed or generated."""
+    tenancy: Tenancy | None = request.app.state.tenancy
+    return await tenancy.admit(request.headers.get("authorization")) if tenancy else None
+
+
+async def _known(request: Request) -> StoredKey | None:
+    """The caller's key, checked but not counted (None: keys off)."""
+    tenancy: Tenancy | None = request.app.state.tenancy
+    return await tenancy.authenticate(request.headers.get("authorization")) if tenancy else None
+
+
+Admitted = Annotated[StoredKey | None, Depends(_admitted)]
+Known = Annotated[StoredKey | None, Depends(_known)]
 
 
 @dataclass
@@ -50,6 +73,7 @@ class GatewayParts:
     timeout_s: float
     max_body_bytes: int
     gate: ShutdownGate = field(default_factory=ShutdownGate)
+    tenancy: Tenancy | None = None  # API keys (None: off, anyone may call)
 
 
 def build_http_app(parts: GatewayParts) -> FastAPI:
@@ -59,9 +83,11 @@ def build_http_app(parts: GatewayParts) -> FastAPI:
     app.add_middleware(ShutdownGuard, gate=parts.gate)
     app.add_middleware(Traced)
     app.add_middleware(RequestIds)  # outermost: refusals name their request too
+    app.state.tenancy = parts.tenancy
     _add_error_handlers(app, parts.metrics)
     _add_openai_routes(app, parts)
     _add_admin_routes(app, parts.admin)
+    add_key_routes(app, parts.tenancy, parts.admin)
     _add_ops_routes(app, parts)
     return app
 
@@ -70,25 +96,26 @@ def _add_openai_routes(app: FastAPI, parts: GatewayParts) -> None:
     service = parts.service
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatCompletionRequest):
+    async def chat(body: ChatCompletionRequest, caller: Admitted):
         if body.stream:  # routed first: bad input is still a 4xx, not a broken stream
-            plan = await _timed(parts, "chat", service.plan(body.query(), body.prompt(), body))
+            plan = await _timed(parts, "chat",
+                                service.plan(body.query(), body.prompt(), body, caller))
             return _events(chat_events(service, body.model, plan, parts.timeout_s), [plan])
-        return _reply(await _timed(parts, "chat", service.chat(body)))
+        return _reply(await _timed(parts, "chat", service.chat(body, caller)))
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, caller: Admitted):
         if body.stream:
-            plans = await _timed(parts, "completions", service.plan_completions(body))
+            plans = await _timed(parts, "completions", service.plan_completions(body, caller))
             return _events(completion_events(service, body, plans, parts.timeout_s), plans)
-        return _reply(await _timed(parts, "completions", service.completions(body)))
+        return _reply(await _timed(parts, "completions", service.completions(body, caller)))
 
     @app.post("/v1/route")
-    async def route(body: RouteRequest):
-        return await _timed(parts, "route", service.route(body))
+    async def route(body: RouteRequest, caller: Admitted):
+        return await _timed(parts, "route", service.route(body, caller))
 
     @app.get("/v1/models", response_model=ModelList)
-    async def models():
+    async def models(_caller: Known):
         return service.models()
 
 
@@ -101,7 +128,7 @@ def _add_admin_routes(app: FastAPI, admin: ExpertAdmin) -> None:
     @app.post("/v1/experts")
     async def add_expert(request: Request):
         admin.authorise(request.headers.get("authorization"))
-        body = await _json(request)
+        body = await json_body(request)
         return await asyncio.to_thread(admin.add, body)
 
     @app.delete("/v1/experts/{expert_id}")
@@ -149,13 +176,6 @@ async def _timed(parts: GatewayParts, endpoint: str, work):
     finally:
         parts.metrics.requests.labels(endpoint, status).inc()
         parts.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
-
-
-async def _json(request: Request) -> object:
-    try:
-        return await request.json()
-    except ValueError:
-        raise ApiError(400, "request body is not valid JSON", code="invalid_json") from None
 
 
 def _add_error_handlers(app: FastAPI, metrics: ConclaveMetrics) -> None:

@@ -49,17 +49,19 @@ def start_app(config: ConclaveConfig, address: str | None = None, name: str = AP
 
 def wait_ready(url: str, deadline_s: float = 120.0) -> None:
     """Poll ``/v1/models`` until the gateway answers."""
-    _poll(lambda: httpx.get(url + "/v1/models", timeout=5).status_code == 200,
+    # 401: API keys are on (tenants.enabled) and the gateway is answering
+    _poll(lambda: httpx.get(url + "/v1/models", timeout=5).status_code in (200, 401),
           f"Conclave at {url} did not become ready", deadline_s)
 
 
-def wait_for_expert(url: str, expert: str, deadline_s: float = 600.0) -> None:
+def wait_for_expert(url: str, expert: str, deadline_s: float = 600.0,
+                    headers: dict[str, str] | None = None) -> None:
     """Ask ``expert`` one token until it answers: its engine (a vLLM engine process, say)
-    has started."""
+    has started. ``headers``: e.g. an API key's Authorization."""
     body = {"model": expert, "messages": [{"role": "user", "content": "hello"}],
             "max_tokens": 1}
     _poll(lambda: httpx.post(f"{url}/v1/chat/completions", json=body,
-                             timeout=120).status_code == 200,
+                             headers=headers, timeout=120).status_code == 200,
           f"expert {expert!r} at {url} did not answer", deadline_s, interval_s=1.0)
 
 

@@ -77,6 +77,15 @@ class ConclaveMetrics:
         self.expert_up = Gauge("conclave_expert_up", "1 when the expert's last call answered, "
                                "0 when its replica reported an error (e.g. a failed load).",
                                ["expert"], registry=reg)
+        # Labelled by API key name (cluster/tenants/: a bounded set, the rest 'other').
+        self.key_requests = Counter("conclave_key_requests", "Requests by API key and "
+                                    "outcome (admitted, or the limit that refused it).",
+                                    ["key", "outcome"], registry=reg)
+        self.key_tokens = Counter("conclave_key_tokens", "Tokens by API key and kind (prompt, "
+                                  "completion), every panel call included.", ["key", "kind"],
+                                  registry=reg)
+        self.key_cost = Counter("conclave_key_cost_usd", "Cost by API key, from the experts' "
+                                "prices.", ["key"], registry=reg)
         self.unhealthy: dict[str, str] = {}  # expert -> the error of its last call
 
     def record_route(self, seconds: float, cache: str, batch_size: int,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cluster import request_ids
 from cluster.aggregation import AnswerCombiner
@@ -43,6 +44,10 @@ from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import MODEL_PREFIX, RouteOptions
 
+if TYPE_CHECKING:
+    from cluster.tenants.keys import StoredKey
+    from cluster.tenants.tenancy import Tenancy
+
 # query, options → the router's result; raises RoutingError for a query it cannot route
 RouteCall = Callable[[str, RouteOptions], Awaitable[RouteResult]]
 
@@ -58,6 +63,7 @@ class RoutedPrompt:
     cache: str  # "hit", "miss", "off" or "direct"
     routing_ms: float
     mode: str  # the aggregation mode asked for
+    caller: StoredKey | None = None  # the API key it is answered for (None: keys off)
 
 
 @dataclass
@@ -77,8 +83,10 @@ class ConclaveService:
     """Chat, completions, route dry-runs and the model list."""
 
     def __init__(self, config: ConclaveConfig, route: RouteCall, call: ExpertCall,
-                 catalog: ExpertCatalog, metrics: ConclaveMetrics):
+                 catalog: ExpertCatalog, metrics: ConclaveMetrics,
+                 tenancy: Tenancy | None = None):
         self.config = config
+        self._tenancy = tenancy
         self._route = route
         self._catalog = catalog
         self._metrics = metrics
@@ -91,8 +99,9 @@ class ConclaveService:
         cards += [ModelCard(id=s.id, description=s.description) for s in self._catalog.specs()]
         return ModelList(data=cards)
 
-    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
-        plan = await self.plan(req.query(), req.prompt(), req)
+    async def chat(self, req: ChatCompletionRequest,
+                   caller: StoredKey | None = None) -> ChatCompletionResponse:
+        plan = await self.plan(req.query(), req.prompt(), req, caller)
         out = await self.run(plan)
         if out.tool_calls:  # the model chose to call (auto): the text before is content
             calls, content = out.tool_calls, out.text or None
@@ -106,10 +115,11 @@ class ConclaveService:
         return ChatCompletionResponse(model=req.model, choices=[choice], usage=out.usage,
                                       conclave=out.info)
 
-    async def completions(self, req: CompletionRequest) -> CompletionResponse:
+    async def completions(self, req: CompletionRequest,
+                          caller: StoredKey | None = None) -> CompletionResponse:
         choices, infos, usage = [], [], Usage()
         for index, prompt in enumerate(req.prompts()):
-            out = await self.run(await self.plan(prompt, prompt, req))
+            out = await self.run(await self.plan(prompt, prompt, req, caller))
             text = prompt + out.text if req.echo else out.text
             choices.append(CompletionChoice(index=index, text=text,
                                             finish_reason=out.finish_reason))
@@ -118,11 +128,13 @@ class ConclaveService:
         return CompletionResponse(model=req.model, choices=choices, usage=usage,
                                   conclave=infos)
 
-    async def plan_completions(self, req: CompletionRequest) -> list[RoutedPrompt]:
+    async def plan_completions(self, req: CompletionRequest,
+                               caller: StoredKey | None = None) -> list[RoutedPrompt]:
         """Every prompt of a completions request, routed."""
-        return [await self.plan(prompt, prompt, req) for prompt in req.prompts()]
+        return [await self.plan(prompt, prompt, req, caller) for prompt in req.prompts()]
 
-    async def route(self, req: RouteRequest) -> dict:
+    async def route(self, req: RouteRequest, caller: StoredKey | None = None) -> dict:
+        """The routing decision alone (a dry run), restricted as ``caller``'s key is."""
         query = req.text()
         if not query.strip():
             raise ApiError(400, "give a non-empty 'query' or user message", param="query")
@@ -131,7 +143,10 @@ class ConclaveService:
             raise ApiError(400, f"model {req.model!r} is one expert; nothing to route",
                            param="model")
         routed = await self._call_router(query, options)
-        return {"decision": routed.decision.to_dict(), "cache": routed.cache,
+        decision = routed.decision
+        if caller is not None:
+            decision = self._tenancy.restrict(caller, decision)
+        return {"decision": decision.to_dict(), "cache": routed.cache,
                 "routing_ms": routed.routing_ms, "options": options.model_dump()}
 
     def route_options(self, model: str, body: RouteOptions | None) -> RouteOptions | None:
@@ -149,18 +164,25 @@ class ConclaveService:
             raise ApiError(400, str(err), param="model", code="invalid_value") from None
         return body.over(options) if body is not None else options
 
-    async def plan(self, query: str, prompt: object, req) -> RoutedPrompt:
+    async def plan(self, query: str, prompt: object, req,
+                   caller: StoredKey | None = None) -> RoutedPrompt:
         """Route one prompt (or take the expert asked for directly): everything that can
-        fail on bad input happens here, before a streamed response starts."""
+        fail on bad input happens here, before a streamed response starts. With a
+        ``caller``, only experts its key allows answer (403 when none may)."""
         params = self._params(req)
         options = self.route_options(req.model, req.conclave)
         if options is None:
+            if caller is not None:
+                self._tenancy.check_expert(caller, req.model)
             decision = Decision(query=query, experts=[req.model], weights=[1.0],
                                 strategy="direct", ranked=[(req.model, 1.0)], explanation={})
-            return RoutedPrompt(query, prompt, params, decision, "direct", 0.0, "best")
+            return RoutedPrompt(query, prompt, params, decision, "direct", 0.0, "best", caller)
         routed = await self._call_router(query, options)
-        return RoutedPrompt(query, prompt, params, routed.decision, routed.cache, routed.routing_ms,
-                    options.aggregation)
+        decision = routed.decision
+        if caller is not None:
+            decision = self._tenancy.restrict(caller, decision)
+        return RoutedPrompt(query, prompt, params, decision, routed.cache, routed.routing_ms,
+                            options.aggregation, caller)
 
     async def run(self, plan: RoutedPrompt, sink: DeltaSink | None = None) -> FinalAnswer:
         """Ask the plan's experts and combine their answers. With ``sink``, the text of
@@ -185,6 +207,8 @@ class ConclaveService:
                             cache=plan.cache, failovers=run.failovers,
                             routing_ms=plan.routing_ms, request_id=request_ids.current())
         calls = run.answers + ([combined.extra] if combined.extra else [])
+        if plan.caller is not None:  # counted once answered: never cut mid-answer
+            await self._tenancy.book(plan.caller, calls)
         usage = Usage(prompt_tokens=sum(a.prompt_tokens for a in calls),
                       completion_tokens=sum(a.completion_tokens for a in calls))
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens

@@ -23,6 +23,7 @@ def _register() -> None:
     from cluster.cli import eval as _eval  # noqa: F401
     from cluster.cli import experts as _experts  # noqa: F401
     from cluster.cli import gates as _gates  # noqa: F401
+    from cluster.cli import keys as _keys  # noqa: F401
     from cluster.cli import models as _models  # noqa: F401
     from cluster.cli import router as _router  # noqa: F401
     from cluster.cli import serve as _serve  # noqa: F401

@@ -20,6 +20,7 @@ from cluster.metrics import ConclaveMetrics
 from cluster.openai_serving import ConclaveService
 from cluster.route_messages import RouteResult
 from cluster.shutdown_gate import ShutdownGate
+from cluster.tenants.tenancy import tenancy_for
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from experts.spec import ExpertSpec
@@ -81,25 +82,30 @@ class FakeBackends:
 
 
 @contextlib.contextmanager
-def gateway_client(redis_url: str, gate: ShutdownGate | None = None):
+def gateway_client(redis_url: str, gate: ShutdownGate | None = None,
+                   tenants: dict | None = None, costs: dict[str, float] | None = None):
     """``(TestClient, FakeBackends, ExpertCatalog)`` over alpha, beta and gamma; k=2,
-    a 0.5 s request timeout, a 4 KiB body limit, max_tokens up to 100."""
+    a 0.5 s request timeout, a 4 KiB body limit, max_tokens up to 100. ``tenants``: the
+    config's ``tenants`` section (API keys); ``costs``: expert prices."""
     config = parse_config({
         "redis": {"url": redis_url},
         "routing": {"k": 2},
         "serving": {"max_body_bytes": 4096, "max_tokens_limit": 100,
                     "request_timeout_s": 0.5, "expert_timeout_s": 5},
+        "tenants": tenants or {},
     })
     registry = ExpertRegistry(connect(redis_url))
     for name in ("alpha", "beta", "gamma"):
-        registry.add(ExpertSpec(id=name, model="org/" + name, description=f"{name} expert"))
+        registry.add(ExpertSpec(id=name, model="org/" + name, description=f"{name} expert",
+                                cost=(costs or {}).get(name, 0.0)))
     catalog = ExpertCatalog(registry).start()
     backends = FakeBackends()
     metrics = ConclaveMetrics()
-    service = ConclaveService(config, backends.route, backends.call, catalog, metrics)
+    tenancy = tenancy_for(config, catalog, metrics)
+    service = ConclaveService(config, backends.route, backends.call, catalog, metrics, tenancy)
     admin = ExpertAdmin(catalog, TOKEN, ["/nonexistent-root"])
     app = build_http_app(GatewayParts(service, admin, metrics, 0.5, 4096,
-                                      gate or ShutdownGate()))
+                                      gate or ShutdownGate(), tenancy))
     try:
         with TestClient(app) as client:
             yield client, backends, catalog
