@@ -33,8 +33,8 @@ base model / Ray Serve LLM, tokens/s), ``ttft_p50_overhead_ms`` (Conclave k=1 mi
 vLLM, under load), ``ttft_c1_ms`` (TTFT p50 of each mode at concurrency 1) and
 ``ttft_c1_overhead_ms`` (Conclave k=1 minus bare vLLM there), ``errors``, breakdowns
 (``routing_ttft_p50_ms``: k=1 minus direct), ``cpu_ms_per_token`` (CPU spent under load per
-output token, by process: engine, Serve replicas, proxy, client; :mod:`vs_vllm_cpu`) and the
-per-mode figures; the ~100M base's at the top level, the tiny base's under ``tiny``, the
+output token, by process: engine, Serve replicas, proxy, client; :mod:`vs_vllm_cpu`),
+``load_average_1m`` (the machine's, as each mode's slice began) and the per-mode figures; the ~100M base's at the top level, the tiny base's under ``tiny``, the
 real model's under ``real``.
 """
 
@@ -46,7 +46,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vs_vllm_cpu import cpu_by_role, per_token_ms, snapshot
@@ -95,6 +95,7 @@ class Measured:
     load: dict[str, Sample]
     c1: dict[str, Sample]
     cpu: dict[str, dict[str, float]]
+    load_average: dict[str, list[float]] = field(default_factory=dict)  # 1 min, per slice
 
     def add_cpu(self, mode: str, seconds: dict[str, float]) -> None:
         mine = self.cpu.setdefault(mode, {})
@@ -151,6 +152,7 @@ def run_system(system: str, modes: list[str], bundle: Bundle, part, measured: Me
         for mode in modes:
             model = MODES[mode][1]
             send(url, models_for(warmup, model), len(warmup), args.max_tokens, args.count)
+            measured.load_average.setdefault(mode, []).append(round(os.getloadavg()[0], 1))
             before = snapshot()
             load = send(url, models_for(part[:alone], model), args.concurrency,
                         args.max_tokens, args.count)
@@ -158,7 +160,8 @@ def run_system(system: str, modes: list[str], bundle: Bundle, part, measured: Me
             c1 = send(url, models_for(part[alone:], model), 1, args.max_tokens, args.count)
             print(f"  {mode}: {load.summary()['tokens_per_s']:.1f} tok/s, TTFT p50 at "
                   f"concurrency 1 {c1.summary()['ttft_p50_ms']:.0f} ms, "
-                  f"{load.errors + c1.errors} errors", flush=True)
+                  f"{load.errors + c1.errors} errors, load average "
+                  f"{measured.load_average[mode][-1]}", flush=True)
             measured.load[mode].add(load)
             measured.c1[mode].add(c1)
 
@@ -177,6 +180,7 @@ def figures(measured: Measured) -> dict:
     c1 = {m: x.summary()["ttft_p50_ms"] for m, x in measured.c1.items()}
     errors = sum(x.errors for x in [*measured.load.values(), *measured.c1.values()])
     out: dict = {"errors": errors, "modes": s, "ttft_c1_ms": c1,
+                 "load_average_1m": measured.load_average,
                  "cpu_ms_per_token": {m: per_token_ms(cpu, s[m]["tokens"])
                                       for m, cpu in measured.cpu.items()}}
 
