@@ -1,11 +1,16 @@
 """What ``bench/vs_vllm.py`` serves and asks: a random-weight Llama base (about 100M
 parameters, or the tiny demo size) with 8 random LoRA adapters, built offline and cached,
-and a fixed list of requests spread over the adapters.
+and a fixed list of requests spread over the adapters; or (``real``) the real model,
+SmolLM2-135M-Instruct, with the committed skill adapters and held-out skill questions.
 
-The adapters stand for 8 MMLU-Pro domains (/work/shared/data/mmlu-pro): each expert gets a
+The random adapters stand for 8 MMLU-Pro domains (/work/shared/data/mmlu-pro): each expert gets a
 few of its domain's questions as examples (what Conclave's router matches on), and the
 requests are other questions of the same domains, so ``conclave:k=1`` routing has a right
 answer to find and asking an adapter directly sends the same question to the same adapter.
+The real bundle is the real pool (:func:`experts.real_pool.build_real_pool`, every skill
+expert registered): each adapter's examples are training questions of its skill, and the
+requests are held-out items of every skill (:func:`experts.skills.mixed_stream`), each paired
+with its own skill's adapter.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Adapter:
     path: Path
     domain: str
     examples: tuple[str, ...]
+    description: str = ""  # what the router reads besides the examples
 
 
 @dataclass(frozen=True)
@@ -100,3 +106,17 @@ def build_bundle(size: str, requests: int, root: Path | None = None) -> Bundle:
             add_random_lora(base, path, seed=seed, rank=LORA_RANK)
         adapters.append(Adapter(expert_id(domain), path, domain, tuple(examples[domain])))
     return Bundle(size, base, tuple(adapters), interleave(asked, requests))
+
+
+def build_real_bundle(requests: int) -> Bundle:
+    """The real model and its skill adapters (prepared and copied into the cache dir once,
+    as the demo does), and ``requests`` held-out skill questions, the skills mixed."""
+    from experts.real_pool import build_real_pool
+    from experts.skills import SKILLS, mixed_stream
+
+    base, *skills = build_real_pool(live=True)
+    adapters = tuple(Adapter(s.id, Path(s.adapter), s.domain, tuple(s.examples),
+                             s.description) for s in skills)
+    items = mixed_stream(-(-requests // len(SKILLS)))[:requests]
+    return Bundle("real", Path(base.model), adapters,
+                  tuple((item.question, item.skill) for item in items))

@@ -3,12 +3,14 @@ yields its base URL once ``/v1/models`` answers, and stops it (and every process
 started) on the way out:
 
 - ``bare_vllm``: vLLM's own OpenAI server, a subprocess in its own process group;
-- ``ray_serve_llm``: ``ray.serve.llm.build_openai_app`` in a local Ray;
+- ``ray_serve_llm``: ``ray.serve.llm.build_openai_app`` in a local Ray, with its default
+  stream batching (tokens held up to 50 ms and sent together) or, as a user who read ray
+  #59681 would run it, ``experimental_configs: {stream_batching_interval_ms: 0}``;
 - ``conclave``: Conclave's Serve app (``cluster.app:build_app``) in a local Ray, the base
-  and the 8 LoRA experts on one pool with ``engine: vllm``.
+  and the LoRA experts on one pool with ``engine: vllm``.
 
 All three run the same engine settings (``ENGINE``): bf16, a 512-token context, LoRA rank 8
-with all 8 adapters resident, and the CPU environment the caller put in ``os.environ``.
+with every adapter resident, and the CPU environment the caller put in ``os.environ``.
 """
 
 from __future__ import annotations
@@ -130,9 +132,11 @@ def _stop_ray() -> None:
 
 
 @contextmanager
-def ray_serve_llm(bundle: Bundle, num_cpus: int) -> Iterator[str]:
+def ray_serve_llm(bundle: Bundle, num_cpus: int,
+                  stream_batching_ms: float | None = None) -> Iterator[str]:
     """Base only: Ray Serve LLM's multi-LoRA (``lora_config.dynamic_lora_loading_path``)
-    only takes s3://, gs:// or azure:// folders, never a local one."""
+    only takes s3://, gs:// or azure:// folders, never a local one. ``stream_batching_ms``:
+    its ``stream_batching_interval_ms`` (None: its default, 50 ms)."""
     from ray import serve
     from ray.serve.llm import LLMConfig, build_openai_app
 
@@ -145,7 +149,9 @@ def ray_serve_llm(bundle: Bundle, num_cpus: int) -> Iterator[str]:
             engine_kwargs=dict(ENGINE),
             placement_group_config={"bundles": [{"CPU": 1}]},
             deployment_config={"num_replicas": 1, "max_ongoing_requests": 256},
-            runtime_env={"env_vars": _engine_env()})
+            runtime_env={"env_vars": _engine_env()},
+            experimental_configs={} if stream_batching_ms is None else
+            {"stream_batching_interval_ms": stream_batching_ms})
         serve.run(build_openai_app({"llm_configs": [config]}), name="ray-serve-llm",
                   route_prefix="/")
         url = f"http://127.0.0.1:{port}"
@@ -167,7 +173,7 @@ def conclave_config(bundle: Bundle, port: int, namespace: str) -> dict:
     experts = [{"id": BASE_NAME, "model": str(bundle.base), "description": "The base model.",
                 "domain": "general"}]
     experts += [{"id": a.name, "kind": "lora", "base": BASE_NAME, "adapter": str(a.path),
-                 "domain": a.domain, "description": f"Answers {a.domain} questions.",
+                 "domain": a.domain, "description": a.description or f"Answers {a.domain} questions.",
                  "skills": [a.domain], "examples": list(a.examples)} for a in bundle.adapters]
     return {
         "experts": experts,
