@@ -19,14 +19,16 @@ from cluster.catalog import ExpertCatalog
 from cluster.config import ServingConfig
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader
+from experts.real_model import models_root
 from experts.redis_conn import cache_dir
 from experts.spec import ExpertSpec
 from routing.profile_store import ProfileStore
 
 
 def allowed_roots(serving: ServingConfig) -> list[str]:
-    """Folders local model and adapter paths must lie under (default: the cache dir)."""
-    return list(serving.allowed_model_roots) or [str(cache_dir())]
+    """Folders local model and adapter paths must lie under (default: the cache dir and
+    the prepared models' folder, ``$CONCLAVE_MODELS`` where that is set elsewhere)."""
+    return list(serving.allowed_model_roots) or [str(cache_dir()), str(models_root())]
 
 
 def admin_token(serving: ServingConfig) -> str | None:

@@ -232,7 +232,8 @@ class ServingConfig(_Strict):
     max_queued_requests: int = Field(512, ge=-1, description="Queued beyond that: HTTP 503.")
     allowed_model_roots: list[str] = Field(
         default_factory=list,
-        description="Local model/adapter paths must lie under one of these (empty: cache dir).",
+        description="Local model/adapter paths must lie under one of these (empty: the cache "
+        "dir and the prepared models' folder, $CONCLAVE_MODELS).",
     )
     resources: NodeResources = Field(
         default_factory=dict, description="Custom Ray resources each gateway replica needs "
