@@ -84,7 +84,7 @@ def live_add(asker: Asker, url: str, token: str, items) -> dict:
     """Routed accuracy on the live skill's items before and after its expert is added."""
     import httpx
 
-    from cluster.cli.demo import _wait_routed
+    from cluster.cli.demo import wait_routed
     from experts.real_pool import LIVE_SKILL, build_real_pool
 
     before = share(asker.ask("conclave:k=1", items))
@@ -92,7 +92,7 @@ def live_add(asker: Asker, url: str, token: str, items) -> dict:
     resp = httpx.post(url + "/v1/experts", json=spec.model_dump(mode="json"), timeout=120,
                       headers={"Authorization": f"Bearer {token}"})
     resp.raise_for_status()
-    _wait_routed(url, items[0].question, LIVE_SKILL, True)
+    wait_routed(url, items[0].question, LIVE_SKILL, True)
     return {"added_expert_before": before,
             "added_expert_after": share(asker.ask("conclave:k=1", items))}
 

@@ -147,7 +147,11 @@ def _convert(gguf: Path, out: Path, echo) -> None:
                    if key not in ("quantization_config", "_model_name_or_path")}
     config = type(config).from_dict(config_dict)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # only the output head may be absent: it is tied to the embeddings
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise ExpertError(f"the GGUF's weights do not fit {type(model).__name__}: missing "
+                          f"{missing[:5]}, unexpected {unexpected[:5]}")
     model.tie_weights()
     out.mkdir(parents=True)
     model.save_pretrained(out)

@@ -196,11 +196,11 @@ def _live_change(client, url: str, admin, items: list) -> None:
     if resp.status_code != 200:
         raise ValueError(f"adding {LIVE_SKILL} failed: {resp.json()['error']['message']}")
     click.echo(f"added {LIVE_SKILL} (registry version {resp.json()['version']}), no redeploy")
-    _wait_routed(url, items[0].question, LIVE_SKILL, True)
+    wait_routed(url, items[0].question, LIVE_SKILL, True)
     click.echo(f"after the add: {_skill_accuracy(client, items)}")
     resp = admin.delete(f"/v1/experts/{LIVE_SKILL}")
     click.echo(f"removed {LIVE_SKILL} (registry version {resp.json()['version']})")
-    _wait_routed(url, items[0].question, LIVE_SKILL, False)
+    wait_routed(url, items[0].question, LIVE_SKILL, False)
     click.echo(f"after the remove: {_skill_accuracy(client, items[:2])}")
 
 
@@ -226,7 +226,7 @@ def _skill_accuracy(client, items: list) -> str:
             f"{items[0].question!r} → {_clip(replies[0][0], 40)!r}")
 
 
-def _wait_routed(url: str, question: str, expert: str, present: bool,
+def wait_routed(url: str, question: str, expert: str, present: bool,
                  deadline_s: float = 30.0) -> None:
     """The router learns of registry changes by notification: wait until it has."""
     import httpx
