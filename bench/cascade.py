@@ -5,8 +5,8 @@ items (text + gold answer), served through Conclave from a pool config.
    ``conclave:k=auto`` (accuracy, experts per query from the response's ``conclave`` block).
 2. The cascade's record: the item's ``k_max`` candidates (``/v1/route`` with ``k=cascade``),
    each asked directly with logprobs at temperature 0, its confidence as the cascade computes it
-   (:func:`cluster.cascade.confidence`) and its answer scored. Any threshold's cascade follows
-   from it exactly (:func:`cluster.cascade.outcome`: stop at the first sure answer, keep the
+   (:func:`cluster.panel.cascade.confidence`) and its answer scored. Any threshold's cascade follows
+   from it exactly (:func:`cluster.panel.cascade.outcome`: stop at the first sure answer, keep the
    most confident asked).
 3. The threshold is tuned on a validation part of the items (``--validation``, seeded): the
    most accurate threshold whose mean experts per query stays within ``--budget``. Every figure
@@ -92,7 +92,7 @@ def mode_row(client, model: str, items: list[dict], max_tokens: int, workers: in
 def cascade_record(client, http, items: list[dict], k_max: int, max_tokens: int,
                    workers: int) -> list[list[tuple[float, float]]]:
     """Per item: (confidence, score) of each cascade candidate, in the cascade's order."""
-    from cluster.cascade import confidence
+    from cluster.panel.cascade import confidence
 
     def one(item):
         decision = http.post("/v1/route", json={
@@ -110,7 +110,7 @@ def cascade_record(client, http, items: list[dict], k_max: int, max_tokens: int,
 
 def replayed(record: list[list[tuple[float, float]]], threshold: float) -> tuple[float, float]:
     """(accuracy, mean experts asked) of the cascade at ``threshold`` on ``record``."""
-    from cluster.cascade import outcome
+    from cluster.panel.cascade import outcome
 
     results = [outcome([c for c, _ in steps], threshold) for steps in record]
     hits = [steps[kept][1] for steps, (_, kept) in zip(record, results, strict=True)]
@@ -142,7 +142,7 @@ def tune_threshold(record, budget: float) -> float:
 def main(config_path, items_path, skills, validation, budget, k_max, max_tokens, seed, workers,
          port, live, json_path):
     from cluster.config import load_config
-    from cluster.local_serve import start_app, stop_app
+    from cluster.deploy.local import start_app, stop_app
 
     tune_items, test_items = load_items(items_path, skills, validation, seed)
     url = start_app(load_config(config_path), port=port, name="cascade-bench", route_prefix="/")

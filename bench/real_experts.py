@@ -153,7 +153,7 @@ def table(f: dict) -> str:
 def main(per_skill: int, concurrency: int, seed: int, json_path: str | None) -> None:
     from cluster.cli.demo import _free_port
     from cluster.config import load_config
-    from cluster.local_serve import offline_defaults, start_app, stop_app
+    from cluster.deploy.local import offline_defaults, start_app, stop_app
     from experts.real_pool import LIVE_SKILL
     from experts.skills import SKILLS, mixed_stream
 

@@ -52,7 +52,7 @@ def served(config, held, rows: list[int], choices: list[str], concurrency: int,
            port: int) -> dict:
     """Serve ``config``, ask ``rows`` at k=1, compare with the offline ``choices``."""
     from cluster.cli.replay_demo import accuracy, ask_all
-    from cluster.local_serve import start_app, stop_app
+    from cluster.deploy.local import start_app, stop_app
 
     started = time.perf_counter()
     url = start_app(config, port=port, name="replay-bench", route_prefix="/")
@@ -94,7 +94,7 @@ def main(data_dir: str | None, limit: int | None, concurrency: int, json_path: s
 
     from cluster.cli.demo import _free_port
     from cluster.cli.replay_demo import find_data, held_out, replay_config, sample_rows
-    from cluster.local_serve import offline_defaults
+    from cluster.deploy.local import offline_defaults
 
     offline_defaults()
     root = find_data(data_dir)

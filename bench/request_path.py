@@ -87,11 +87,11 @@ PINNED: contextvars.ContextVar[str | None] = contextvars.ContextVar("pinned", de
 
 async def build(engine: str):
     """The gateway, router and pool objects of the demo config, wired in-process."""
-    from cluster import pools
-    from cluster.app import runtime_config, seed_registry
     from cluster.config import load_config, parse_config
-    from cluster.gateway import Gateway
-    from cluster.router_deployment import RouterServer
+    from cluster.serve import pool as pools
+    from cluster.serve.app import runtime_config, seed_registry
+    from cluster.serve.gateway import Gateway
+    from cluster.serve.router import RouterServer
 
     config = load_config(ROOT / "configs" / "tiny.yaml").model_dump(mode="json")
     # A namespace of its own: the measured question must miss the pattern cache.
@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
     parser.add_argument("--json", dest="json_file", help="Write the figures to this file.")
     args = parser.parse_args()
-    from cluster.local_serve import offline_defaults
+    from cluster.deploy.local import offline_defaults
 
     offline_defaults()
     recorder, info = asyncio.run(measure(args.engine))

@@ -66,7 +66,7 @@ def measure(workers: int, args) -> dict:
     from local_cluster import LocalCluster, NodeSpec, TcpRedis, free_port
     from ray import serve
 
-    from cluster.app import build_app
+    from cluster.serve.app import build_app
 
     share = round(os.cpu_count() / workers, 3)  # what each worker's replica reserves
     node_cpus = math.ceil(share)  # a Ray node's CPU count must be whole
@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
-    from cluster.local_serve import offline_defaults
+    from cluster.deploy.local import offline_defaults
 
     offline_defaults()
     started = time.monotonic()

@@ -115,7 +115,7 @@ def deploy_order(args) -> list[str]:
 
 def start_modes(args) -> dict[str, str]:
     """Both apps side by side (one Serve, one port, a route prefix each), warmed up."""
-    from cluster.local_serve import start_app
+    from cluster.deploy.local import start_app
 
     urls = {}
     for name in deploy_order(args):
@@ -210,7 +210,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
-    from cluster.local_serve import offline_defaults
+    from cluster.deploy.local import offline_defaults
 
     offline_defaults()
     import ray

@@ -98,7 +98,7 @@ def soak(args) -> dict:
     from faults import RestartableRedis
     from loadgen import MixedLoad
 
-    from cluster.local_serve import start_app, stop_app
+    from cluster.deploy.local import start_app, stop_app
 
     redis = RestartableRedis(tempfile.mkdtemp(prefix="csoak-"),
                              password=secrets.token_urlsafe(16)).start()
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--json", dest="json_path", default=None)
     args = parser.parse_args()
-    from cluster.local_serve import offline_defaults
+    from cluster.deploy.local import offline_defaults
 
     offline_defaults()
     figures = soak(args)

@@ -52,7 +52,7 @@ def questions() -> list[str]:
 def start_served(port: int) -> str:
     """The demo app with keys on and two gateway replicas; its URL once an expert answers."""
     from cluster.config import load_config, parse_config
-    from cluster.local_serve import start_app
+    from cluster.deploy.local import start_app
 
     data = load_config(ROOT / "configs" / "demo.yaml").model_dump(mode="json")
     data["redis"]["namespace"] = f"bench-keys-{os.getpid()}"
@@ -126,7 +126,7 @@ def calls_named(info: dict | list) -> int:
 def served(args) -> dict:
     import ray
 
-    from cluster.local_serve import wait_for_expert
+    from cluster.deploy.local import wait_for_expert
 
     try:
         url = start_served(args.port)
@@ -222,7 +222,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.seconds >= 60:
         parser.error("--seconds must stay under 60 (the rpm window)")
-    from cluster.local_serve import offline_defaults
+    from cluster.deploy.local import offline_defaults
 
     offline_defaults()
     figures = {**overhead(args), **served(args)}

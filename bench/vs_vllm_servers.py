@@ -6,7 +6,7 @@ started) on the way out:
 - ``ray_serve_llm``: ``ray.serve.llm.build_openai_app`` in a local Ray, with its default
   stream batching (tokens held up to 50 ms and sent together) or, as a user who read ray
   #59681 would run it, ``experimental_configs: {stream_batching_interval_ms: 0}``;
-- ``conclave``: Conclave's Serve app (``cluster.app:build_app``) in a local Ray, the base
+- ``conclave``: Conclave's Serve app (``cluster.serve.app:build_app``) in a local Ray, the base
   and the LoRA experts on one pool with ``engine: vllm``.
 
 All three run the same engine settings (``ENGINE``): bf16, a 512-token context, LoRA rank 8
@@ -189,9 +189,9 @@ def conclave_config(bundle: Bundle, port: int, namespace: str) -> dict:
 
 @contextmanager
 def conclave(bundle: Bundle, num_cpus: int) -> Iterator[str]:
-    """Conclave's Serve app from ``cluster.app:build_app`` (what ``conclave serve`` runs)."""
+    """Conclave's Serve app from ``cluster.serve.app:build_app`` (what ``conclave serve`` runs)."""
     from cluster.config import parse_config
-    from cluster.local_serve import offline_defaults, start_app
+    from cluster.deploy.local import offline_defaults, start_app
 
     offline_defaults()
     _local_ray(num_cpus)

@@ -1,7 +1,7 @@
 """Conclave's configuration: pydantic models (``extra="forbid"``), loaded from YAML.
 
 The same model validates ``configs/*.yaml``, the CLI's ``--config``, the ``args`` of a Serve
-config (``import_path: cluster.app:build_app``) and the KubeRay manifests, so none can drift.
+config (``import_path: cluster.serve.app:build_app``) and the KubeRay manifests, so none can drift.
 """
 
 from __future__ import annotations

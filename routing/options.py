@@ -54,7 +54,7 @@ class RouteOptionFields(BaseModel):
         3, description="Experts recruited for the query (1..16), or 'auto': recruit until "
         "their calibrated mass reaches k_mass, at most k_max (see routing.calibration), or "
         "'cascade': ask the top expert, and the next (at most k_max in all) while the "
-        "answer's confidence is below cascade_threshold (cluster/cascade.py).")
+        "answer's confidence is below cascade_threshold (cluster/panel/cascade.py).")
     k_mass: float = Field(0.8, gt=0.0, le=1.0, description="k=auto: mass to reach.")
     k_max: int = Field(3, ge=1, le=16, description="k=auto, k=cascade: most experts asked.")
     cascade_threshold: float = Field(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.local_serve import offline_defaults
+from cluster.deploy.local import offline_defaults
 
 offline_defaults()
 # Prepared real models are kept across sessions (converting one takes ~30 s); set before the

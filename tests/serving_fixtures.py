@@ -111,8 +111,8 @@ def conclave_server(serve_instance, serving_redis, tiny_lm, tiny_adapters,
     """The Conclave app deployed once for the session."""
     from ray import serve
 
-    from cluster.app import build_app
-    from cluster.local_serve import wait_for_expert
+    from cluster.deploy.local import wait_for_expert
+    from cluster.serve.app import build_app
 
     base = tmp_path_factory.getbasetemp()
     broken = broken_model(tmp_path_factory.mktemp("broken-model"))

@@ -47,7 +47,7 @@ def demo(config_path: str | None, port: int | None, replay: bool, questions: int
          data_dir: str | None, out_dir: str | None) -> None:
     """Serve the demo pool, route mixed questions, add/remove an expert live; then a short
     replay demo (real recorded answers). --replay: the replay demo alone, in full."""
-    from cluster.local_serve import start_app, stop_app
+    from cluster.deploy.local import start_app, stop_app
 
     data = find_data(data_dir)
     port = port or _free_port()
@@ -84,7 +84,7 @@ def demo(config_path: str | None, port: int | None, replay: bool, questions: int
 
 
 def _replay_only(data: Path, questions: int, port: int, plot_path: Path) -> None:
-    from cluster.local_serve import stop_app
+    from cluster.deploy.local import stop_app
 
     click.echo("starting Ray, Serve, embedded Redis and 26 replay experts…")
     try:

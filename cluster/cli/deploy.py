@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from cluster import serve_config
 from cluster.cli import main
 from cluster.cli.common import fail
 from cluster.config import ConfigError, load_config
+from cluster.deploy import render as serve_config
 
 
 @main.group()

@@ -262,7 +262,7 @@ def replay_section(data_root: Path, questions: int, port: int, short: bool,
     table and write the plot. ``short``: the router is fitted on a
     :data:`SHORT_TRAIN`-question train sample (see :func:`train_sample`), next to whatever
     else runs on ``port``."""
-    from cluster.local_serve import start_app, stop_app
+    from cluster.deploy.local import start_app, stop_app
 
     config = replay_config(data_root)
     held = held_out(config)

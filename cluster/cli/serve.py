@@ -27,7 +27,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 def serve_command(config_path: str | None, address: str | None, port: int | None) -> None:
     """Serve Conclave's OpenAI-compatible API until Ctrl-C or SIGTERM; then stop taking
     requests, let those in flight finish (serving.shutdown_grace_s) and exit 0."""
-    from cluster.local_serve import drain_app, start_app, stop_app
+    from cluster.deploy.local import drain_app, start_app, stop_app
 
     try:
         config = read_config(config_path)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import uuid
 
-from cluster.api_errors import ApiError
+from cluster.http.errors import ApiError
 from cluster.tenants.keys import StoredKey
 
 # KEYS: rpm zset, token hash, usage hash. ARGV: rpm, tpm, budget (0: none), period, member.

@@ -9,8 +9,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
 
-from cluster.admin import ExpertAdmin
-from cluster.api_errors import ApiError, from_validation, json_body
+from cluster.http.admin import ExpertAdmin
+from cluster.http.errors import ApiError, from_validation, json_body
 from cluster.tenants.keys import KeySpec
 from cluster.tenants.tenancy import Tenancy
 

@@ -20,7 +20,7 @@ from datetime import UTC
 
 import redis
 
-from cluster.api_errors import ApiError
+from cluster.http.errors import ApiError
 from cluster.tenants.keys import KeyFormatError, KeySpec, StoredKey, new_key, parse_header
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from cluster.api_errors import ApiError
 from cluster.catalog import ExpertCatalog
 from cluster.config import ConclaveConfig, TenantsConfig
-from cluster.metrics import ConclaveMetrics
-from cluster.panel import Answer, live_decision
+from cluster.http.errors import ApiError
+from cluster.ops.metrics import ConclaveMetrics
+from cluster.panel.panel import Answer, live_decision
 from cluster.tenants.keys import StoredKey
 from cluster.tenants.limits import Limits
 from cluster.tenants.store import REDIS_ERRORS, KeyStore, RedisBreaker

@@ -13,17 +13,17 @@ import pytest
 import yaml
 
 from cluster.config import ConfigError
-from cluster.serve_config import ARTIFACTS, TARGETS, read_block
+from cluster.deploy.render import ARTIFACTS, TARGETS, read_block
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.ray
 
 
 def app_module():
-    """cluster.app, skipping only while the file does not exist (a broken import fails)."""
-    if not (ROOT / "cluster" / "app.py").exists():
-        pytest.skip("cluster/app.py not written yet")
-    return importlib.import_module("cluster.app")
+    """cluster.serve.app, skipping only while the file does not exist (a broken import fails)."""
+    if not (ROOT / "cluster" / "serve" / "app.py").exists():
+        pytest.skip("cluster/serve/app.py not written yet")
+    return importlib.import_module("cluster.serve.app")
 
 
 def committed_serve_config(target: str) -> dict:
@@ -38,7 +38,7 @@ def test_committed_serve_configs_parse_with_rays_schema(target):
 
     schema = ServeDeploySchema.model_validate(committed_serve_config(target))
     (app,) = schema.applications
-    assert app.import_path == "cluster.app:build_app"
+    assert app.import_path == "cluster.serve.app:build_app"
     assert app.route_prefix == "/"
 
 

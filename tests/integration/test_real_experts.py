@@ -23,8 +23,8 @@ HELD_OUT = 10  # test items per skill
 def real_url(serve_instance, serving_redis, real_model):
     from ray import serve
 
-    from cluster.app import build_app
-    from cluster.local_serve import wait_for_expert
+    from cluster.deploy.local import wait_for_expert
+    from cluster.serve.app import build_app
     from experts.real_model import models_root
     from experts.real_pool import build_real_pool
 

@@ -42,7 +42,7 @@ def slug(model: str) -> str:
 def replay_app(serve_instance, serving_redis, shared_data, tmp_path_factory):
     from ray import serve
 
-    from cluster.app import build_app
+    from cluster.serve.app import build_app
 
     data = write_slice(shared_data / "mmlu-pro", tmp_path_factory.mktemp("replay") / "slice")
     args = {

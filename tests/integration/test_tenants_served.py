@@ -50,8 +50,8 @@ def keyed_app(serve_instance, tiny_lm, tiny_adapters, tmp_path_factory):
     from faults import RestartableRedis
     from ray import serve
 
-    from cluster.app import build_app
-    from cluster.local_serve import wait_for_expert
+    from cluster.deploy.local import wait_for_expert
+    from cluster.serve.app import build_app
 
     redis = RestartableRedis(tempfile.mkdtemp(prefix="cten-")).start()
     base = tmp_path_factory.getbasetemp()

@@ -88,7 +88,7 @@ def start(state: dict, head, workers, folder: str) -> dict:
 
 def build(state: dict, args: dict) -> None:
     """``build_app(args)`` only (its deploy-time checks), deploying nothing."""
-    from cluster.app import build_app
+    from cluster.serve.app import build_app
 
     build_app(args)
 
@@ -98,7 +98,7 @@ def deploy(state: dict, args: dict, name: str) -> str:
     from local_cluster import free_port
     from ray import serve
 
-    from cluster.app import build_app
+    from cluster.serve.app import build_app
 
     port = free_port()
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})

@@ -80,7 +80,7 @@ def deploy(app: ReliableApp) -> None:
     """(Re)deploy the app from its args; returns once every replica is up."""
     from ray import serve
 
-    from cluster.app import build_app
+    from cluster.serve.app import build_app
 
     serve.run(build_app(app.args), name=app.name, route_prefix=PREFIX)
     warm_up(app)

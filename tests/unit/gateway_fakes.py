@@ -10,16 +10,16 @@ import threading
 
 from fastapi.testclient import TestClient
 
-from cluster.admin import ExpertAdmin
-from cluster.answer_stream import pieces
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
-from cluster.expert_messages import BatchStats, ExpertReply
-from cluster.http_app import GatewayParts, build_http_app
-from cluster.metrics import ConclaveMetrics
-from cluster.openai_serving import ConclaveService
-from cluster.route_messages import RouteResult
-from cluster.shutdown_gate import ShutdownGate
+from cluster.http.admin import ExpertAdmin
+from cluster.http.app import GatewayParts, build_http_app
+from cluster.http.serving import ConclaveService
+from cluster.http.shutdown import ShutdownGate
+from cluster.http.streaming import pieces
+from cluster.ops.metrics import ConclaveMetrics
+from cluster.serve.expert_messages import BatchStats, ExpertReply
+from cluster.serve.route_messages import RouteResult
 from cluster.tenants.tenancy import tenancy_for
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from text_tables import QUERIES, text_table
 
-from cluster.route_batch import RouteBatcher
-from cluster.route_messages import RouteQuery
+from cluster.serve.route_batch import RouteBatcher
+from cluster.serve.route_messages import RouteQuery
 from experts.redis_conn import connect
 from experts.spec import ExpertSpec
 from routing.aggregate import Aggregator

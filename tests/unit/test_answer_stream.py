@@ -8,8 +8,8 @@ import json
 import pytest
 from gateway_fakes import gateway_client
 
-from cluster.openai_protocol import ConclaveInfo, Usage
-from cluster.openai_serving import FinalAnswer
+from cluster.http.protocol import ConclaveInfo, Usage
+from cluster.http.serving import FinalAnswer
 
 OPEN_QUESTION = "what is 2+2?"
 
@@ -149,7 +149,7 @@ def test_whitespace_the_final_answer_is_stripped_of_does_not_break_the_stream(de
     """The answer's text is stripped (routing/aggregate.py); what streamed still stands."""
     import asyncio
 
-    from cluster.answer_stream import streamed_text
+    from cluster.http.streaming import streamed_text
 
     async def run(sink):
         for delta in deltas:

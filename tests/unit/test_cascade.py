@@ -1,4 +1,4 @@
-"""k: cascade (cluster/cascade.py) with plain async experts: an unsure answer goes on to the
+"""k: cascade (cluster/panel/cascade.py) with plain async experts: an unsure answer goes on to the
 next expert, a sure one stops there, the kept answer is the most confident; an expert without
 logprobs is a 400 naming it; a failed expert is skipped."""
 
@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from cluster.api_errors import ApiError
-from cluster.cascade import confidence, run_cascade
-from cluster.expert_messages import ExpertReply
-from cluster.panel import ExpertClient
+from cluster.http.errors import ApiError
+from cluster.panel.cascade import confidence, run_cascade
+from cluster.panel.panel import ExpertClient
+from cluster.serve.expert_messages import ExpertReply
 from experts.errors import UnsupportedFeatureError
 from routing.decision import Decision
 
@@ -78,7 +78,7 @@ def test_confidence_is_the_mean_token_logprob():
 
 
 def test_the_offline_replay_follows_the_served_rule():
-    from cluster.cascade import outcome
+    from cluster.panel.cascade import outcome
 
     confidences = [SURE["alpha"], SURE["beta"], SURE["gamma"]]
     assert outcome(confidences, -0.5) == (2, 1)  # as test_unsure_answers_escalate...

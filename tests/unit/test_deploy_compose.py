@@ -86,7 +86,7 @@ def test_head_runs_the_generated_serve_config_against_compose_redis():
     (path,) = re.findall(r"serve run .*?(configs/\S+\.yaml)", services["ray-head"]["command"][-1])
     serve = yaml.safe_load((ROOT / path).read_text())
     (app,) = serve["applications"]
-    assert app["import_path"] == "cluster.app:build_app"
+    assert app["import_path"] == "cluster.serve.app:build_app"
     assert serve["http_options"]["port"] == 8000
     redis_host = app["args"]["redis"]["url"].split("://", 1)[1].split(":")[0]
     assert redis_host in services

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from cluster.config import ConfigError, parse_config
-from cluster.serve_config import APP_IMPORT_PATH
+from cluster.deploy.render import APP_IMPORT_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -206,8 +206,8 @@ def test_kustomization_lists_every_manifest_but_the_placeholder_secret():
 def test_worker_groups_have_what_every_deployment_asks_for():
     """The pools' custom resources and GPUs are what the RayService's worker groups start
     with, and the router and gateway ask for what only the head has."""
-    from cluster.placement import actor_options, replica_needs, unplaceable
-    from cluster.serve_config import group_resources, k8s_placement
+    from cluster.deploy.placement import actor_options, replica_needs, unplaceable
+    from cluster.deploy.render import group_resources, k8s_placement
 
     serve = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])
     config = parse_config(serve["applications"][0]["args"])

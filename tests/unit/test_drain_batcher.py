@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cluster.drain_batcher import DrainBatcher
+from cluster.serve.drain_batcher import DrainBatcher
 
 
 class Recorder:

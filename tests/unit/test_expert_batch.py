@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from cluster.expert_batch import Row, length_chunks, run_batch
-from cluster.expert_messages import ExpertRequest
-from cluster.request_ids import RequestIdFilter
-from cluster.tracing import TraceContext
+from cluster.ops.request_ids import RequestIdFilter
+from cluster.ops.tracing import TraceContext
+from cluster.serve.expert_messages import ExpertRequest
+from cluster.serve.pool_batch import Row, length_chunks, run_batch
 from experts.engine import Generation, GenerationEngine
 from experts.loader import adapter_of
 from experts.spec import ExpertSpec
@@ -111,7 +111,7 @@ def test_a_dropped_sink_is_logged_under_its_own_request_id(caplog):
     caplog.handler.addFilter(RequestIdFilter())
     rows = [row("base", "a", {}, broken, request_id="req-a"),
             row("base", "b", {}, lambda delta: None, request_id="req-b")]
-    with caplog.at_level("WARNING", logger="cluster.expert_batch"):
+    with caplog.at_level("WARNING", logger="cluster.serve.pool_batch"):
         results = run_batch(StreamingRecorder(), rows, SPECS.__getitem__,
                             lambda engine, spec: None, adapter_of)
     assert [r.text for r in results] == ["re: a", "re: b"]

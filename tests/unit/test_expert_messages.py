@@ -7,8 +7,8 @@ import pickle
 
 import pytest
 
-from cluster.expert_messages import BatchStats, ExpertReply, ExpertRequest
-from cluster.tracing import TraceContext
+from cluster.ops.tracing import TraceContext
+from cluster.serve.expert_messages import BatchStats, ExpertReply, ExpertRequest
 from experts.engine import Generation
 from experts.errors import ExpertError, PromptTooLongError, UnsupportedFeatureError
 

@@ -9,13 +9,13 @@ import asyncio
 import pytest
 from ray.exceptions import RayActorError
 
-from cluster import request_ids
-from cluster.api_errors import ApiError
 from cluster.config import TracingConfig
-from cluster.expert_messages import ExpertReply, ExpertRequest
-from cluster.gateway import Gateway
-from cluster.route_messages import RouteQuery, RouteResult
-from cluster.tracing import memory_spans, setup_tracing
+from cluster.http.errors import ApiError
+from cluster.ops import request_ids
+from cluster.ops.tracing import memory_spans, setup_tracing
+from cluster.serve.expert_messages import ExpertReply, ExpertRequest
+from cluster.serve.gateway import Gateway
+from cluster.serve.route_messages import RouteQuery, RouteResult
 from experts.errors import ExpertError
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry

@@ -13,8 +13,8 @@ import pytest
 from gateway_fakes import AUTH, TOKEN, gateway_client
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster.request_ids import RequestIdFilter
-from cluster.shutdown_gate import ShutdownGate
+from cluster.http.shutdown import ShutdownGate
+from cluster.ops.request_ids import RequestIdFilter
 
 
 @pytest.fixture()
@@ -300,13 +300,13 @@ def test_incoming_request_id_is_kept_when_sane(setup, sent, kept):
     client, backends, _ = setup
     backends.failing = {"beta"}  # a failover: the panel logs a warning mid-request
     records = Records()
-    logging.getLogger("cluster.panel").addHandler(records)
+    logging.getLogger("cluster.panel.panel").addHandler(records)
     try:
         resp = client.post("/v1/chat/completions", headers={"x-request-id": sent.encode()},
                            json={"model": "conclave",
                                  "messages": [{"role": "user", "content": "hi"}]})
     finally:
-        logging.getLogger("cluster.panel").removeHandler(records)
+        logging.getLogger("cluster.panel.panel").removeHandler(records)
     request_id = resp.json()["conclave"]["request_id"]
     assert (request_id == sent) is kept
     if not kept:  # replaced, and the response says by what

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.metrics import ConclaveMetrics
+from cluster.ops.metrics import ConclaveMetrics
 
 
 def observed(metrics: ConclaveMetrics, name: str, expert: str) -> tuple[float, float]:

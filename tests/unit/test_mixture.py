@@ -326,8 +326,8 @@ def _crossed_embedder(asked: list[str]):
 def test_a_served_mixture_row_brings_its_query_embedding(pool, tiny_lm, tiny_adapters):
     """The pool's batch logic: a mixture expert's rows are embedded (q = the query text)
     and, with α large, each row follows the expert nearest its q: that adapter's tokens."""
-    from cluster.expert_batch import Row, run_batch
-    from cluster.expert_messages import ExpertRequest
+    from cluster.serve.expert_messages import ExpertRequest
+    from cluster.serve.pool_batch import Row, run_batch
     from experts.hf_engine import HFEngine
     from experts.loader import ExpertLoader, adapter_of
     from experts.spec import ExpertSpec

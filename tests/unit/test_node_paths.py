@@ -10,8 +10,8 @@ import pytest
 
 from cluster.catalog import ExpertCatalog
 from cluster.config import ConfigError, parse_config
-from cluster.expert_messages import ExpertReply
-from cluster.metrics import ConclaveMetrics
+from cluster.ops.metrics import ConclaveMetrics
+from cluster.serve.expert_messages import ExpertReply
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader
 from experts.redis_conn import connect

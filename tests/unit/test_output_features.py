@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from cluster.api_errors import ApiError
-from cluster.expert_batch import Row, run_batch
-from cluster.expert_messages import ExpertReply, ExpertRequest
-from cluster.openai_protocol import ChatCompletionRequest, CompletionRequest
-from cluster.output_features import feature_params, tool_calls, without_features
+from cluster.http.errors import ApiError
+from cluster.http.features import feature_params, tool_calls, without_features
+from cluster.http.protocol import ChatCompletionRequest, CompletionRequest
+from cluster.serve.expert_messages import ExpertReply, ExpertRequest
+from cluster.serve.pool_batch import Row, run_batch
 from experts.engine import GenerationEngine, GenerationParams
 from experts.errors import UnsupportedFeatureError
 from experts.spec import ExpertSpec

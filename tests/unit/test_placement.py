@@ -1,4 +1,4 @@
-"""cluster.placement: the config's node resources become Ray actor options, a deployment no
+"""cluster.deploy.placement: the config's node resources become Ray actor options, a deployment no
 node could host is refused at deploy time, and a multi-node app refuses a node-local Redis."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cluster.config import ConfigError, parse_config
-from cluster.placement import (
+from cluster.deploy.placement import (
     Node,
     actor_options,
     check_cluster,

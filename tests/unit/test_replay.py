@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from cluster.config import ConfigError, parse_config
-from cluster.expert_batch import Row, run_batch
-from cluster.expert_messages import ExpertRequest
-from cluster.metrics import ConclaveMetrics
+from cluster.ops.metrics import ConclaveMetrics
+from cluster.serve.expert_messages import ExpertRequest
+from cluster.serve.pool_batch import Row, run_batch
 from experts.engine import GenerationParams
 from experts.loader import ExpertLoader, adapter_of
 from experts.replay_data import RecordedAnswers, check_replay_source
@@ -249,9 +249,9 @@ class _Hash:
 
 
 def test_admin_refuses_replay_data_outside_the_allowed_roots(folder, tmp_path, redis_url):
-    from cluster.admin import ExpertAdmin
-    from cluster.api_errors import ApiError
     from cluster.catalog import ExpertCatalog
+    from cluster.http.admin import ExpertAdmin
+    from cluster.http.errors import ApiError
     from experts.redis_conn import connect
     from experts.registry import ExpertRegistry
 

@@ -8,8 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
-from cluster.route_batch import RouteBatcher
-from cluster.route_messages import RouteQuery, RouteResult
+from cluster.serve.route_batch import RouteBatcher
+from cluster.serve.route_messages import RouteQuery, RouteResult
 from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import RouteOptions

@@ -1,4 +1,4 @@
-"""cluster.serve_config and `conclave deploy render`: the committed deployment files are exactly
+"""cluster.deploy.render and `conclave deploy render`: the committed deployment files are exactly
 what the configs generate, and drift or unsafe configs are refused."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from cluster.cli import main
 from cluster.config import ConfigError, load_config, parse_config
-from cluster.serve_config import (
+from cluster.deploy.render import (
     ARTIFACTS,
     DEFAULT_CONFIGS,
     TARGETS,
@@ -71,7 +71,7 @@ def test_rewriting_serve_config_v2_keeps_the_rest_of_the_manifest(tmp_path):
 def test_args_round_trip_through_the_config_model(target):
     config = config_for(target)
     (app,) = serve_config(config, target)["applications"]
-    assert app["import_path"] == "cluster.app:build_app"
+    assert app["import_path"] == "cluster.serve.app:build_app"
     assert parse_config(app["args"]) == config
 
 

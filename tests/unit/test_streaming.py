@@ -10,8 +10,8 @@ from collections import defaultdict
 import pytest
 import torch
 
-from cluster.expert_batch import Row, run_batch
-from cluster.expert_messages import ExpertRequest
+from cluster.serve.expert_messages import ExpertRequest
+from cluster.serve.pool_batch import Row, run_batch
 from experts.engine import Generation, GenerationEngine, GenerationParams
 from experts.loader import adapter_of
 from experts.spec import ExpertSpec

@@ -12,7 +12,7 @@ import pytest
 from faults import RestartableRedis
 from pydantic import ValidationError
 
-from cluster.api_errors import ApiError
+from cluster.http.errors import ApiError
 from cluster.tenants.keys import KEY_LENGTH, KeyFormatError, KeySpec, new_key, parse_header
 from cluster.tenants.limits import Limits
 from cluster.tenants.store import REDIS_ERRORS, KeyStore, RedisBreaker, RedisSkipped

@@ -9,8 +9,8 @@ import pytest
 from gateway_fakes import gateway_client
 
 from cluster.config import TracingConfig
-from cluster.route_batch import trace_route
-from cluster.tracing import TraceContext, memory_spans, setup_tracing, span
+from cluster.ops.tracing import TraceContext, memory_spans, setup_tracing, span
+from cluster.serve.route_batch import trace_route
 
 
 @pytest.fixture()

@@ -15,8 +15,8 @@ import psutil
 import pytest
 
 from cluster.config import ConfigError, parse_config
-from cluster.expert_batch import Row, run_continuous
-from cluster.expert_messages import ExpertRequest
+from cluster.serve.expert_messages import ExpertRequest
+from cluster.serve.pool_batch import Row, run_continuous
 from experts.engine import GenerationParams
 from experts.errors import ExpertError, PromptTooLongError, UnsupportedFeatureError
 from experts.loader import EngineChoice, ExpertLoader

@@ -14,7 +14,7 @@ import time
 
 from fastapi.responses import JSONResponse
 
-from cluster.api_errors import ApiError
+from cluster.http.errors import ApiError
 
 _OPEN_PATHS = frozenset({"/metrics"})
 

@@ -1,14 +1,14 @@
 """Gateway deployment (the ingress): wires the router and pool handles, the live expert
-catalog, the aggregator and the metrics into :func:`cluster.http_app.build_http_app`.
+catalog, the aggregator and the metrics into :func:`cluster.http.app.build_http_app`.
 
 Calls out are coalesced: concurrent routing calls go to the router as one ``route_many``,
 concurrent generations for one pool and engine key as one ``generate_many``, formed while
-the previous batch to that target runs (:class:`~cluster.drain_batcher.DrainBatcher`). A
+the previous batch to that target runs (:class:`~cluster.serve.drain_batcher.DrainBatcher`). A
 Ray call costs both ends a few milliseconds of CPU whatever it carries, so one hop per
 batch instead of one per row is most of what batching saves on a CPU-bound host. With a
 batch size of 1 (the benchmark's baseline) every call goes alone.
 
-A plain class: Serve wraps it with ``serve.ingress()`` in :mod:`cluster.app`, and calls
+A plain class: Serve wraps it with ``serve.ingress()`` in :mod:`cluster.serve.app`, and calls
 ``__serve_build_asgi_app__`` once the replica is constructed.
 """
 
@@ -19,20 +19,20 @@ import time
 
 from ray.exceptions import RayActorError
 
-from cluster.admin import ExpertAdmin, admin_token, allowed_roots
-from cluster.api_errors import ApiError
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
-from cluster.drain_batcher import DrainBatcher
-from cluster.expert_messages import ExpertReply, ExpertRequest, Prompt
-from cluster.http_app import GatewayParts, build_http_app
-from cluster.metrics import ConclaveMetrics
-from cluster.openai_serving import ConclaveService
-from cluster.request_ids import install_logging
-from cluster.route_messages import RouteQuery, RouteResult
-from cluster.shutdown_gate import ShutdownGate
+from cluster.http.admin import ExpertAdmin, admin_token, allowed_roots
+from cluster.http.app import GatewayParts, build_http_app
+from cluster.http.errors import ApiError
+from cluster.http.serving import ConclaveService
+from cluster.http.shutdown import ShutdownGate
+from cluster.ops.metrics import ConclaveMetrics
+from cluster.ops.request_ids import install_logging
+from cluster.ops.tracing import TraceContext, setup_tracing, span
+from cluster.serve.drain_batcher import DrainBatcher
+from cluster.serve.expert_messages import ExpertReply, ExpertRequest, Prompt
+from cluster.serve.route_messages import RouteQuery, RouteResult
 from cluster.tenants.tenancy import tenancy_for
-from cluster.tracing import TraceContext, setup_tracing, span
 from experts.errors import ExpertError
 from experts.loader import engine_key
 from experts.redis_conn import connect

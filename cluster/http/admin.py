@@ -14,9 +14,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cluster.api_errors import ApiError, from_domain, from_validation, unauthorized
 from cluster.catalog import ExpertCatalog
 from cluster.config import ServingConfig
+from cluster.http.errors import ApiError, from_domain, from_validation, unauthorized
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader
 from experts.real_model import models_root

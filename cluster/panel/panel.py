@@ -20,11 +20,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from cluster.api_errors import ApiError
-from cluster.expert_messages import ExpertReply
-from cluster.openai_protocol import ExpertUse, Failover
-from cluster.sink_stream import DeltaSink
-from cluster.tracing import span
+from cluster.http.errors import ApiError
+from cluster.http.protocol import ExpertUse, Failover
+from cluster.ops.tracing import span
+from cluster.panel.sink_stream import DeltaSink
+from cluster.serve.expert_messages import ExpertReply
 from routing.decision import Decision
 
 log = logging.getLogger(__name__)

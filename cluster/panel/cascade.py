@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cluster.api_errors import ApiError
-from cluster.openai_protocol import CascadeStep, Failover
-from cluster.panel import Answer, CallFailed, ExpertClient
+from cluster.http.errors import ApiError
+from cluster.http.protocol import CascadeStep, Failover
+from cluster.panel.panel import Answer, CallFailed, ExpertClient
 from routing.decision import Decision
 
 

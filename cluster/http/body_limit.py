@@ -10,7 +10,7 @@ import json
 
 from starlette.exceptions import HTTPException
 
-from cluster.api_errors import ApiError
+from cluster.http.errors import ApiError
 
 
 class BodyTooLarge(HTTPException):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from cluster.tracing import TraceContext
+from cluster.ops.tracing import TraceContext
 from experts.engine import Generation
 from experts.errors import ExpertError, PromptTooLongError, UnsupportedFeatureError
 

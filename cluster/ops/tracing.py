@@ -28,7 +28,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from cluster import request_ids
+from cluster.ops import request_ids
 
 if TYPE_CHECKING:
     from cluster.config import TracingConfig
@@ -149,7 +149,7 @@ def record_span(name: str, context: TraceContext | None, start_ns: int, end_ns: 
 
 class Traced:
     """ASGI middleware: one server span per HTTP request, under an incoming
-    ``traceparent`` when there is one; inside :class:`cluster.request_ids.RequestIds`."""
+    ``traceparent`` when there is one; inside :class:`cluster.ops.request_ids.RequestIds`."""
 
     def __init__(self, app):
         self.app = app

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cluster.api_errors import ApiError
-from cluster.openai_protocol import Failover
-from cluster.panel import Answer, CallFailed, ExpertClient, PanelRun, Tap
-from cluster.sink_stream import DeltaSink
+from cluster.http.errors import ApiError
+from cluster.http.protocol import Failover
+from cluster.panel.panel import Answer, CallFailed, ExpertClient, PanelRun, Tap
+from cluster.panel.sink_stream import DeltaSink
 from routing.aggregate import Aggregator, synthesis_prompt
 from routing.decision import Decision
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from cluster.tracing import TraceContext
+from cluster.ops.tracing import TraceContext
 from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import RouteOptions

@@ -17,10 +17,10 @@ import logging
 
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
-from cluster.request_ids import install_logging
-from cluster.route_batch import RouteBatcher
-from cluster.route_messages import RouteQuery, RouteResult
-from cluster.tracing import setup_tracing
+from cluster.ops.request_ids import install_logging
+from cluster.ops.tracing import setup_tracing
+from cluster.serve.route_batch import RouteBatcher
+from cluster.serve.route_messages import RouteQuery, RouteResult
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from routing.aggregator_store import AggregatorStore, StoredAggregators, spec_domain

@@ -19,28 +19,28 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from cluster.admin import ExpertAdmin
-from cluster.answer_stream import chat_events, completion_events, plan_headers
-from cluster.api_errors import ApiError, from_validation, json_body, timeout_error
-from cluster.body_limit import BodyLimit
-from cluster.metrics import CONTENT_TYPE, ConclaveMetrics
-from cluster.openai_protocol import (
+from cluster.http.admin import ExpertAdmin
+from cluster.http.body_limit import BodyLimit
+from cluster.http.errors import ApiError, from_validation, json_body, timeout_error
+from cluster.http.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     ErrorResponse,
     ModelList,
     RouteRequest,
 )
-from cluster.openai_serving import (
+from cluster.http.serving import (
     ConclaveService,
     conclave_headers,
 )
-from cluster.request_ids import RequestIds
-from cluster.shutdown_gate import ShutdownGate, ShutdownGuard
+from cluster.http.shutdown import ShutdownGate, ShutdownGuard
+from cluster.http.streaming import chat_events, completion_events, plan_headers
+from cluster.ops.metrics import CONTENT_TYPE, ConclaveMetrics
+from cluster.ops.request_ids import RequestIds
+from cluster.ops.tracing import Traced
 from cluster.tenants.keys import StoredKey
 from cluster.tenants.routes import add_key_routes
 from cluster.tenants.tenancy import Tenancy
-from cluster.tracing import Traced
 
 log = logging.getLogger(__name__)
 _ERRORS = {code: {"model": ErrorResponse}

@@ -1,13 +1,13 @@
 """``build_app(args)``: a validated :class:`ConclaveConfig` → a bound Ray Serve application.
 
 The one entry point for ``conclave serve``, ``serve run``/``serve deploy`` and KubeRay
-(``import_path: cluster.app:build_app``, ``args``: a ConclaveConfig dict)::
+(``import_path: cluster.serve.app:build_app``, ``args``: a ConclaveConfig dict)::
 
     gateway (ingress, FastAPI)  ←  router (encoder, strategies, pattern cache)
                                 ←  one expert pool per ``pools`` entry
 
 ``build_app`` runs in the driver: it checks the app against the cluster
-(:mod:`cluster.placement`: every deployment fits some node; no node-local Redis on a
+(:mod:`cluster.deploy.placement`: every deployment fits some node; no node-local Redis on a
 multi-node cluster), resolves ``redis.url: embedded`` to the running
 embedded server's ``unix://`` socket (replicas on this machine reach it there; a
 multi-node cluster needs a ``redis://`` URL) and seeds the registry with the config's
@@ -23,17 +23,17 @@ import ray
 from ray import serve
 from ray.serve import Application
 
-from cluster.admin import admin_token
 from cluster.config import ConclaveConfig, ConfigError, PoolConfig, parse_config
-from cluster.gateway import Gateway
-from cluster.placement import (
+from cluster.deploy.placement import (
     alive_nodes,
     check_cluster,
     front_actor_options,
     pool_actor_options,
 )
-from cluster.pools import ExpertPoolServer
-from cluster.router_deployment import RouterServer
+from cluster.http.admin import admin_token
+from cluster.serve.gateway import Gateway
+from cluster.serve.pool import ExpertPoolServer
+from cluster.serve.router import RouterServer
 from experts.redis_conn import connect, resolve_url
 from experts.registry import ExpertRegistry
 

@@ -20,8 +20,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cluster import request_ids
-from cluster.expert_messages import ExpertReply, ExpertRequest, Prompt
+from cluster.ops import request_ids
+from cluster.serve.expert_messages import ExpertReply, ExpertRequest, Prompt
 from experts.engine import GenerationEngine, GenerationParams, TextSink
 from experts.errors import ExpertError
 from experts.spec import ExpertSpec

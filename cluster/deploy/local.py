@@ -33,7 +33,7 @@ def start_app(config: ConclaveConfig, address: str | None = None, name: str = AP
     import ray
     from ray import serve
 
-    from cluster.app import build_app
+    from cluster.serve.app import build_app
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False,

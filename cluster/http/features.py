@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from cluster.api_errors import ApiError
+from cluster.http.errors import ApiError
 
 FEATURE_KEYS = ("response_format", "logprobs", "tools", "tool_choice")
 FORMATS = ("text", "json_object", "json_schema")

@@ -3,7 +3,7 @@ the mapping from domain errors (routing, experts, validation) to status codes.""
 
 from __future__ import annotations
 
-from cluster.openai_protocol import ErrorBody, ErrorResponse
+from cluster.http.protocol import ErrorBody, ErrorResponse
 from experts.errors import ExpertError, ExpertExistsError, UnknownExpertError
 from routing.errors import RoutingError
 

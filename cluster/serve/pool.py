@@ -6,17 +6,17 @@ hold that base: the online form of batching by assigned expert.
 - A vLLM engine batches by itself: every row goes straight in as its own request and
   joins the running batch at token level (continuous batching), adapters mixed.
 - A batch engine (HF, replay) gets concurrent rows together from a
-  :class:`~cluster.drain_batcher.DrainBatcher` keyed by that id, adapters mixed per row.
+  :class:`~cluster.serve.drain_batcher.DrainBatcher` keyed by that id, adapters mixed per row.
   (Not ``@serve.batch``: it closes batches on a timer while the engine is still busy, see
-  :mod:`cluster.drain_batcher`.)
+  :mod:`cluster.serve.drain_batcher`.)
 The gateway sends its coalesced rows as one ``generate_many`` call; ``generate_stream``
 returns one row's text as it is generated (the row still generates with the others).
 A vLLM engine whose process died is restarted in place, by the rows caught by the death
 (which are then retried once) or by ``check_health`` when none was; the replica reports
 unhealthy, so that Serve replaces it, only when that restart failed.
 
-Requests and replies are :mod:`cluster.expert_messages`; a batch's first reply carries its
-:class:`~cluster.expert_messages.BatchStats`, which the gateway turns into metrics.
+Requests and replies are :mod:`cluster.serve.expert_messages`; a batch's first reply carries its
+:class:`~cluster.serve.expert_messages.BatchStats`, which the gateway turns into metrics.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ import ray
 import redis
 from ray import serve
 
-from cluster.admin import allowed_roots
 from cluster.catalog import ExpertCatalog
 from cluster.config import build_offline_pool, parse_config
-from cluster.drain_batcher import DrainBatcher
-from cluster.expert_batch import Row, run_batch, run_continuous
-from cluster.expert_messages import BatchStats, ExpertReply, ExpertRequest
-from cluster.request_ids import install_logging
-from cluster.sink_stream import Finished, sink_stream
-from cluster.tracing import record_span, setup_tracing
+from cluster.http.admin import allowed_roots
+from cluster.ops.request_ids import install_logging
+from cluster.ops.tracing import record_span, setup_tracing
+from cluster.panel.sink_stream import Finished, sink_stream
+from cluster.serve.drain_batcher import DrainBatcher
+from cluster.serve.expert_messages import BatchStats, ExpertReply, ExpertRequest
+from cluster.serve.pool_batch import Row, run_batch, run_continuous
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader, adapter_of, engine_key
 from experts.pool import ModelPool

@@ -19,8 +19,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 
-from cluster.api_errors import ApiError, timeout_error
-from cluster.openai_protocol import (
+from cluster.http.errors import ApiError, timeout_error
+from cluster.http.protocol import (
     ChatChunkChoice,
     ChatCompletionChunk,
     ChatDelta,
@@ -32,8 +32,8 @@ from cluster.openai_protocol import (
     Usage,
     new_id,
 )
-from cluster.openai_serving import ConclaveService, FinalAnswer, RoutedPrompt, add_usage
-from cluster.sink_stream import DeltaSink, Finished, sink_stream
+from cluster.http.serving import ConclaveService, FinalAnswer, RoutedPrompt, add_usage
+from cluster.panel.sink_stream import DeltaSink, Finished, sink_stream
 
 DONE = "data: [DONE]\n\n"
 

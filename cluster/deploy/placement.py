@@ -1,6 +1,6 @@
 """Where Conclave's deployments run, and whether the cluster can run them at all.
 
-Each deployment's replicas need Ray resources, from the config (:mod:`cluster.app` turns
+Each deployment's replicas need Ray resources, from the config (:mod:`cluster.serve.app` turns
 ``pools[].num_cpus / num_gpus / memory_gb / resources / accelerator_type``,
 ``routing.resources`` and ``serving.resources`` into Serve's ``ray_actor_options``). Ray
 places a replica only on a node that has them, so a pool naming a worker group's custom

@@ -11,8 +11,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from cluster.route_messages import CacheStatus, RouteQuery, RouteResult
-from cluster.tracing import TraceContext, record_span
+from cluster.ops.tracing import TraceContext, record_span
+from cluster.serve.route_messages import CacheStatus, RouteQuery, RouteResult
 from routing.aggregator_store import Chooser, apply_chooser
 from routing.decision import Decision
 from routing.errors import RoutingError

@@ -14,14 +14,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cluster import request_ids
-from cluster.aggregation import AnswerCombiner
-from cluster.api_errors import ApiError, from_domain
-from cluster.cascade import run_cascade
 from cluster.catalog import ExpertCatalog
 from cluster.config import ConclaveConfig
-from cluster.metrics import ConclaveMetrics
-from cluster.openai_protocol import (
+from cluster.http.errors import ApiError, from_domain
+from cluster.http.features import feature_params, tool_calls, without_features
+from cluster.http.protocol import (
     ChatChoice,
     ChatChoiceMessage,
     ChatCompletionRequest,
@@ -36,11 +33,14 @@ from cluster.openai_protocol import (
     RouteRequest,
     Usage,
 )
-from cluster.output_features import feature_params, tool_calls, without_features
-from cluster.panel import ExpertCall, ExpertClient, Panel
-from cluster.route_messages import RouteResult
-from cluster.sink_stream import DeltaSink
-from cluster.tracing import span
+from cluster.ops import request_ids
+from cluster.ops.metrics import ConclaveMetrics
+from cluster.ops.tracing import span
+from cluster.panel.cascade import run_cascade
+from cluster.panel.combine import AnswerCombiner
+from cluster.panel.panel import ExpertCall, ExpertClient, Panel
+from cluster.panel.sink_stream import DeltaSink
+from cluster.serve.route_messages import RouteResult
 from routing.aggregate import Aggregator
 from routing.decision import Decision
 from routing.errors import RoutingError
@@ -225,7 +225,7 @@ class ConclaveService:
                            final.tool_calls if final is not None else None)
 
     async def _run_cascade(self, plan: RoutedPrompt) -> FinalAnswer:
-        """k=cascade (cluster/cascade.py); the kept answer streams once chosen."""
+        """k=cascade (cluster/panel/cascade.py); the kept answer streams once chosen."""
         run = await run_cascade(self._client, plan.decision, plan.prompt, plan.params,
                                 plan.cascade, self._catalog.is_live)
         kept = run.answers[run.kept]
