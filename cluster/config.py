@@ -153,6 +153,11 @@ class AutoscalingConfig(_Strict):
         "(default: Serve's, 600).")
 
 
+def pool_deployment(pool: str) -> str:
+    """The Serve deployment name of the pool named ``pool``."""
+    return f"pool-{pool}"
+
+
 class PoolConfig(_Strict):
     name: str = Field(description="Pool deployment name; experts join it by their `pool` field.")
     engine: Literal["auto", "vllm", "hf"] = Field(
@@ -206,6 +211,11 @@ class PoolConfig(_Strict):
         if self.accelerator_type and not self.num_gpus:
             raise ValueError(f"pool {self.name!r}: accelerator_type needs num_gpus > 0")
         return self
+
+    @property
+    def deployment(self) -> str:
+        """The pool's Serve deployment name."""
+        return pool_deployment(self.name)
 
     @property
     def most_replicas(self) -> int:

@@ -40,7 +40,7 @@ from cluster.panel.cascade import run_cascade
 from cluster.panel.combine import AnswerCombiner
 from cluster.panel.panel import ExpertCall, ExpertClient, Panel
 from cluster.panel.sink_stream import DeltaSink
-from cluster.serve.route_messages import RouteResult
+from cluster.serve.messages import RouteResult
 from routing.aggregate import Aggregator
 from routing.decision import Decision
 from routing.errors import RoutingError

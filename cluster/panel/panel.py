@@ -24,7 +24,7 @@ from cluster.http.errors import ApiError
 from cluster.http.protocol import ExpertUse, Failover
 from cluster.ops.tracing import span
 from cluster.panel.sink_stream import DeltaSink
-from cluster.serve.expert_messages import ExpertReply
+from cluster.serve.messages import ExpertReply
 from routing.decision import Decision
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     seed_registry(config)
     data = config.model_dump(mode="json")
     pools = {
-        pool.name: serve.deployment(ExpertPoolServer, name=f"pool-{pool.name}",
+        pool.name: serve.deployment(ExpertPoolServer, name=pool.deployment,
                                     **pool_options(pool)).bind(data, pool.name)
         for pool in config.pools
     }

@@ -30,7 +30,9 @@ RunBatch = Callable[[Hashable, list[Any]], Awaitable[list[Any]]]
 class DrainBatcher:
     """``await submit(key, item)`` returns ``item``'s result from one ``run(key, batch)``.
 
-    At most ``concurrency`` batches per key run at a time; keys run independently."""
+    At most ``concurrency`` batches per key run at a time; keys run independently. With
+    ``max_batch_size`` 1 every item is sent alone at once, unthrottled (a benchmark's
+    no-batching baseline)."""
 
     def __init__(self, run: RunBatch, max_batch_size: int, wait_s: float = 0.0,
                  concurrency: int = 1):
@@ -47,6 +49,8 @@ class DrainBatcher:
         self._arrived: dict[Hashable, asyncio.Event] = {}
 
     async def submit(self, key: Hashable, item: Any) -> Any:
+        if self.max_batch_size == 1:
+            return (await self._run(key, [item]))[0]
         future = asyncio.get_running_loop().create_future()
         self._queues.setdefault(key, deque()).append((item, future))
         if key in self._workers:

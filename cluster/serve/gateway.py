@@ -20,7 +20,7 @@ import time
 from ray.exceptions import RayActorError
 
 from cluster.catalog import ExpertCatalog
-from cluster.config import parse_config
+from cluster.config import parse_config, pool_deployment
 from cluster.http.admin import ExpertAdmin, admin_token, allowed_roots
 from cluster.http.app import GatewayParts, build_http_app
 from cluster.http.errors import ApiError
@@ -30,8 +30,7 @@ from cluster.ops.metrics import ConclaveMetrics
 from cluster.ops.request_ids import install_logging
 from cluster.ops.tracing import TraceContext, setup_tracing, span
 from cluster.serve.drain_batcher import DrainBatcher
-from cluster.serve.expert_messages import ExpertReply, ExpertRequest, Prompt
-from cluster.serve.route_messages import RouteQuery, RouteResult
+from cluster.serve.messages import ExpertReply, ExpertRequest, Prompt, RouteQuery, RouteResult
 from cluster.tenants.tenancy import tenancy_for
 from experts.errors import ExpertError
 from experts.loader import engine_key
@@ -40,6 +39,7 @@ from experts.registry import ExpertRegistry
 from routing.options import RouteOptions
 
 log = logging.getLogger(__name__)
+ROUTER = None  # the router's batcher key (a pool's is its name)
 
 
 class Gateway:
@@ -57,9 +57,11 @@ class Gateway:
         self._pools = pools
         self._handles: dict[tuple[str, str], object] = {}
         routing = self.config.routing
-        self._routes = Coalescer(self._send_routes, routing.batch_size, routing.num_replicas)
-        self._rows = {pool.name: Coalescer(self._sender(pool.name), pool.max_batch_size,
-                                           calls_in_flight(pool)) for pool in self.config.pools}
+        self._batchers = {ROUTER: DrainBatcher(self._send, routing.batch_size,
+                                               concurrency=routing.num_replicas)}
+        self._batchers.update({pool.name: DrainBatcher(self._send, pool.max_batch_size,
+                                                       concurrency=calls_in_flight(pool))
+                               for pool in self.config.pools})
         self.tenancy = tenancy_for(self.config, self.catalog, self.metrics)
         self.service = ConclaveService(self.config, self._route, self._call_expert,
                                        self.catalog, self.metrics, self.tenancy)
@@ -84,8 +86,8 @@ class Gateway:
         with span("route", **{"conclave.strategy": options.strategy,
                               "conclave.k": str(options.k)}) as current:
             try:
-                result = await self._routes(
-                    "router", RouteQuery(query, options, TraceContext.current()))
+                result = await self._batchers[ROUTER].submit(
+                    (ROUTER, ""), RouteQuery(query, options, TraceContext.current()))
             except RayActorError:  # died twice: no live router replica right now
                 raise ApiError(503, "the router is restarting; retry shortly",
                                type="api_error", code="router_unavailable",
@@ -94,9 +96,6 @@ class Gateway:
             current.set_attribute("conclave.experts", result.decision.experts)
             current.set_attribute("conclave.cache", result.cache)
         return result
-
-    async def _send_routes(self, _key: str, queries: list[RouteQuery]) -> list[RouteResult]:
-        return await self._retrying("router", lambda: self._router.route_many.remote(queries))
 
     async def _call_expert(self, expert_id: str, prompt: Prompt, params: dict,
                            sink=None) -> ExpertReply:
@@ -110,7 +109,8 @@ class Gateway:
             request = ExpertRequest(expert_id, prompt, params, TraceContext.current())
             started, first = time.perf_counter(), None
             if sink is None:
-                reply = await self._rows[spec.pool](engine_key(spec), request)
+                reply = await self._batchers[spec.pool].submit((spec.pool, engine_key(spec)),
+                                                               request)
             else:
                 reply, first = await self._stream(spec, request, sink)
             self.metrics.record_generation(spec.pool, expert_id, reply)
@@ -139,14 +139,6 @@ class Gateway:
                 sink(item)
         return reply, first
 
-    def _sender(self, pool: str):
-        async def send(key: str, requests: list[ExpertRequest]) -> list[ExpertReply]:
-            handle = self._handle(pool, key)
-            return await self._retrying(f"pool-{pool}",
-                                        lambda: handle.generate_many.remote(requests))
-
-        return send
-
     def _handle(self, pool: str, key: str):
         """The pool handle pinned to one engine key (cached: handles are not free)."""
         handle = self._handles.get((pool, key))
@@ -155,18 +147,23 @@ class Gateway:
             self._handles[(pool, key)] = handle
         return handle
 
-    async def _retrying(self, deployment: str, call):
-        """``await call()``, once more when the replica died under it: that is no fault of
+    async def _send(self, target: tuple[str | None, str], items: list) -> list:
+        """One coalesced call: to the router (``(ROUTER, "")``), or to a pool's replica for
+        one engine key. Made once more when the replica died under it: that is no fault of
         the request or the expert, and Serve sends the retry to a live replica (or waits
         for the replacement). A second failure goes to the caller (the panel fails over).
         Retries are counted in ``conclave_replica_retries``."""
+        pool, key = target
+        method = (self._router.route_many if pool is ROUTER
+                  else self._handle(pool, key).generate_many)
         try:
-            return await call()
+            return await method.remote(items)
         except RayActorError as err:
+            deployment = "router" if pool is ROUTER else pool_deployment(pool)
             log.warning("%s replica died during a call (%s); retrying once", deployment,
                         type(err).__name__)
             self.metrics.replica_retries.labels(deployment).inc()
-            return await call()
+            return await method.remote(items)
 
 
 def calls_in_flight(pool) -> int:
@@ -177,19 +174,3 @@ def calls_in_flight(pool) -> int:
     if pool.resolved_engine() == "vllm":
         return pool.max_ongoing_requests * pool.most_replicas
     return pool.most_replicas
-
-
-class Coalescer:
-    """``await coalescer(key, item)`` gets ``item``'s result from ``send(key, items)``,
-    a batch of up to ``max_batch_size`` concurrent items, at most ``concurrency`` batches
-    per key at once; with ``max_batch_size`` 1 every item is sent alone, unthrottled."""
-
-    def __init__(self, send, max_batch_size: int, concurrency: int):
-        self._send = send
-        self._batcher = (DrainBatcher(send, max_batch_size, concurrency=concurrency)
-                         if max_batch_size > 1 else None)
-
-    async def __call__(self, key: str, item: object):
-        if self._batcher is None:
-            return (await self._send(key, [item]))[0]
-        return await self._batcher.submit(key, item)

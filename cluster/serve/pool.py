@@ -15,8 +15,8 @@ A vLLM engine whose process died is restarted in place, by the rows caught by th
 (which are then retried once) or by ``check_health`` when none was; the replica reports
 unhealthy, so that Serve replaces it, only when that restart failed.
 
-Requests and replies are :mod:`cluster.serve.expert_messages`; a batch's first reply carries its
-:class:`~cluster.serve.expert_messages.BatchStats`, which the gateway turns into metrics.
+Requests and replies are :mod:`cluster.serve.messages`; a batch's first reply carries its
+:class:`~cluster.serve.messages.BatchStats`, which the gateway turns into metrics.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from cluster.ops.request_ids import install_logging
 from cluster.ops.tracing import record_span, setup_tracing
 from cluster.panel.sink_stream import Finished, sink_stream
 from cluster.serve.drain_batcher import DrainBatcher
-from cluster.serve.expert_messages import BatchStats, ExpertReply, ExpertRequest
+from cluster.serve.messages import BatchStats, ExpertReply, ExpertRequest
 from cluster.serve.pool_batch import Row, run_batch, run_continuous
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader, adapter_of, engine_key
@@ -58,9 +58,9 @@ class ExpertPoolServer:
         preloaded engines are up: a replica added by the autoscaler or moved off a lost node
         takes no request that would wait out an engine's start."""
         cfg = parse_config(config, paths_on_load=True)
-        setup_tracing(cfg.tracing, f"pool-{pool_name}")
-        install_logging()
         self.pool = next(p for p in cfg.pools if p.name == pool_name)
+        setup_tracing(cfg.tracing, self.pool.deployment)
+        install_logging()
         build_offline_pool(cfg.demo_pool)  # its files live in each node's cache dir
         self.registry = ExpertRegistry(connect(cfg.redis.url), namespace=cfg.redis.namespace)
         self.catalog = ExpertCatalog(self.registry).start()

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cluster.ops import request_ids
-from cluster.serve.expert_messages import ExpertReply, ExpertRequest, Prompt
+from cluster.serve.messages import ExpertReply, ExpertRequest, Prompt
 from experts.engine import GenerationEngine, GenerationParams, TextSink
 from experts.errors import ExpertError
 from experts.spec import ExpertSpec

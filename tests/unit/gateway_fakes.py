@@ -18,8 +18,7 @@ from cluster.http.serving import ConclaveService
 from cluster.http.shutdown import ShutdownGate
 from cluster.http.streaming import pieces
 from cluster.ops.metrics import ConclaveMetrics
-from cluster.serve.expert_messages import BatchStats, ExpertReply
-from cluster.serve.route_messages import RouteResult
+from cluster.serve.messages import BatchStats, ExpertReply, RouteResult
 from cluster.tenants.tenancy import tenancy_for
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from text_tables import QUERIES, text_table
 
-from cluster.serve.route_batch import RouteBatcher
-from cluster.serve.route_messages import RouteQuery
+from cluster.serve.messages import RouteQuery
+from cluster.serve.router import route_batch
 from experts.redis_conn import connect
 from experts.spec import ExpertSpec
 from routing.aggregate import Aggregator
@@ -98,14 +98,16 @@ def test_batch_router_sets_the_aggregator_on_fresh_and_cached_decisions(minilm):
                     cache=MemoryPatternCache())
     router.fit(text_table())
     chosen = {"name": "lawyer"}
-    batcher = RouteBatcher(router, aggregators=lambda: lambda d: chosen["name"])
+    def route(items):
+        return route_batch(router, items, aggregators=lambda: lambda d: chosen["name"])
+
     item = RouteQuery(QUERIES["mathy"], RouteOptions(k=1))
-    first = batcher.route([item])[0]
+    first = route([item])[0]
     assert first.cache == "miss" and first.decision.aggregator == "lawyer"
     chosen["name"] = "medic"  # a new choice stored while serving
-    again = batcher.route([item])[0]
+    again = route([item])[0]
     assert again.cache == "hit" and again.decision.aggregator == "medic"
-    assert RouteBatcher(router).route([item])[0].decision.aggregator is None
+    assert route_batch(router, [item])[0].decision.aggregator is None
 
 
 def test_batch_job_follows_the_stored_choice(redis_url):

@@ -11,7 +11,7 @@ import pytest
 from cluster.http.errors import ApiError
 from cluster.panel.cascade import confidence, run_cascade
 from cluster.panel.panel import ExpertClient
-from cluster.serve.expert_messages import ExpertReply
+from cluster.serve.messages import ExpertReply
 from experts.errors import UnsupportedFeatureError
 from routing.decision import Decision
 

@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from cluster.ops.tracing import TraceContext
-from cluster.serve.expert_messages import BatchStats, ExpertReply, ExpertRequest
+from cluster.serve.messages import BatchStats, ExpertReply, ExpertRequest
 from experts.engine import Generation
 from experts.errors import ExpertError, PromptTooLongError, UnsupportedFeatureError
 

@@ -13,9 +13,8 @@ from cluster.config import TracingConfig
 from cluster.http.errors import ApiError
 from cluster.ops import request_ids
 from cluster.ops.tracing import memory_spans, setup_tracing
-from cluster.serve.expert_messages import ExpertReply, ExpertRequest
 from cluster.serve.gateway import Gateway
-from cluster.serve.route_messages import RouteQuery, RouteResult
+from cluster.serve.messages import ExpertReply, ExpertRequest, RouteQuery, RouteResult
 from experts.errors import ExpertError
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry

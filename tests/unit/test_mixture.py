@@ -326,7 +326,7 @@ def _crossed_embedder(asked: list[str]):
 def test_a_served_mixture_row_brings_its_query_embedding(pool, tiny_lm, tiny_adapters):
     """The pool's batch logic: a mixture expert's rows are embedded (q = the query text)
     and, with α large, each row follows the expert nearest its q: that adapter's tokens."""
-    from cluster.serve.expert_messages import ExpertRequest
+    from cluster.serve.messages import ExpertRequest
     from cluster.serve.pool_batch import Row, run_batch
     from experts.hf_engine import HFEngine
     from experts.loader import ExpertLoader, adapter_of

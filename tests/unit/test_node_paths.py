@@ -11,7 +11,7 @@ import pytest
 from cluster.catalog import ExpertCatalog
 from cluster.config import ConfigError, parse_config
 from cluster.ops.metrics import ConclaveMetrics
-from cluster.serve.expert_messages import ExpertReply
+from cluster.serve.messages import ExpertReply
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader
 from experts.redis_conn import connect

@@ -10,7 +10,7 @@ import pytest
 from cluster.http.errors import ApiError
 from cluster.http.features import feature_params, tool_calls, without_features
 from cluster.http.protocol import ChatCompletionRequest, CompletionRequest
-from cluster.serve.expert_messages import ExpertReply, ExpertRequest
+from cluster.serve.messages import ExpertReply, ExpertRequest
 from cluster.serve.pool_batch import Row, run_batch
 from experts.engine import GenerationEngine, GenerationParams
 from experts.errors import UnsupportedFeatureError

@@ -12,7 +12,7 @@ import pytest
 
 from cluster.config import ConfigError, parse_config
 from cluster.ops.metrics import ConclaveMetrics
-from cluster.serve.expert_messages import ExpertRequest
+from cluster.serve.messages import ExpertRequest
 from cluster.serve.pool_batch import Row, run_batch
 from experts.engine import GenerationParams
 from experts.loader import ExpertLoader, adapter_of

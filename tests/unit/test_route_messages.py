@@ -8,8 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
-from cluster.serve.route_batch import RouteBatcher
-from cluster.serve.route_messages import RouteQuery, RouteResult
+from cluster.serve.messages import RouteQuery, RouteResult
+from cluster.serve.router import route_batch
 from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import RouteOptions
@@ -66,7 +66,7 @@ def test_the_batch_groups_by_decision_options_and_keeps_errors_per_group():
     queries = [RouteQuery("x", RouteOptions(k=1)), RouteQuery("  ", RouteOptions(k=1)),
                RouteQuery("y", RouteOptions(k=1, aggregation="vote")),  # same decision key
                RouteQuery("boom", RouteOptions(k=2)), RouteQuery("z", RouteOptions(k=3))]
-    results = RouteBatcher(router).route(queries)
+    results = route_batch(router, queries)
     assert [len(call[0]) for call in router.calls] == [2, 1, 1]  # x and y routed together
     assert results[0].decision.experts == ["x"] and results[0].cache == "off"
     assert results[2].decision.experts == ["y"] and results[4].decision.experts == ["z"] * 3

@@ -10,7 +10,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from cluster.serve.expert_messages import ExpertRequest
+from cluster.serve.messages import ExpertRequest
 from cluster.serve.pool_batch import Row, run_batch
 from experts.engine import Generation, GenerationEngine, GenerationParams
 from experts.loader import adapter_of

@@ -10,7 +10,7 @@ from gateway_fakes import gateway_client
 
 from cluster.config import TracingConfig
 from cluster.ops.tracing import TraceContext, memory_spans, setup_tracing, span
-from cluster.serve.route_batch import trace_route
+from cluster.serve.router import trace_route
 
 
 @pytest.fixture()

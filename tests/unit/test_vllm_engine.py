@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from cluster.config import ConfigError, parse_config
-from cluster.serve.expert_messages import ExpertRequest
+from cluster.serve.messages import ExpertRequest
 from cluster.serve.pool_batch import Row, run_continuous
 from experts.engine import GenerationParams
 from experts.errors import ExpertError, PromptTooLongError, UnsupportedFeatureError

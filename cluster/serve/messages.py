@@ -1,20 +1,69 @@
-"""The messages of the gateway → pool hop (pickled by Ray): one :class:`ExpertRequest` per
-generation out, one :class:`ExpertReply` back (a list of each for a coalesced batch; a
-streamed call yields text deltas, then its reply).
+"""The messages of Conclave's two Ray hops (pickled by Ray), one typed message each way.
 
-A request that could not be answered comes back as a reply carrying an
-:class:`~experts.errors.ExpertError`: the error the pool raised when it is one (a prompt too
-long, a feature the engine lacks: the request's fault), else one that names the expert and
-the original error. The gateway raises it again; nothing changes form on the way.
+Gateway → router: one :class:`RouteQuery` out, one :class:`RouteResult` back. Gateway →
+pool: one :class:`ExpertRequest` per generation out, one :class:`ExpertReply` back (a list
+of each for a coalesced batch; a streamed call yields text deltas, then its reply).
+
+A failure travels as the error itself, inside the result: the :class:`RoutingError` the
+router raised, or the :class:`ExpertError` of the pool (the error it raised when it is one —
+a prompt too long, a feature the engine lacks: the request's fault — else one that names the
+expert and the original error). The gateway raises it again; nothing changes form on the way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from cluster.ops.tracing import TraceContext
 from experts.engine import Generation
 from experts.errors import ExpertError, PromptTooLongError, UnsupportedFeatureError
+from routing.decision import Decision
+from routing.errors import RoutingError
+from routing.options import RouteOptions
+
+CacheStatus = Literal["hit", "miss", "off"]
+
+
+@dataclass(frozen=True)
+class HopResult:
+    """What comes back over a hop: the value, or (``error``) what stopped it."""
+
+    error: Exception | None = field(default=None, kw_only=True)
+
+    def raise_error(self):
+        """This result, unless it carries an error: that is raised."""
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+@dataclass(frozen=True)
+class RouteQuery:
+    """One query to route, with the options it is routed under."""
+
+    query: str
+    options: RouteOptions
+    trace: TraceContext | None = None  # the gateway's routing span, for the router's spans
+
+
+@dataclass(frozen=True)
+class RouteResult(HopResult):
+    """The router's answer to one :class:`RouteQuery`: a decision, or the error that
+    stopped it. ``routing_ms`` and ``batch_size`` describe the batch it was routed in."""
+
+    decision: Decision | None = None
+    cache: CacheStatus = "off"
+    routing_ms: float = 0.0
+    batch_size: int = 0
+
+    def __post_init__(self):
+        if (self.decision is None) == (self.error is None):
+            raise ValueError("a RouteResult carries a decision or an error, not both or none")
+
+    @classmethod
+    def failed(cls, error: RoutingError) -> RouteResult:
+        return cls(error=error)
 
 Prompt = str | list[dict]  # a plain prompt, or OpenAI chat messages
 REQUEST_FAULTS = (PromptTooLongError, UnsupportedFeatureError)  # HTTP 400, no failover
@@ -43,7 +92,7 @@ class BatchStats:
 
 
 @dataclass(frozen=True)
-class ExpertReply:
+class ExpertReply(HopResult):
     """The answer to one :class:`ExpertRequest`, or the error that stopped it."""
 
     text: str = ""
@@ -53,7 +102,6 @@ class ExpertReply:
     logprobs: list[dict] | None = None
     no_record: bool = False  # a replay engine had no recorded answer (counted by the gateway)
     tool_calls: list[dict] | None = None  # found by the expert's tool parser (tool_choice auto)
-    error: ExpertError | None = None
     stats: BatchStats = BatchStats()
 
     @classmethod
@@ -77,11 +125,6 @@ class ExpertReply:
     def with_stats(self, stats: BatchStats) -> ExpertReply:
         return replace(self, stats=stats)
 
-    def raise_error(self) -> ExpertReply:
-        """This reply, unless it carries an error: that is raised."""
-        if self.error is not None:
-            raise self.error
-        return self
 
-
-__all__ = ["BatchStats", "ExpertReply", "ExpertRequest", "Prompt"]
+__all__ = ["BatchStats", "CacheStatus", "HopResult", "ExpertReply", "ExpertRequest", "Prompt", "RouteQuery",
+           "RouteResult"]
