@@ -146,7 +146,7 @@ async def measure(engine: str) -> tuple[Recorder, dict]:
         recorder.on = False
         hook_threads(None, servers)
         for server in servers.values():
-            server.models.clear()  # stops the vLLM engine processes
+            server.__del__()  # stops the vLLM engine processes
     return recorder, reply["conclave"]
 
 
@@ -160,8 +160,8 @@ def hook_threads(hook, servers: dict) -> None:
     threading.setprofile(hook)
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor())
     for server in servers.values():
-        for key in server.models.resident():
-            loop = getattr(server.models.peek(key), "_loop", None)
+        for engine in server.engines().values():
+            loop = getattr(engine, "_loop", None)
             if loop is not None:
                 loop.call_soon_threadsafe(sys.setprofile, hook)
 

@@ -138,19 +138,23 @@ class RoutingConfig(RouteOptionFields):
         return self
 
 
-class AutoscalingConfig(_Strict):
-    min_replicas: int = Field(1, ge=0, description="Fewest replicas.")
-    max_replicas: int = Field(1, ge=1, description="Most replicas.")
-    target_ongoing_requests: float = Field(
-        1, gt=0, description="Scale up above this many calls in flight per replica. The "
-        "gateway sends a pool batches, at most one per replica (of max_replicas) per engine at "
-        "once, so 1 means every replica busy; queued rows wait at the gateway.")
-    upscale_delay_s: float | None = Field(
-        None, ge=0, description="Seconds the load must stay high before a replica is added "
-        "(default: Serve's, 30).")
-    downscale_delay_s: float | None = Field(
-        None, ge=0, description="Seconds the load must stay low before a replica is removed "
-        "(default: Serve's, 600).")
+# Options Conclave sets on a pool's deployment itself, from the pool's own fields.
+OWN_DEPLOYMENT_OPTIONS = {"name": "name", "num_replicas": "num_replicas",
+                          "autoscaling_config": "autoscaling",
+                          "max_ongoing_requests": "max_ongoing_requests",
+                          "ray_actor_options": "num_cpus, num_gpus, memory_gb, resources"}
+
+
+def serve_validated(model: type, value: dict, what: str) -> dict:
+    """``value`` checked by Serve's own pydantic ``model`` (which ignores unknown keys, so
+    those are refused here first); returned as given."""
+    known = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown Serve option(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known))}")
+    model.model_validate(value)
+    return value
 
 
 def pool_deployment(pool: str) -> str:
@@ -186,7 +190,36 @@ class PoolConfig(_Strict):
     max_batch_size: int = Field(16, ge=1, description="Requests generated together per expert.")
     batch_wait_timeout_s: float = Field(0.02, ge=0.0, description="Wait to fill a batch.")
     max_ongoing_requests: int = Field(64, ge=1, description="Per replica, before queueing.")
-    autoscaling: AutoscalingConfig | None = Field(None, description="Serve autoscaling, if any.")
+    autoscaling: dict[str, Any] | None = Field(
+        None, description="Serve's autoscaling_config (ray.serve.config.AutoscalingConfig "
+        "fields); target_ongoing_requests defaults to 1 here: the gateway sends a pool "
+        "batches, at most one per replica (of max_replicas) per engine at once, so 1 means "
+        "every replica busy; queued rows wait at the gateway.")
+    deployment: dict[str, Any] = Field(
+        default_factory=dict, description="Further Serve deployment options for the pool "
+        "(ray.serve.schema.DeploymentSchema fields, e.g. health_check_period_s, "
+        "graceful_shutdown_timeout_s, max_queued_requests), passed to Serve as given.")
+
+    @field_validator("autoscaling")
+    @classmethod
+    def _serve_autoscaling(cls, value: dict | None) -> dict | None:
+        if value is None:
+            return None
+        from ray.serve.config import AutoscalingConfig
+
+        return serve_validated(AutoscalingConfig, {"target_ongoing_requests": 1, **value},
+                               "autoscaling")
+
+    @field_validator("deployment")
+    @classmethod
+    def _serve_deployment(cls, value: dict) -> dict:
+        from ray.serve.schema import DeploymentSchema
+
+        for option, field in OWN_DEPLOYMENT_OPTIONS.items():
+            if option in value:
+                raise ValueError(f"deployment: {option} is set from the pool's {field}")
+        serve_validated(DeploymentSchema, {"name": "pool", **value}, "deployment")
+        return value
 
     @field_validator("engine_args")
     @classmethod
@@ -213,14 +246,18 @@ class PoolConfig(_Strict):
         return self
 
     @property
-    def deployment(self) -> str:
+    def deployment_name(self) -> str:
         """The pool's Serve deployment name."""
         return pool_deployment(self.name)
 
     @property
     def most_replicas(self) -> int:
         """Replicas there can be at once (the autoscaling ceiling when it is on)."""
-        return self.autoscaling.max_replicas if self.autoscaling else self.num_replicas
+        if self.autoscaling is None:
+            return self.num_replicas
+        from ray.serve.config import AutoscalingConfig
+
+        return AutoscalingConfig.model_validate(self.autoscaling).max_replicas
 
 
 class ServingConfig(_Strict):

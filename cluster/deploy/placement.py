@@ -72,7 +72,7 @@ def front_actor_options(resources: dict[str, float]) -> dict[str, Any]:
 
 def actor_options(config: ConclaveConfig) -> dict[str, dict[str, Any]]:
     """Every deployment's ``ray_actor_options``, by deployment name."""
-    options = {pool.deployment: pool_actor_options(pool) for pool in config.pools}
+    options = {pool.deployment_name: pool_actor_options(pool) for pool in config.pools}
     return options | {"router": front_actor_options(config.routing.resources),
                       "gateway": front_actor_options(config.serving.resources)}
 

@@ -50,7 +50,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     seed_registry(config)
     data = config.model_dump(mode="json")
     pools = {
-        pool.name: serve.deployment(ExpertPoolServer, name=pool.deployment,
+        pool.name: serve.deployment(ExpertPoolServer, name=pool.deployment_name,
                                     **pool_options(pool)).bind(data, pool.name)
         for pool in config.pools
     }
@@ -92,10 +92,10 @@ def pool_options(pool: PoolConfig) -> dict[str, Any]:
         "max_ongoing_requests": max(pool.max_ongoing_requests, pool.max_batch_size),
     }
     if pool.autoscaling is not None:
-        options["autoscaling_config"] = pool.autoscaling.model_dump(exclude_none=True)
+        options["autoscaling_config"] = pool.autoscaling
     else:
         options["num_replicas"] = pool.num_replicas
-    return options
+    return options | pool.deployment
 
 
 def router_options(config: ConclaveConfig) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from contextlib import aclosing
 
 import ray
@@ -42,7 +43,6 @@ from cluster.serve.messages import BatchStats, ExpertReply, ExpertRequest
 from cluster.serve.pool_batch import Row, run_batch, run_continuous
 from experts.errors import ExpertError
 from experts.loader import ExpertLoader, adapter_of, engine_key
-from experts.pool import ModelPool
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from routing.encoder import build_encoder
@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 
 class ExpertPoolServer:
-    """Loads engines on demand (LRU, ``max_resident_models``) and generates in batches."""
+    """Loads engines on demand (Serve's multiplexed LRU, ``max_resident_models``) and
+    generates in batches."""
 
     async def __init__(self, config: dict, pool_name: str):
         """Async, so that Serve marks a new replica ready (and routes to it) only once its
@@ -59,7 +60,7 @@ class ExpertPoolServer:
         takes no request that would wait out an engine's start."""
         cfg = parse_config(config, paths_on_load=True)
         self.pool = next(p for p in cfg.pools if p.name == pool_name)
-        setup_tracing(cfg.tracing, self.pool.deployment)
+        setup_tracing(cfg.tracing, self.pool.deployment_name)
         install_logging()
         build_offline_pool(cfg.demo_pool)  # its files live in each node's cache dir
         self.registry = ExpertRegistry(connect(cfg.redis.url), namespace=cfg.redis.namespace)
@@ -67,7 +68,9 @@ class ExpertPoolServer:
         self.embedder = LazyEmbedder(cfg.encoder)
         self.loader = ExpertLoader(self.catalog.get, allowed_roots(cfg.serving),
                                    embed=self.embedder, engines=self.pool.engine_choice())
-        self.models = ModelPool(self.loader, max_models=self.pool.max_resident_models)
+        self._resident: weakref.WeakValueDictionary[str, Resident] = (
+            weakref.WeakValueDictionary())  # a view of Serve's cache, by engine key
+        self._preloaded: dict[str, Resident] = {}  # loaded by _warm_up, handed to Serve
         self.catalog.on_change(self._forget_removed)
         self._loads: list[float] = []
         self._restarts: dict[str, asyncio.Task] = {}  # engine key -> restart by check_health
@@ -76,9 +79,11 @@ class ExpertPoolServer:
                                     self.pool.batch_wait_timeout_s)
         limit_torch_threads(self.pool.num_cpus)
 
-        async def engine(key: str):  # a plain function: Serve keeps its LRU state on it
-            return await self._load_engine(key)
+        async def engine(key: str) -> Resident:  # a plain function: Serve keeps its LRU on it
+            return self._preloaded.pop(key, None) or await self._load(key)
 
+        # The replica's one engine cache: Serve's, which also reports the resident keys for
+        # multiplexed routing and closes what it evicts (Resident.__del__).
         self._engine = serve.multiplexed(
             max_num_models_per_replica=self.pool.max_resident_models
         )(engine)
@@ -92,10 +97,11 @@ class ExpertPoolServer:
         replica instead of piling them on whichever happened to load it first."""
         keys = dict.fromkeys(engine_key(s) for s in self.catalog.specs() if s.pool == self.pool.name)
         keys = list(keys)[: self.pool.max_resident_models]
-        # Started side by side in the model pool first (Serve's multiplexed loader takes one
-        # model at a time, and a vLLM engine takes seconds to start its process), then
-        # registered with Serve, which then finds them loaded.
-        await asyncio.gather(*map(self._load_engine, keys), return_exceptions=True)
+        # Started side by side first (Serve's multiplexed loader takes one model at a time,
+        # and a vLLM engine takes seconds to start its process), then handed to Serve.
+        loaded = await asyncio.gather(*map(self._load, keys), return_exceptions=True)
+        self._preloaded = {key: one for key, one in zip(keys, loaded, strict=True)
+                           if isinstance(one, Resident)}
         for key in keys:
             try:
                 await self._engine(key)
@@ -120,7 +126,7 @@ class ExpertPoolServer:
 
     async def _generate(self, rows: list[Row]) -> list[ExpertReply]:
         key = serve.get_multiplexed_model_id()
-        engine = await self._engine(key)
+        engine = (await self._engine(key)).engine
         if engine.continuous:
             replies = await self._generate_continuous(key, engine, rows)
         else:
@@ -129,15 +135,16 @@ class ExpertPoolServer:
         return [ExpertReply.failed(row.expert, r) if isinstance(r, Exception) else r
                 for row, r in zip(rows, replies, strict=True)]
 
-    async def _load_engine(self, key: str):
-        fresh, started = not self.models.is_loaded(key), time.perf_counter()
-        engine = await asyncio.to_thread(self.models.get, key)
-        if fresh:  # a load, not a hit in the pool's own LRU: reported in the next reply
-            self._loads.append(time.perf_counter() - started)
-        return engine
+    async def _load(self, key: str) -> Resident:
+        """Load ``key``'s engine (in a thread); the load time goes in the next reply."""
+        started = time.perf_counter()
+        resident = Resident(await asyncio.to_thread(self.loader, key))
+        self._loads.append(time.perf_counter() - started)
+        self._resident[key] = resident
+        return resident
 
     async def _generate_batch(self, key: str, rows: list[Row]) -> list[ExpertReply]:
-        engine = await self._engine(key)
+        engine = (await self._engine(key)).engine
         started, wall = time.perf_counter(), time.time_ns()
         results = await asyncio.to_thread(self._run_rows, engine, rows)
         return self._finished(key, rows, results, started, wall)
@@ -163,17 +170,17 @@ class ExpertPoolServer:
 
     def _forget_removed(self, _added, removed, _version) -> None:
         """A removed LoRA expert's adapter leaves the engines that hold it."""
-        for engine in (self.models.peek(key) for key in self.models.resident()):
+        for engine in self.engines().values():
             for expert_id in removed:
-                if engine is not None and expert_id in getattr(engine, "adapters", {}):
+                if expert_id in getattr(engine, "adapters", {}):
                     engine.unload_adapter(expert_id)
 
     async def check_health(self) -> None:
         """Serve's health probe. A resident vLLM engine whose process died with no request
         on it (a request restarts its engine itself) is restarted here, in the background;
         the replica is unhealthy (Serve replaces it) only when such a restart failed."""
-        for key in self.models.resident():
-            engine, restart = self.models.peek(key), self._restarts.get(key)
+        for key, engine in self.engines().items():
+            restart = self._restarts.get(key)
             if not getattr(engine, "errored", False) or engine.restarting:
                 continue
             if restart is not None and not restart.done():
@@ -185,11 +192,14 @@ class ExpertPoolServer:
                       self.pool.name, key)
             self._restarts[key] = asyncio.create_task(asyncio.to_thread(engine.restart))
 
+    def engines(self) -> dict:
+        """The resident engines, by engine key (not closed)."""
+        return {key: one.engine for key, one in list(self._resident.items()) if not one.closed}
+
     def __del__(self):
         # Serve deletes the replica on shutdown: stop the engine processes with it.
-        models = getattr(self, "models", None)
-        if models is not None:
-            models.clear()
+        for resident in list(getattr(self, "_resident", {}).values()):
+            resident.close()
 
     def _run_rows(self, engine, rows: list[Row]) -> list[ExpertReply]:
         """One batch, in a worker thread (the registry check is a Redis round trip)."""
@@ -216,7 +226,23 @@ class ExpertPoolServer:
         """This replica: its node, the experts its catalog holds, rows served, engines."""
         return {"pool": self.pool.name, "node": ray.get_runtime_context().get_node_id(),
                 "experts": self.catalog.ids(), "rows_served": self.rows_served,
-                "resident": self.models.resident(), **self.models.stats.as_dict()}
+                "resident": sorted(self.engines())}
+
+
+class Resident:
+    """One loaded engine as Serve's multiplexed cache holds it. Serve calls ``__del__`` on
+    what it evicts (and the garbage collector when the replica goes): the engine closes."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.closed = False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.engine.close()
+
+    __del__ = close
 
 
 class LazyEmbedder:

@@ -46,6 +46,16 @@ def expert(expert_id: str, **fields) -> dict:
         ({"routing": {"strategies": {"knn": {"kk": 5}}}}, "strategy 'knn': bad options"),
         ({"routing": {"strategies": {"knn": {"k": 0}}}}, "knn needs k >= 1"),
         ({"routing": {"strategies": {"glider": {"encoder": "x"}}}}, "come from the router"),
+        ({"pools": [{"name": "p", "autoscaling": {"max_replica": 3}}]},
+         "autoscaling: unknown Serve option(s) max_replica; known:"),
+        ({"pools": [{"name": "p", "autoscaling": {"min_replicas": 3, "max_replicas": 2}}]},
+         "must be greater than or equal to min_replicas"),  # Serve's own check
+        ({"pools": [{"name": "p", "deployment": {"health_check_period": 5}}]},
+         "deployment: unknown Serve option(s) health_check_period"),
+        ({"pools": [{"name": "p", "deployment": {"health_check_period_s": -1}}]},
+         "health_check_period_s"),
+        ({"pools": [{"name": "p", "deployment": {"num_replicas": 2}}]},
+         "deployment: num_replicas is set from the pool's num_replicas"),
     ],
 )
 def test_bad_config_names_the_problem(data, message):
@@ -133,3 +143,16 @@ def test_tracing_is_off_by_default_and_checks_its_exporter():
     traced = parse_config({"tracing": {"enabled": True, "exporter": "memory",
                                        "sampling_ratio": 0.25}})
     assert traced.tracing.sampling_ratio == 0.25
+
+
+def test_serve_options_pass_through_as_serve_takes_them():
+    from cluster.serve.app import pool_options
+
+    pool = parse_config({"pools": [{
+        "name": "p", "autoscaling": {"max_replicas": 3, "upscale_delay_s": 5},
+        "deployment": {"health_check_period_s": 2, "max_queued_requests": 50}}]}).pools[0]
+    options = pool_options(pool)
+    assert options["autoscaling_config"] == {"target_ongoing_requests": 1, "max_replicas": 3,
+                                             "upscale_delay_s": 5}
+    assert options["health_check_period_s"] == 2 and options["max_queued_requests"] == 50
+    assert pool.most_replicas == 3 and "num_replicas" not in options
