@@ -102,7 +102,7 @@ async def build(engine: str):
     seed_registry(config)
     config = config.model_dump(mode="json")
     pools.serve.get_multiplexed_model_id = PINNED.get  # Serve's lookups, done here
-    pools.serve.multiplexed = lambda **_: (lambda fn: fn)
+    pools.serve.multiplexed = lambda **_: cached
     router = RouterServer(config)
     servers = {}
     for pool in config["pools"]:  # as Serve builds a replica: the constructor is async
@@ -115,6 +115,18 @@ async def build(engine: str):
     gateway = Gateway(config, RouterHandle(), {n: PoolHandle(s) for n, s in servers.items()},
                       token="request-path")
     return gateway, servers
+
+
+def cached(load):
+    """Serve's multiplexed cache, done here: ``load(key)`` once per key."""
+    engines: dict = {}
+
+    async def get(key: str):
+        if key not in engines:
+            engines[key] = await load(key)
+        return engines[key]
+
+    return get
 
 
 async def chat(app, question: str) -> dict:

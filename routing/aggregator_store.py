@@ -17,7 +17,7 @@ from functools import partial
 
 import redis
 
-from experts.redis_breaker import RedisBreaker, RedisUnavailable
+from experts.redis_conn import RedisBreaker, RedisUnavailable
 from routing.aggregate import Aggregator, best_weighted
 from routing.decision import Decision
 from routing.errors import RoutingError

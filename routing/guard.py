@@ -26,7 +26,7 @@ import numpy as np
 
 from routing.errors import RoutingError
 from routing.outcomes import OutcomeTable
-from routing.strategies.common import column_means
+from routing.strategies.base import column_means
 
 Z = 1.645  # one-sided 95 % lower bound
 MIN_QUESTIONS = 100  # fewer fit questions cannot back a default of their own

@@ -20,12 +20,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from cluster.http.admin import ExpertAdmin
-from cluster.http.body_limit import BodyLimit
-from cluster.http.errors import ApiError, from_validation, json_body, timeout_error
+from cluster.http.errors import (
+    ApiError,
+    ErrorResponse,
+    from_validation,
+    json_body,
+    timeout_error,
+)
+from cluster.http.middleware import BodyLimit, ShutdownGate, ShutdownGuard
 from cluster.http.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
-    ErrorResponse,
     ModelList,
     RouteRequest,
 )
@@ -33,7 +38,6 @@ from cluster.http.serving import (
     ConclaveService,
     conclave_headers,
 )
-from cluster.http.shutdown import ShutdownGate, ShutdownGuard
 from cluster.http.streaming import chat_events, completion_events, plan_headers
 from cluster.ops.metrics import CONTENT_TYPE, ConclaveMetrics
 from cluster.ops.request_ids import RequestIds

@@ -3,9 +3,21 @@ the mapping from domain errors (routing, experts, validation) to status codes.""
 
 from __future__ import annotations
 
-from cluster.http.protocol import ErrorBody, ErrorResponse
+from pydantic import BaseModel
+
 from experts.errors import ExpertError, ExpertExistsError, UnknownExpertError
 from routing.errors import RoutingError
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
 
 
 class ApiError(Exception):

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from cluster.catalog import ExpertCatalog
 from cluster.config import ConclaveConfig
 from cluster.http.errors import ApiError, from_domain
-from cluster.http.features import feature_params, tool_calls, without_features
 from cluster.http.protocol import (
     ChatChoice,
     ChatChoiceMessage,
@@ -32,13 +31,15 @@ from cluster.http.protocol import (
     ModelList,
     RouteRequest,
     Usage,
+    feature_params,
+    tool_calls,
+    without_features,
 )
 from cluster.ops import request_ids
 from cluster.ops.metrics import ConclaveMetrics
 from cluster.ops.tracing import span
 from cluster.panel.cascade import run_cascade
-from cluster.panel.combine import AnswerCombiner
-from cluster.panel.panel import ExpertCall, ExpertClient, Panel
+from cluster.panel.panel import AnswerCombiner, ExpertCall, ExpertClient, Panel
 from cluster.panel.sink_stream import DeltaSink
 from cluster.serve.messages import RouteResult
 from routing.aggregate import Aggregator

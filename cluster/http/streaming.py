@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 
-from cluster.http.errors import ApiError, timeout_error
+from cluster.http.errors import ApiError, ErrorBody, ErrorResponse, timeout_error
 from cluster.http.protocol import (
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -27,8 +27,6 @@ from cluster.http.protocol import (
     CompletionChoice,
     CompletionChunk,
     CompletionRequest,
-    ErrorBody,
-    ErrorResponse,
     Usage,
     new_id,
 )

@@ -24,8 +24,8 @@ from cluster.config import parse_config, pool_deployment
 from cluster.http.admin import ExpertAdmin, admin_token, allowed_roots
 from cluster.http.app import GatewayParts, build_http_app
 from cluster.http.errors import ApiError
+from cluster.http.middleware import ShutdownGate
 from cluster.http.serving import ConclaveService
-from cluster.http.shutdown import ShutdownGate
 from cluster.ops.metrics import ConclaveMetrics
 from cluster.ops.request_ids import install_logging
 from cluster.ops.tracing import TraceContext, setup_tracing, span

@@ -9,8 +9,7 @@ import time
 
 import numpy as np
 
-from routing.cache.base import PatternCache
-from routing.cache.nearest import PatternIndex
+from routing.cache.base import PatternCache, PatternIndex
 
 
 class MemoryPatternCache(PatternCache):

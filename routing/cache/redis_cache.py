@@ -28,10 +28,8 @@ import logging
 import numpy as np
 import redis
 
-from experts.redis_breaker import RedisBreaker, RedisUnavailable
-from experts.redis_conn import connect, redact
-from routing.cache.base import PatternCache
-from routing.cache.nearest import PatternIndex
+from experts.redis_conn import RedisBreaker, RedisUnavailable, connect, redact
+from routing.cache.base import PatternCache, PatternIndex
 
 log = logging.getLogger(__name__)
 _STAT_FIELDS = ("hits", "misses", "near_hits")

@@ -8,7 +8,7 @@ import numpy as np
 
 from routing.eval.metrics import averaged, vote_hits
 from routing.outcomes import OutcomeTable
-from routing.strategies.common import column_means
+from routing.strategies.base import column_means
 
 
 def expert_means(table: OutcomeTable) -> np.ndarray:

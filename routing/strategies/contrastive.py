@@ -27,8 +27,7 @@ import numpy as np
 
 from routing.errors import RoutingError
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingStrategy, Scores
-from routing.strategies.common import check_fit_inputs, check_queries
+from routing.strategies.base import RoutingStrategy, Scores, check_fit_inputs, check_queries
 
 MIN_TRAIN_QUESTIONS = 20  # questions to train the head on
 MIN_EXPERT_QUESTIONS = 20  # outcomes to fit one added expert's vector

@@ -15,8 +15,7 @@ from experts.engine import GenerationEngine, GenerationParams
 from routing.encoder import normalise
 from routing.errors import RoutingError
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingStrategy, Scores
-from routing.strategies.common import check_fit_inputs, check_queries
+from routing.strategies.base import RoutingStrategy, Scores, check_fit_inputs, check_queries
 
 INSTRUCTION_PROMPT = (
     "State, in one sentence, the task this request asks for (the kind of problem and the "

@@ -17,8 +17,13 @@ import numpy as np
 from routing.errors import RoutingError
 from routing.index import VectorIndex
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingStrategy, Scores
-from routing.strategies.common import check_fit_inputs, check_queries, column_means
+from routing.strategies.base import (
+    RoutingStrategy,
+    Scores,
+    check_fit_inputs,
+    check_queries,
+    column_means,
+)
 
 
 class KNNStrategy(RoutingStrategy):

@@ -24,8 +24,7 @@ import numpy as np
 from routing.errors import RoutingError
 from routing.index import VectorIndex
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingStrategy, Scores
-from routing.strategies.common import check_fit_inputs, check_queries
+from routing.strategies.base import RoutingStrategy, Scores, check_fit_inputs, check_queries
 
 _SEP = "::"
 

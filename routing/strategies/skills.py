@@ -26,8 +26,7 @@ import numpy as np
 from routing.errors import RoutingError
 from routing.keywords import EmbeddingKeywordExtractor, KeywordExtractor
 from routing.outcomes import OutcomeTable
-from routing.strategies.base import RoutingStrategy, Scores
-from routing.strategies.common import check_fit_inputs, check_queries
+from routing.strategies.base import RoutingStrategy, Scores, check_fit_inputs, check_queries
 
 VARIANTS = ("faithful", "smoothed")
 

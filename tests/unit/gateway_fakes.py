@@ -14,8 +14,8 @@ from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.http.admin import ExpertAdmin
 from cluster.http.app import GatewayParts, build_http_app
+from cluster.http.middleware import ShutdownGate
 from cluster.http.serving import ConclaveService
-from cluster.http.shutdown import ShutdownGate
 from cluster.http.streaming import pieces
 from cluster.ops.metrics import ConclaveMetrics
 from cluster.serve.messages import BatchStats, ExpertReply, RouteResult

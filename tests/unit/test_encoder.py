@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from cluster.config import EncoderConfig
-from routing.embed_cache import EmbeddingCache
-from routing.encoder import SentenceEncoder, build_encoder
+from routing.encoder import EmbeddingCache, SentenceEncoder, build_encoder
 from routing.errors import RoutingError
 
 

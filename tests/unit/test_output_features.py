@@ -8,8 +8,13 @@ import json
 import pytest
 
 from cluster.http.errors import ApiError
-from cluster.http.features import feature_params, tool_calls, without_features
-from cluster.http.protocol import ChatCompletionRequest, CompletionRequest
+from cluster.http.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    feature_params,
+    tool_calls,
+    without_features,
+)
 from cluster.serve.messages import ExpertReply, ExpertRequest
 from cluster.serve.pool_batch import Row, run_batch
 from experts.engine import GenerationEngine, GenerationParams
