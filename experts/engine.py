@@ -2,7 +2,9 @@
 
 A prompt is either plain text or a list of chat messages (``{"role", "content"}``).
 ``adapters`` gives, per row, the LoRA adapter to use; ``None`` is the base model
-(the "null adapter"), so one batch may mix adapters and the base.
+(the "null adapter"), so one batch may mix adapters and the base. A prompt becomes the
+token ids a model reads the same way for every engine (:func:`encode_prompt`): through the
+tokenizer's chat template when it has one.
 """
 
 from __future__ import annotations
@@ -116,3 +118,16 @@ class GenerationEngine(ABC):
 
     def close(self) -> None:  # noqa: B027 (a no-op default is right for engines holding nothing)
         """Free what the engine holds. Idempotent."""
+
+
+def encode_prompt(tokenizer, prompt: Prompt, tools: list[dict] | None = None) -> list[int]:
+    """Token ids of one prompt; without a chat template, a plain transcript. ``tools``
+    (OpenAI function tools) go to the chat template, which renders them its own way."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                             tokenize=False, tools=tools)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not isinstance(prompt, str):
+        prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    return tokenizer(prompt)["input_ids"]

@@ -15,10 +15,16 @@ import threading
 from collections.abc import Sequence
 
 from experts.adapters import check_adapter_base
-from experts.engine import Generation, GenerationEngine, GenerationParams, Prompt, TextSink
+from experts.engine import (
+    Generation,
+    GenerationEngine,
+    GenerationParams,
+    Prompt,
+    TextSink,
+    encode_prompt,
+)
 from experts.errors import ExpertError
 from experts.gathered_lora import GatheredLoRA
-from experts.prompts import encode_prompt
 from experts.streaming import BatchTextStreamer, RowCut
 
 BASE_ROW = "__base__"  # peft's name for "no adapter" in adapter_names

@@ -2,7 +2,7 @@
 
 Each JSONL line is ``{"messages": [...]}`` (the last message the assistant's answer) or
 ``{"prompt": ..., "answer": ...}``. The prompt goes through the tokenizer's chat template
-exactly as the engines encode it at serving time (:func:`experts.prompts.encode_prompt`), and
+exactly as the engines encode it at serving time (:func:`experts.engine.encode_prompt`), and
 the loss is on the answer's tokens and the end-of-turn token only, so the adapter learns to
 answer and to stop. Seeded; writes a peft adapter folder whose ``adapter_config.json`` names
 the base (its hub id for a prepared model) and a ``README.md`` card with the data, the
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from experts.engine import encode_prompt
 from experts.errors import ExpertError
-from experts.prompts import encode_prompt
 
 MIN_EXAMPLES = 16
 

@@ -22,9 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from experts.adapters import check_adapter_base, check_adapter_rank
-from experts.engine import Generation, GenerationEngine, GenerationParams, Prompt
+from experts.engine import Generation, GenerationEngine, GenerationParams, Prompt, encode_prompt
 from experts.errors import ExpertError, PromptTooLongError, UnsupportedFeatureError
-from experts.prompts import encode_prompt
 from experts.spec import is_local_path
 from experts.vllm_tools import ToolCallParser
 
