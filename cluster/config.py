@@ -192,9 +192,10 @@ class PoolConfig(_Strict):
     max_ongoing_requests: int = Field(64, ge=1, description="Per replica, before queueing.")
     autoscaling: dict[str, Any] | None = Field(
         None, description="Serve's autoscaling_config (ray.serve.config.AutoscalingConfig "
-        "fields); target_ongoing_requests defaults to 1 here: the gateway sends a pool "
-        "batches, at most one per replica (of max_replicas) per engine at once, so 1 means "
-        "every replica busy; queued rows wait at the gateway.")
+        "fields); target_ongoing_requests defaults to 1 here: the gateway sends a "
+        "transformers pool batches, at most one per replica (of max_replicas) per engine at "
+        "once, so 1 means every replica busy. A vLLM pool takes up to max_ongoing_requests "
+        "calls per replica: set its target higher (configs/k8s.yaml uses 16).")
     deployment: dict[str, Any] = Field(
         default_factory=dict, description="Further Serve deployment options for the pool "
         "(ray.serve.schema.DeploymentSchema fields, e.g. health_check_period_s, "

@@ -188,19 +188,34 @@ def _wait_exit(pid: int, timeout_s: float = 30.0) -> None:
         pass
 
 
-def kill_engine_processes(app: str, deployment: str) -> Replica:
+def kill_engine_processes(app: str, deployment: str, wait_s: float = 60.0) -> Replica:
     """SIGKILL every vLLM engine-core process of one replica of ``deployment`` (what the OOM
-    killer taking the engines looks like); the replica's own process lives on."""
+    killer taking the engines looks like); the replica's own process lives on. The victim is
+    a live replica that runs engine processes, waited for up to ``wait_s`` (an earlier
+    test's restart may still be starting them)."""
     import psutil
 
-    live = [r for r in replicas(app, deployment) if r.pid > 0]
-    if not live:
-        raise LookupError(f"no live replica of {app}/{deployment}")
-    victim = live[0]
-    engines = [p for p in psutil.Process(victim.pid).children(recursive=True)
-               if "EngineCore" in " ".join([p.name(), *p.cmdline()])]
-    if not engines:
-        raise LookupError(f"replica {victim.name} runs no vLLM engine process")
-    for process in engines:
-        process.kill()
-    return victim
+    deadline = time.monotonic() + wait_s
+    while True:
+        live = [r for r in replicas(app, deployment) if r.pid > 0]
+        for victim in live:
+            engines = [p for p in psutil.Process(victim.pid).children(recursive=True)
+                       if "EngineCore" in " ".join(_cmdline(p))]
+            if engines:
+                for process in engines:
+                    process.kill()
+                return victim
+        if time.monotonic() > deadline:
+            names = ", ".join(r.name for r in live) or "none"
+            raise LookupError(f"no live replica of {app}/{deployment} runs a vLLM engine "
+                              f"process (live: {names})")
+        time.sleep(1.0)
+
+
+def _cmdline(process) -> list[str]:
+    import psutil
+
+    try:
+        return [process.name(), *process.cmdline()]
+    except psutil.Error:  # exited meanwhile
+        return []

@@ -94,15 +94,18 @@ def drain_app(grace_s: float, name: str = APP_NAME) -> int:
 
 
 def stop_app(name: str = APP_NAME, shutdown: bool = True) -> None:
-    """Delete the app; with ``shutdown`` also stop the local Ray this process started,
-    and Serve's controller and proxy with it. (``serve.shutdown()`` first would kill the
-    controller under the driver's own long-poll calls, which Ray reports on stdout as
-    failed tasks: noise on every clean stop.)"""
+    """Delete the app; with ``shutdown`` stop the local Ray this process started instead,
+    and Serve's controller, proxy and the app with it: deleting the app first would leave
+    the proxy answering 404 (no such route) until Ray stops, where a client should see the
+    gateway's 503 or no listener. (``serve.shutdown()`` first would kill the controller
+    under the driver's own long-poll calls, which Ray reports on stdout as failed tasks:
+    noise on every clean stop.)"""
     import ray
     from ray import serve
 
     if not ray.is_initialized():
         return
-    serve.delete(name)
     if shutdown:
         ray.shutdown()
+    else:
+        serve.delete(name)
