@@ -52,10 +52,10 @@ class Generation:
     """One row's output."""
 
     text: str
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     finish_reason: str = "length"  # "stop" when a stop string or EOS ended it
-    trace: list | None = None  # per-token routing trace (mixtures), when asked for
+    token_trace: list | None = None  # per-token routing trace (mixtures), when asked for
     # per generated token: {"token", "logprob", "top_logprobs": [{"token", "logprob"}]}
     logprobs: list[dict] | None = None
     no_record: bool = False  # a replay engine had no recorded answer for this prompt

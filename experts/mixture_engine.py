@@ -262,7 +262,7 @@ class MixtureEngine(GenerationEngine):
         if trace:
             for row, output in enumerate(outputs):
                 used = steps[: output.completion_tokens]
-                output.trace = [self._trace_entry(w[row], p[row], n) for w, p, n in used]
+                output.token_trace = [self._trace_entry(w[row], p[row], n) for w, p, n in used]
         return outputs
 
     def memory_bytes(self) -> int:

@@ -39,7 +39,7 @@ from cluster.ops import request_ids
 from cluster.ops.metrics import ConclaveMetrics
 from cluster.ops.tracing import span
 from cluster.panel.cascade import run_cascade
-from cluster.panel.panel import AnswerCombiner, ExpertCall, ExpertClient, Panel
+from cluster.panel.panel import AnswerCombiner, ExpertCall, ExpertClient, FinalAnswer, Panel
 from cluster.panel.sink_stream import DeltaSink
 from cluster.serve.messages import RouteResult
 from routing.aggregate import Aggregator
@@ -68,19 +68,6 @@ class RoutedPrompt:
     mode: str  # the aggregation mode asked for
     caller: StoredKey | None = None  # the API key it is answered for (None: keys off)
     cascade: float | None = None  # k=cascade: the confidence threshold
-
-
-@dataclass
-class FinalAnswer:
-    """One prompt answered by the panel."""
-
-    text: str
-    finish_reason: str
-    usage: Usage
-    info: ConclaveInfo
-    interrupted: bool = False  # streamed text went out that this answer does not continue
-    logprobs: list[dict] | None = None  # of the call whose text is the answer, if asked
-    tool_calls: list[dict] | None = None  # that call's, found by its tool parser (auto)
 
 
 class ConclaveService:
@@ -203,27 +190,21 @@ class ConclaveService:
         run = await self._panel.run(plan.decision, plan.prompt, drafts,
                                     sink if lone else None)
         with span("aggregate", **{"conclave.mode": plan.mode}) as current:
-            combined = await self._combiner.combine(plan.query, plan.decision, run, plan.mode,
-                                                    plan.params, None if lone else sink)
-            current.set_attribute("conclave.aggregation", combined.mode)
-            if combined.aggregator:
-                current.set_attribute("conclave.aggregator", combined.aggregator)
+            final = await self._combiner.combine(plan.query, plan.decision, run, plan.mode,
+                                                 plan.params, None if lone else sink)
+            current.set_attribute("conclave.aggregation", final.mode)
+            if final.aggregator:
+                current.set_attribute("conclave.aggregator", final.aggregator)
         for failover in run.failovers:
             self._metrics.failovers.labels(failover.expert).inc()
-        info = ConclaveInfo(experts=run.uses(), strategy=plan.decision.strategy,
-                            aggregation=combined.mode, aggregator=combined.aggregator,
-                            cache=plan.cache, failovers=run.failovers,
-                            routing_ms=plan.routing_ms, request_id=request_ids.current())
-        calls = run.answers + ([combined.extra] if combined.extra else [])
+        final.interrupted = run.interrupted
+        final.info = ConclaveInfo(experts=run.uses(), strategy=plan.decision.strategy,
+                                  aggregation=final.mode, aggregator=final.aggregator,
+                                  cache=plan.cache, failovers=run.failovers,
+                                  routing_ms=plan.routing_ms, request_id=request_ids.current())
         if plan.caller is not None:  # counted once answered: never cut mid-answer
-            await self._tenancy.book(plan.caller, calls)
-        usage = Usage(prompt_tokens=sum(a.prompt_tokens for a in calls),
-                      completion_tokens=sum(a.completion_tokens for a in calls))
-        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        final = combined.extra or (run.answers[0] if lone else None)
-        return FinalAnswer(combined.text, combined.finish_reason, usage, info, run.interrupted,
-                           final.logprobs if final is not None else None,
-                           final.tool_calls if final is not None else None)
+            await self._tenancy.book(plan.caller, final.calls)
+        return final
 
     async def _run_cascade(self, plan: RoutedPrompt) -> FinalAnswer:
         """k=cascade (cluster/panel/cascade.py); the kept answer streams once chosen."""
@@ -237,16 +218,14 @@ class ConclaveService:
         uses = [ExpertUse(id=a.expert, weight=float(i == run.kept),
                           completion_tokens=a.completion_tokens)
                 for i, a in enumerate(run.answers)]
-        info = ConclaveInfo(experts=uses, strategy=plan.decision.strategy,
-                            aggregation="cascade", cache=plan.cache, failovers=run.failovers,
-                            routing_ms=plan.routing_ms, request_id=request_ids.current(),
-                            cascade=run.steps())
-        usage = Usage(prompt_tokens=sum(a.prompt_tokens for a in run.answers),
-                      completion_tokens=sum(a.completion_tokens for a in run.answers))
-        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        logprobs = kept.logprobs if plan.params.get("logprobs") is not None else None
-        return FinalAnswer(kept.text, kept.finish_reason, usage, info, False, logprobs,
-                           kept.tool_calls)
+        final = FinalAnswer.of(kept.text, "cascade", run.answers, kept, kept.finish_reason)
+        if plan.params.get("logprobs") is None:  # asked for the cascade's sake only
+            final.logprobs = None
+        final.info = ConclaveInfo(experts=uses, strategy=plan.decision.strategy,
+                                  aggregation="cascade", cache=plan.cache,
+                                  failovers=run.failovers, routing_ms=plan.routing_ms,
+                                  request_id=request_ids.current(), cascade=run.steps())
+        return final
 
     async def _call_router(self, query: str, options: RouteOptions) -> RouteResult:
         started = time.perf_counter()

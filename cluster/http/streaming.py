@@ -30,7 +30,8 @@ from cluster.http.protocol import (
     Usage,
     new_id,
 )
-from cluster.http.serving import ConclaveService, FinalAnswer, RoutedPrompt, add_usage
+from cluster.http.serving import ConclaveService, RoutedPrompt, add_usage
+from cluster.panel.panel import FinalAnswer
 from cluster.panel.sink_stream import DeltaSink, Finished, sink_stream
 
 DONE = "data: [DONE]\n\n"

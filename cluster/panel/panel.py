@@ -28,10 +28,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from cluster.http.errors import ApiError
-from cluster.http.protocol import ExpertUse, Failover
+from cluster.http.protocol import ConclaveInfo, ExpertUse, Failover, Usage
 from cluster.ops.tracing import span
 from cluster.panel.sink_stream import DeltaSink
 from cluster.serve.messages import ExpertReply
+from experts.engine import Generation
 from routing.aggregate import Aggregator, synthesis_prompt
 from routing.decision import Decision
 
@@ -43,26 +44,46 @@ ExpertCall = Callable[..., Awaitable[ExpertReply]]
 
 
 @dataclass
-class Answer:
-    """One expert's answer and the share of the panel it carries."""
+class Answer(ExpertReply):
+    """One expert's reply as the panel uses it: which expert, the share of the panel it
+    carries, and the expert it stands in for after a failover."""
 
-    expert: str
-    weight: float
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-    replaces: str | None = None
-    logprobs: list[dict] | None = None
-    tool_calls: list[dict] | None = None
+    expert: str = field(default="", kw_only=True)
+    weight: float = field(default=0.0, kw_only=True)
+    replaces: str | None = field(default=None, kw_only=True)
 
     @classmethod
     def of(cls, expert: str, weight: float, reply: ExpertReply,
            replaces: str | None = None) -> Answer:
-        return cls(expert=expert, weight=weight, text=reply.text,
-                   prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-                   finish_reason=reply.finish_reason, replaces=replaces, logprobs=reply.logprobs,
-                   tool_calls=reply.tool_calls)
+        return cls(**vars(reply), expert=expert, weight=weight, replaces=replaces)
+
+
+@dataclass
+class FinalAnswer(Generation):
+    """The answer a request gets: the combined text, the tokens of every call made for it
+    (``calls``: the panel's answers and a synthesis, booked and counted), how it was
+    combined, and the logprobs and tool calls of the call whose text it is (if one is)."""
+
+    mode: str = "single"  # "single", "vote", "synthesis", "best" or "cascade"
+    aggregator: str | None = None  # the expert that synthesised, when one did
+    calls: list[Answer] = field(default_factory=list)
+    interrupted: bool = False  # streamed text went out that this answer does not continue
+    info: ConclaveInfo | None = None  # set by the service once the answer is made
+
+    @classmethod
+    def of(cls, text: str, mode: str, calls: list[Answer], writer: Answer | None,
+           finish_reason: str, aggregator: str | None = None) -> FinalAnswer:
+        """``writer``: the call whose text the answer is, if one is."""
+        return cls(text, sum(a.prompt_tokens for a in calls),
+                   sum(a.completion_tokens for a in calls), finish_reason,
+                   logprobs=writer.logprobs if writer else None,
+                   tool_calls=writer.tool_calls if writer else None,
+                   mode=mode, aggregator=aggregator, calls=calls)
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                     total_tokens=self.prompt_tokens + self.completion_tokens)
 
 
 @dataclass
@@ -217,15 +238,6 @@ def failure_reason(err: Exception) -> str:
     return f"{type(cause).__name__}: {text[-1] if text else ''}"[:300]
 
 
-@dataclass
-class Combined:
-    text: str
-    finish_reason: str
-    mode: str  # "single", "vote", "synthesis" or "best"
-    aggregator: str | None  # the expert that synthesised, when one did
-    extra: Answer | None = None  # the synthesis call's own answer (for usage)
-
-
 class AnswerCombiner:
     """Turns a :class:`PanelRun` into one answer; ``is_live`` keeps removed experts out."""
 
@@ -234,7 +246,7 @@ class AnswerCombiner:
         self._is_live = is_live
 
     async def combine(self, query: str, decision: Decision, run: PanelRun, mode: str,
-                      params: dict, sink: DeltaSink | None = None) -> Combined:
+                      params: dict, sink: DeltaSink | None = None) -> FinalAnswer:
         """One answer from the panel's; with ``sink``, a synthesis streams into it."""
         answered = Decision(query=query, experts=[a.expert for a in run.answers],
                             weights=[a.weight for a in run.answers], strategy=decision.strategy,
@@ -245,7 +257,9 @@ class AnswerCombiner:
         lead = max(run.answers, key=lambda a: a.weight)
         if aggregator.mode_for(query, answered) != "synthesis":
             result = aggregator.finish(query, answered, responses)
-            return Combined(result.answer, lead.finish_reason, result.mode, None)
+            writer = run.answers[0] if result.mode == "single" else None
+            return FinalAnswer.of(result.answer, result.mode, run.answers, writer,
+                                  lead.finish_reason)
         synthesiser = aggregator.aggregator_for(answered)
         if not self._is_live(synthesiser):
             synthesiser = lead.expert
@@ -259,6 +273,7 @@ class AnswerCombiner:
             run.failovers.append(Failover(expert=synthesiser, replacement=None,
                                           reason=f"synthesis: {err}"))
             result = Aggregator(mode="best").finish(query, answered, responses)
-            return Combined(result.answer, lead.finish_reason, "best", None)
+            return FinalAnswer.of(result.answer, "best", run.answers, None, lead.finish_reason)
         result = aggregator.finish(query, answered, responses, extra.text, synthesiser)
-        return Combined(result.answer, extra.finish_reason, result.mode, synthesiser, extra)
+        return FinalAnswer.of(result.answer, result.mode, [*run.answers, extra], extra,
+                              extra.finish_reason, synthesiser)

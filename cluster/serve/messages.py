@@ -25,7 +25,7 @@ from routing.options import RouteOptions
 CacheStatus = Literal["hit", "miss", "off"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class HopResult:
     """What comes back over a hop: the value, or (``error``) what stopped it."""
 
@@ -47,7 +47,7 @@ class RouteQuery:
     trace: TraceContext | None = None  # the gateway's routing span, for the router's spans
 
 
-@dataclass(frozen=True)
+@dataclass
 class RouteResult(HopResult):
     """The router's answer to one :class:`RouteQuery`: a decision, or the error that
     stopped it. ``routing_ms`` and ``batch_size`` describe the batch it was routed in."""
@@ -91,24 +91,20 @@ class BatchStats:
     loads: tuple[float, ...] = ()
 
 
-@dataclass(frozen=True)
-class ExpertReply(HopResult):
-    """The answer to one :class:`ExpertRequest`, or the error that stopped it."""
+@dataclass
+class ExpertReply(Generation, HopResult):
+    """The answer to one :class:`ExpertRequest`: the engine's :class:`Generation` itself
+    (``no_record``: a replay engine had none, counted by the gateway; ``tool_calls``: found
+    by the expert's tool parser), with the batch it ran in; or the error that stopped it."""
 
     text: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
     finish_reason: str = "stop"
-    logprobs: list[dict] | None = None
-    no_record: bool = False  # a replay engine had no recorded answer (counted by the gateway)
-    tool_calls: list[dict] | None = None  # found by the expert's tool parser (tool_choice auto)
-    stats: BatchStats = BatchStats()
+    stats: BatchStats = field(default_factory=BatchStats, kw_only=True)
 
     @classmethod
     def of(cls, out: Generation) -> ExpertReply:
-        return cls(text=out.text, prompt_tokens=out.prompt_tokens,
-                   completion_tokens=out.completion_tokens, finish_reason=out.finish_reason,
-                   logprobs=out.logprobs, no_record=out.no_record, tool_calls=out.tool_calls)
+        """``out`` as it crosses the hop (its per-token routing trace stays in the pool)."""
+        return cls(**{**vars(out), "token_trace": None})
 
     @classmethod
     def failed(cls, expert: str, err: Exception) -> ExpertReply:

@@ -8,8 +8,8 @@ import json
 import pytest
 from gateway_fakes import gateway_client
 
-from cluster.http.protocol import ConclaveInfo, Usage
-from cluster.http.serving import FinalAnswer
+from cluster.http.protocol import ConclaveInfo
+from cluster.panel.panel import FinalAnswer
 
 OPEN_QUESTION = "what is 2+2?"
 
@@ -154,7 +154,7 @@ def test_whitespace_the_final_answer_is_stripped_of_does_not_break_the_stream(de
     async def run(sink):
         for delta in deltas:
             sink(delta)
-        return FinalAnswer("42", "stop", Usage(), ConclaveInfo(
+        return FinalAnswer("42", finish_reason="stop", info=ConclaveInfo(
             experts=[], strategy="direct", aggregation="single", cache="direct"))
 
     async def collect():

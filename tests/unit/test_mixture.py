@@ -116,7 +116,7 @@ def test_large_alpha_and_its_instruction_give_that_expert_alone(pool, name):
     got = mixture.generate(PROMPTS, params, embeddings=q, trace=True)
     assert [g.text for g in got] == [e.text for e in expected]
     assert [g.completion_tokens for g in got] == [e.completion_tokens for e in expected]
-    assert all(step["top"] == name for g in got for step in g.trace)
+    assert all(step["top"] == name for g in got for step in g.token_trace)
 
 
 def test_trace_has_one_entry_per_generated_token(local):
@@ -124,10 +124,10 @@ def test_trace_has_one_entry_per_generated_token(local):
     plain = local.generate(PROMPTS, params)
     traced = local.generate(PROMPTS, params, trace=True)
     assert [g.text for g in traced] == [g.text for g in plain]  # tracing changes nothing
-    assert all(g.trace is None for g in plain)
+    assert all(g.token_trace is None for g in plain)
     for generation in traced:
-        assert len(generation.trace) == generation.completion_tokens
-        for step in generation.trace:
+        assert len(generation.token_trace) == generation.completion_tokens
+        for step in generation.token_trace:
             assert sum(step["weights"].values()) == pytest.approx(1.0, abs=1e-3)
             assert sum(step["picked"].values()) == 2 * step["layers"]  # k = 2 per layer
 
@@ -289,7 +289,7 @@ def test_load_mixture_from_specs(pool, tiny_lm, tiny_adapters):
     assert engine.expert_names == ["digits", "words"] and embedded == ["digits", "words"]
     q = np.stack([EMBED["words"]])
     steps = engine.generate(["apple"], GenerationParams(max_new_tokens=3), embeddings=q, trace=True)
-    assert {step["top"] for step in steps[0].trace} == {"words"}
+    assert {step["top"] for step in steps[0].token_trace} == {"words"}
     with pytest.raises(UnknownExpertError, match="'ghost'"):
         load_mixture(mixture("digits", "ghost"), lookup)
     with pytest.raises(IncompatibleAdapterError, match="'alpha' sits on 'other', not 'base'"):
