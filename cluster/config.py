@@ -23,7 +23,9 @@ from pydantic import (
 
 from experts.loader import EngineChoice, ExpertLoader, resolve_engine
 from experts.spec import PATHS_ON_LOAD, ExpertSpec, check_references
+from routing.conversation import ConversationConfig
 from routing.options import RouteOptionFields
+from routing.sessions import SessionConfig
 
 
 class _Strict(BaseModel):
@@ -124,6 +126,9 @@ class RoutingConfig(RouteOptionFields):
         1, ge=1, description="Router replicas; with 2 or more, a call to one that dies is "
         "retried on another at once instead of waiting for its replacement.")
     resources: NodeResources = Field(default_factory=dict, description=_RESOURCES)
+    conversation: ConversationConfig = Field(default_factory=ConversationConfig,
+                                             description="docs/conversations.md.")
+    sessions: SessionConfig = Field(default_factory=SessionConfig, description="Sessions.")
 
     @model_validator(mode="after")
     def _strategy_options(self) -> RoutingConfig:

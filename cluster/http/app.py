@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -63,6 +63,7 @@ async def _known(request: Request) -> StoredKey | None:
 
 Admitted = Annotated[StoredKey | None, Depends(_admitted)]
 Known = Annotated[StoredKey | None, Depends(_known)]
+SessionHeader = Annotated[str | None, Header(alias="x-session-id")]
 
 
 @dataclass
@@ -96,12 +97,13 @@ def _add_openai_routes(app: FastAPI, parts: GatewayParts) -> None:
     service = parts.service
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatCompletionRequest, caller: Admitted):
+    async def chat(body: ChatCompletionRequest, caller: Admitted,
+                   x_session_id: SessionHeader = None):
         if body.stream:  # routed first: bad input is still a 4xx, not a broken stream
-            plan = await _timed(parts, "chat",
-                                service.plan(body.query(), body.prompt(), body, caller))
+            plan = await _timed(parts, "chat", service.plan(
+                body.query(), body.prompt(), body, caller, service.turn(body, x_session_id)))
             return _events(chat_events(service, body.model, plan, parts.timeout_s), [plan])
-        return _reply(await _timed(parts, "chat", service.chat(body, caller)))
+        return _reply(await _timed(parts, "chat", service.chat(body, caller, x_session_id)))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, caller: Admitted):
@@ -111,8 +113,8 @@ def _add_openai_routes(app: FastAPI, parts: GatewayParts) -> None:
         return _reply(await _timed(parts, "completions", service.completions(body, caller)))
 
     @app.post("/v1/route")
-    async def route(body: RouteRequest, caller: Admitted):
-        return await _timed(parts, "route", service.route(body, caller))
+    async def route(body: RouteRequest, caller: Admitted, x_session_id: SessionHeader = None):
+        return await _timed(parts, "route", service.route(body, caller, x_session_id))
 
     @app.get("/v1/models", response_model=ModelList)
     async def models(_caller: Known):

@@ -33,6 +33,7 @@ from cluster.http.protocol import (
     new_id,
 )
 from cluster.http.serving import ConclaveService, FinalAnswer, RoutedPrompt, add_usage
+from cluster.http.sessions import session_headers
 from cluster.panel.sink_stream import DeltaSink, Finished, sink_stream
 
 DONE = "data: [DONE]\n\n"
@@ -149,4 +150,5 @@ def plan_headers(plans: list[RoutedPrompt]) -> dict[str, str]:
         "x-conclave-experts": ",".join(e for p in plans for e in dict.fromkeys(p.decision.experts)),
         "x-conclave-strategy": plans[0].decision.strategy if plans else "",
         "x-conclave-cache": ",".join(p.cache for p in plans),
+        **session_headers(plans[0].session if plans else None),
     }

@@ -25,6 +25,7 @@ from cluster.http.admin import ExpertAdmin, admin_token, allowed_roots
 from cluster.http.app import GatewayParts, build_http_app
 from cluster.http.errors import ApiError
 from cluster.http.serving import ConclaveService
+from cluster.http.sessions import SessionRouting
 from cluster.http.shutdown import ShutdownGate
 from cluster.ops.metrics import ConclaveMetrics
 from cluster.ops.request_ids import install_logging
@@ -38,6 +39,7 @@ from experts.loader import engine_key
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from routing.options import RouteOptions
+from routing.sessions import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,12 @@ class Gateway:
         self._rows = {pool.name: Coalescer(self._sender(pool.name), pool.max_batch_size,
                                            calls_in_flight(pool)) for pool in self.config.pools}
         self.tenancy = tenancy_for(self.config, self.catalog, self.metrics)
+        sessions = SessionStore(connect(self.config.redis.url, socket_timeout=1.0),
+                                self.config.redis.namespace, routing.sessions,
+                                lambda outcome: self.metrics.sessions.labels(outcome).inc())
         self.service = ConclaveService(self.config, self._route, self._call_expert,
-                                       self.catalog, self.metrics, self.tenancy)
+                                       self.catalog, self.metrics, self.tenancy,
+                                       SessionRouting(sessions))
         self.admin = ExpertAdmin(self.catalog, token or admin_token(self.config.serving),
                                  allowed_roots(self.config.serving),
                                  {pool.name: pool.engine_choice() for pool in self.config.pools})
