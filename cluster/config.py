@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from cluster.http.response_store import ResponsesConfig
 from experts.loader import EngineChoice, ExpertLoader, resolve_engine
 from experts.spec import PATHS_ON_LOAD, ExpertSpec, check_references
 from routing.conversation import ConversationConfig
@@ -251,6 +252,8 @@ class ServingConfig(_Strict):
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM/SIGINT, `conclave serve` refuses new requests "
         "(503) and gives those in flight this long to finish before Serve shuts down.")
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig,
+                                       description="Stored responses (POST /v1/responses).")
 
 
 class TracingConfig(_Strict):

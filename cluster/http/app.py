@@ -29,6 +29,8 @@ from cluster.http.protocol import (
     ModelList,
     RouteRequest,
 )
+from cluster.http.responses import ResponsesApi, response_events
+from cluster.http.responses_protocol import ResponsesRequest
 from cluster.http.serving import (
     ConclaveService,
     conclave_headers,
@@ -75,6 +77,7 @@ class GatewayParts:
     max_body_bytes: int
     gate: ShutdownGate = field(default_factory=ShutdownGate)
     tenancy: Tenancy | None = None  # API keys (None: off, anyone may call)
+    responses: ResponsesApi | None = None  # POST /v1/responses (None: nothing stored)
 
 
 def build_http_app(parts: GatewayParts) -> FastAPI:
@@ -104,6 +107,16 @@ def _add_openai_routes(app: FastAPI, parts: GatewayParts) -> None:
                 body.query(), body.prompt(), body, caller, service.turn(body, x_session_id)))
             return _events(chat_events(service, body.model, plan, parts.timeout_s), [plan])
         return _reply(await _timed(parts, "chat", service.chat(body, caller, x_session_id)))
+
+    responses = parts.responses or ResponsesApi(service, None)
+
+    @app.post("/v1/responses")
+    async def respond(body: ResponsesRequest, caller: Admitted,
+                      x_session_id: SessionHeader = None):
+        pending = await _timed(parts, "responses", responses.prepare(body, caller, x_session_id))
+        if body.stream:
+            return _events(response_events(responses, pending, parts.timeout_s), [pending.plan])
+        return _reply(await _timed(parts, "responses", responses.answer(pending)))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, caller: Admitted):

@@ -79,14 +79,17 @@ def sse(model: object) -> str:
 
 
 def error_event(err: Exception, timeout_s: float) -> str:
+    return f"data: {json.dumps(error_body(err, timeout_s))}\n\n"
+
+
+def error_body(err: Exception, timeout_s: float) -> dict:
+    """The OpenAI error body of a failure after a stream started."""
     if isinstance(err, ApiError):
-        body = err.body()
-    elif isinstance(err, TimeoutError):
-        body = timeout_error(timeout_s).body()
-    else:
-        body = ErrorResponse(error=ErrorBody(message=str(err), type="api_error",
-                                             code="stream_broken")).model_dump()
-    return f"data: {json.dumps(body)}\n\n"
+        return err.body()
+    if isinstance(err, TimeoutError):
+        return timeout_error(timeout_s).body()
+    return ErrorResponse(error=ErrorBody(message=str(err), type="api_error",
+                                         code="stream_broken")).model_dump()
 
 
 async def chat_events(service: ConclaveService, model: str, plan: RoutedPrompt,

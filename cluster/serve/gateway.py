@@ -24,6 +24,8 @@ from cluster.config import parse_config
 from cluster.http.admin import ExpertAdmin, admin_token, allowed_roots
 from cluster.http.app import GatewayParts, build_http_app
 from cluster.http.errors import ApiError
+from cluster.http.response_store import ResponseStore
+from cluster.http.responses import ResponsesApi
 from cluster.http.serving import ConclaveService
 from cluster.http.sessions import SessionRouting
 from cluster.http.shutdown import ShutdownGate
@@ -76,9 +78,12 @@ class Gateway:
 
     def __serve_build_asgi_app__(self):
         serving = self.config.serving
+        store = ResponseStore(connect(self.config.redis.url, socket_timeout=1.0),
+                              self.config.redis.namespace, serving.responses)
         return build_http_app(GatewayParts(self.service, self.admin, self.metrics,
                                            serving.request_timeout_s, serving.max_body_bytes,
-                                           self.gate, self.tenancy))
+                                           self.gate, self.tenancy,
+                                           ResponsesApi(self.service, store)))
 
     async def drain(self, grace_s: float) -> int:
         """Refuse new requests (503) and wait up to ``grace_s`` for those in flight; the

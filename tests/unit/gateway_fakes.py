@@ -14,6 +14,8 @@ from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.http.admin import ExpertAdmin
 from cluster.http.app import GatewayParts, build_http_app
+from cluster.http.response_store import ResponseStore
+from cluster.http.responses import ResponsesApi
 from cluster.http.serving import ConclaveService
 from cluster.http.sessions import SessionRouting
 from cluster.http.shutdown import ShutdownGate
@@ -114,8 +116,10 @@ def gateway_client(redis_url: str, gate: ShutdownGate | None = None,
     service = ConclaveService(config, backends.route, backends.call, catalog, metrics, tenancy,
                               SessionRouting(sessions))
     admin = ExpertAdmin(catalog, TOKEN, ["/nonexistent-root"])
+    responses = ResponsesApi(service, ResponseStore(connect(redis_url), "conclave",
+                                                    config.serving.responses))
     app = build_http_app(GatewayParts(service, admin, metrics, 0.5, 4096,
-                                      gate or ShutdownGate(), tenancy))
+                                      gate or ShutdownGate(), tenancy, responses))
     try:
         with TestClient(app) as client:
             yield client, backends, catalog
