@@ -92,10 +92,12 @@ class FakeBackends:
 
 @contextlib.contextmanager
 def gateway_client(redis_url: str, gate: ShutdownGate | None = None,
-                   tenants: dict | None = None, costs: dict[str, float] | None = None):
+                   tenants: dict | None = None, costs: dict[str, float] | None = None,
+                   session_redis: str | None = None):
     """``(TestClient, FakeBackends, ExpertCatalog)`` over alpha, beta and gamma; k=2,
     a 0.5 s request timeout, a 4 KiB body limit, max_tokens up to 100. ``tenants``: the
-    config's ``tenants`` section (API keys); ``costs``: expert prices."""
+    config's ``tenants`` section (API keys); ``costs``: expert prices; ``session_redis``:
+    where sessions and stored responses live (default: ``redis_url``)."""
     config = parse_config({
         "redis": {"url": redis_url},
         "routing": {"k": 2},
@@ -111,12 +113,12 @@ def gateway_client(redis_url: str, gate: ShutdownGate | None = None,
     backends = FakeBackends()
     metrics = ConclaveMetrics()
     tenancy = tenancy_for(config, catalog, metrics)
-    sessions = SessionStore(connect(redis_url), "conclave", config.routing.sessions,
+    sessions = SessionStore(connect(session_redis or redis_url), "conclave", config.routing.sessions,
                             lambda outcome: metrics.sessions.labels(outcome).inc())
     service = ConclaveService(config, backends.route, backends.call, catalog, metrics, tenancy,
                               SessionRouting(sessions))
     admin = ExpertAdmin(catalog, TOKEN, ["/nonexistent-root"])
-    responses = ResponsesApi(service, ResponseStore(connect(redis_url), "conclave",
+    responses = ResponsesApi(service, ResponseStore(connect(session_redis or redis_url), "conclave",
                                                     config.serving.responses))
     app = build_http_app(GatewayParts(service, admin, metrics, 0.5, 4096,
                                       gate or ShutdownGate(), tenancy, responses))

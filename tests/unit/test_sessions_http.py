@@ -3,6 +3,8 @@ headers, the metric, the /v1/route explanation and bad session ids."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from gateway_fakes import gateway_client
 from prometheus_client.parser import text_string_to_metric_families
@@ -104,3 +106,15 @@ def test_bad_session_ids_are_a_400_naming_the_limit(setup, headers, extra, needl
         assert "128" in resp.json()["error"]["message"]
     route = client.post("/v1/route", json={"query": "hi", **extra}, headers=headers)
     assert route.status_code == 400 and needle in route.json()["error"]["message"]
+
+
+def test_redis_down_routes_without_sessions_counts_and_logs_once(redis_url, tmp_path, caplog):
+    dead = f"unix://{tmp_path}/no-redis.sock"
+    with caplog.at_level(logging.WARNING, logger="routing.sessions"), \
+            gateway_client(redis_url, session_redis=dead) as (client, _, _):
+        for _ in range(3):
+            resp = turn(client, [{"role": "user", "content": "hi"}], {"x-session-id": "s"})
+            assert resp.json()["conclave"]["session"]["outcome"] == "stateless"
+        metrics = client.get("/metrics").text
+    assert 'conclave_sessions_total{outcome="stateless"} 3.0' in metrics
+    assert len([r for r in caplog.records if "unreachable" in r.message]) == 1
