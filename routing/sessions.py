@@ -8,7 +8,8 @@ gateway replica, and one started later, sees the same decision.
 
 Each turn is routed as usual (on the conversation, :mod:`routing.conversation`), then
 :func:`keep_or_switch`: the session's experts are kept while each scores within ``margin``
-of the best expert for this turn; else the fresh decision replaces them. The outcome is
+of the best expert for this turn (``question_margin`` for a turn that is a question of its
+own); else the fresh decision replaces them. The outcome is
 ``new``, ``kept`` or ``switched``; ``stateless`` when Redis cannot be reached (the turn is
 routed as if it had no session; the first failure is logged, every one counted).
 """
@@ -43,8 +44,13 @@ class SessionConfig(BaseModel):
     enabled: bool = Field(True, description="Keep a session's experts across its turns.")
     ttl_s: int = Field(3600, ge=1, description="Seconds a session lives after its last turn.")
     margin: float = Field(
-        0.2, ge=0.0, description="A turn keeps the session's experts while each scores at "
-        "least the best expert's score minus this (the strategy's scale); below: re-routed.")
+        0.05, ge=0.0, description="A follow-up keeps the session's experts while each scores "
+        "at least the best expert's score minus this (the strategy's scale); below: "
+        "re-routed (bench/conversations.py tunes it).")
+    question_margin: float = Field(
+        0.0, ge=0.0, description="The same for a turn that is a question of its own "
+        "(routing.conversation.standalone_words): a new question goes where a fresh request "
+        "would unless the session's experts score as well.")
     retry_s: float = Field(
         5.0, gt=0, description="Redis unreachable: turns are routed without their session "
         "for this long before Redis is asked again.")
@@ -131,13 +137,14 @@ class SessionStore:
         self._logged = False
 
     def decide(self, session: str, decision: Decision, options_key: str,
-               dry_run: bool = False) -> SessionTurn:
+               dry_run: bool = False, standalone: bool = False) -> SessionTurn:
         """``decision`` (this turn routed afresh) under ``session``: kept, switched or new,
-        stored unless ``dry_run``."""
+        stored unless ``dry_run``; ``standalone``: the turn is a question of its own."""
         if time.monotonic() < self._down_until:
             return self._stateless(decision)
         try:
-            turn = self._decide(session, decision, options_key, dry_run)
+            margin = self.config.question_margin if standalone else self.config.margin
+            turn = self._decide(session, decision, options_key, dry_run, margin)
         except _REDIS_ERRORS as err:
             self._down_until = time.monotonic() + self.config.retry_s
             if not self._logged:
@@ -153,8 +160,8 @@ class SessionStore:
         self._on_outcome("stateless")
         return SessionTurn(decision, "stateless", {"reason": "the session store is unreachable"})
 
-    def _decide(self, session: str, decision: Decision, options_key: str,
-                dry_run: bool) -> SessionTurn:
+    def _decide(self, session: str, decision: Decision, options_key: str, dry_run: bool,
+                margin: float) -> SessionTurn:
         key, ttl = self._prefix + session, self.config.ttl_s
         fresh = SessionRecord(decision.experts, decision.weights, options_key)
         raw = self._client.get(key)
@@ -164,7 +171,7 @@ class SessionStore:
                 return SessionTurn(decision, "new", {"reason": "no earlier turn"})
             raw = self._client.get(key) or fresh.dumps()
         chosen, outcome, why = keep_or_switch(SessionRecord.loads(raw), decision, options_key,
-                                              self.config.margin)
+                                              margin)
         if dry_run:
             return SessionTurn(chosen, outcome, why)
         if outcome == "switched":

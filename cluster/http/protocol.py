@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from routing.conversation import ConversationConfig, routed_text
+from routing.conversation import ConversationConfig, RoutedText, routed_text
 from routing.options import RouteOptions
 from routing.sessions import SessionOutcome
 
@@ -106,7 +106,7 @@ class ChatCompletionRequest(_SamplingRequest):
         """The last user message (what a synthesis answers)."""
         return next(m.text() for m in reversed(self.messages) if m.role == "user")
 
-    def routed_text(self, config: ConversationConfig) -> str:
+    def routed_text(self, config: ConversationConfig) -> RoutedText:
         """The text routed: the user turns (routing/conversation.py)."""
         return routed_text([m.text() for m in self.messages if m.role == "user"], config)
 
@@ -144,9 +144,9 @@ class RouteRequest(_Lenient):
     conclave: RouteOptions | None = Field(
         None, description="Routing options; they override the model string's.")
 
-    def text(self, config: ConversationConfig) -> str:
+    def text(self, config: ConversationConfig) -> RoutedText:
         if self.query is not None:
-            return self.query
+            return RoutedText(self.query, True)
         return routed_text([m.text() for m in self.messages or [] if m.role == "user"], config)
 
 

@@ -59,7 +59,7 @@ class ResponsesApi:
         session = turn.session or (stored.session if stored else None) or (
             response.id if req.store else None)
         plan = await self._service.plan(chat.query(), chat.prompt(), chat, caller,
-                                        Turn(turn.routed, session))
+                                        Turn(turn.routed, session, turn.standalone))
         return PendingResponse(response, chat, plan)
 
     async def answer(self, pending: PendingResponse, sink=None) -> ResponseObject:

@@ -154,7 +154,8 @@ class ConclaveService:
                     session_header: str | None = None) -> dict:
         """The routing decision alone (a dry run, the session's included, nothing
         stored), restricted as ``caller``'s key is."""
-        query = req.text(self.config.routing.conversation)
+        text = req.text(self.config.routing.conversation)
+        query = text.text
         if not query.strip():
             raise ApiError(400, "give a non-empty 'query' or user message", param="query")
         options = self.route_options(req.model, req.conclave)
@@ -162,12 +163,12 @@ class ConclaveService:
             raise ApiError(400, f"model {req.model!r} is one expert; nothing to route",
                            param="model")
         try:
-            turn = turn_of(query, session_header, req.user, options)
+            turn = turn_of(text, session_header, req.user, options)
         except RoutingError as err:
             raise from_domain(err) from None
         routed = await self._call_router(query, options)
-        decision, session, why = await self._sessions.apply(turn.session, routed.decision,
-                                                            options, dry_run=True)
+        decision, session, why = await self._sessions.apply(turn, routed.decision, options,
+                                                            dry_run=True)
         if caller is not None:
             decision = self._tenancy.restrict(caller, decision)
         return {"decision": decision.to_dict(), "cache": routed.cache,
@@ -205,7 +206,7 @@ class ConclaveService:
             return RoutedPrompt(query, prompt, params, decision, "direct", 0.0, "best", caller)
         turn = turn or Turn(query)
         routed = await self._call_router(turn.routed, options)
-        decision, session, _ = await self._sessions.apply(turn.session, routed.decision, options)
+        decision, session, _ = await self._sessions.apply(turn, routed.decision, options)
         if caller is not None:
             decision = self._tenancy.restrict(caller, decision)
         return RoutedPrompt(query, prompt, params, decision, routed.cache, routed.routing_ms,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from cluster.http.protocol import SessionInfo
+from routing.conversation import RoutedText
 from routing.decision import Decision
 from routing.options import RouteOptions
 from routing.sessions import SessionStore, SessionTurn, session_key
@@ -20,14 +21,16 @@ class Turn:
 
     routed: str  # the text routed (the user turns, routing/conversation.py)
     session: str | None = None  # its session id (header, then ``user``, then body)
+    standalone: bool = True  # a question of its own (not joined with earlier turns)
 
 
-def turn_of(routed: str, header: str | None, user: str | None,
+def turn_of(routed: RoutedText, header: str | None, user: str | None,
             options: RouteOptions | None) -> Turn:
     """The turn routed on ``routed``; its session from the ``x-session-id`` header, the
     ``user`` field or ``conclave.session``, in that order (a bad id raises
     :class:`~routing.sessions.SessionIdError`, an HTTP 400)."""
-    return Turn(routed, session_key(header, user, options.session if options else None))
+    return Turn(routed.text, session_key(header, user, options.session if options else None),
+                routed.standalone)
 
 
 class SessionRouting:
@@ -37,14 +40,16 @@ class SessionRouting:
     def __init__(self, store: SessionStore | None):
         self._store = store
 
-    async def apply(self, session: str | None, decision: Decision, options: RouteOptions,
+    async def apply(self, turn: Turn, decision: Decision, options: RouteOptions,
                     dry_run: bool = False) -> tuple[Decision, SessionInfo | None, dict]:
-        """The decision to follow, what became of the session, and why."""
+        """The decision to follow for ``turn``, what became of its session, and why."""
+        session = turn.session
         if self._store is None or session is None or not self._store.config.enabled:
             return decision, None, {}
-        turn: SessionTurn = await asyncio.to_thread(
-            self._store.decide, session, decision, options.decision_key(), dry_run)
-        return turn.decision, SessionInfo(id=session, outcome=turn.outcome), turn.explanation
+        kept: SessionTurn = await asyncio.to_thread(
+            self._store.decide, session, decision, options.decision_key(), dry_run,
+            turn.standalone)
+        return kept.decision, SessionInfo(id=session, outcome=kept.outcome), kept.explanation
 
 
 def session_headers(info: SessionInfo | None) -> dict[str, str]:

@@ -56,8 +56,9 @@ def test_session_key_order_and_checks():
 
 def test_two_stores_on_one_redis_see_one_decision(redis_url):
     outcomes = []
-    one = SessionStore(connect(redis_url), "t", SessionConfig(), outcomes.append)
-    two = SessionStore(connect(redis_url), "t", SessionConfig(), outcomes.append)
+    config = SessionConfig(margin=0.2)
+    one = SessionStore(connect(redis_url), "t", config, outcomes.append)
+    two = SessionStore(connect(redis_url), "t", config, outcomes.append)
     first = one.decide("s1", decision([("math", 0.9), ("code", 0.1)]), "opts")
     # the other replica routes a follow-up that leans (within the margin) to code
     later = two.decide("s1", decision([("code", 0.8), ("math", 0.7)]), "opts")
@@ -66,6 +67,9 @@ def test_two_stores_on_one_redis_see_one_decision(redis_url):
     dry = two.decide("s1", decision([("code", 0.9), ("math", 0.1)]), "opts", dry_run=True)
     assert dry.outcome == "switched" and outcomes == ["new", "kept"]  # a dry run stores nothing
     assert connect(redis_url).ttl("t:session:s1") > 3000
+    # a question of its own is held to question_margin (0): the same scores switch it
+    lean = decision([("code", 0.8), ("math", 0.7)])
+    assert two.decide("s1", lean, "opts", dry_run=True, standalone=True).outcome == "switched"
 
 
 def test_redis_down_is_stateless_counted_and_logged_once(caplog, tmp_path):
