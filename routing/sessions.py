@@ -51,6 +51,10 @@ class SessionConfig(BaseModel):
         0.0, ge=0.0, description="The same for a turn that is a question of its own "
         "(routing.conversation.standalone_words): a new question goes where a fresh request "
         "would unless the session's experts score as well.")
+    affinity: bool = Field(
+        True, description="Send a conversation's turns to the pool replica of its previous "
+        "turn while it is alive and has room (its prefix cache holds the history; "
+        "cluster/serve/affinity.py).")
     retry_s: float = Field(
         5.0, gt=0, description="Redis unreachable: turns are routed without their session "
         "for this long before Redis is asked again.")
