@@ -18,7 +18,10 @@ gets alone), ``errors``; the baseline (today's routing, the last message alone:
 ``no_session_*``; and ``margin_sweep``: both figures for other session margins, the
 keep-or-switch rule (routing/sessions.py) applied to each turn's fresh ranking.
 
-    .venv/bin/python bench/conversations.py [--conversations 60] [--json FILE]
+With ``--ttft``: ``ttft_p50_later_turns_ms`` with and without replica affinity, on the
+real model (bench/conversation_ttft.py).
+
+    .venv/bin/python bench/conversations.py [--conversations 60] [--ttft] [--json FILE]
 """
 
 from __future__ import annotations
@@ -150,41 +153,60 @@ def sweep(runs: list[dict], question_margin: float) -> dict:
               help="routing.conversation.standalone_words.")
 @click.option("--concurrency", default=8, show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--routing/--no-routing", default=True, show_default=True,
+              help="The routing figures (the replay pool).")
+@click.option("--ttft/--no-ttft", default=False, show_default=True,
+              help="Also the later turns' TTFT with and without affinity (the real model).")
+@click.option("--ttft-conversations", default=8, show_default=True)
+@click.option("--doc-words", default=300, show_default=True, help="TTFT: shared prefix size.")
+@click.option("--pool-replicas", default=2, show_default=True, help="TTFT: pool replicas.")
 @click.option("--json", "json_path", default=None, type=click.Path(), help="Write figures.")
 def main(data_dir, conversations, margin, max_words, standalone_words, concurrency, seed,
-         json_path):
+         routing, ttft, ttft_conversations, doc_words, pool_replicas, json_path):
     from cluster.cli.demo import _free_port
     from cluster.cli.replay_demo import find_data, held_out, replay_config
-    from cluster.deploy.local import offline_defaults, start_app
+    from cluster.deploy.local import offline_defaults, start_app, stop_app
 
     offline_defaults()
     root = find_data(data_dir)
     if root is None:
         raise click.ClickException("no MMLU-Pro predictions under the data root: pass --data")
     config = replay_config(root, namespace=f"conv-bench-{os.getpid()}")
-    routing = config.routing.model_copy(update={
+    options = config.routing.model_copy(update={
         "conversation": config.routing.conversation.model_copy(
             update={k: v for k, v in (("max_words", max_words),
                                       ("standalone_words", standalone_words)) if v is not None}),
         "sessions": config.routing.sessions.model_copy(
             update={"margin": margin} if margin is not None else {})})
-    config = config.model_copy(update={"routing": routing})
+    config = config.model_copy(update={"routing": options})
     held = held_out(config)
     questions = list(zip(held.test.texts, held.test.domains, strict=True))
+    port, result = _free_port(), {}
     try:
-        url = start_app(config, port=_free_port(), name="conv-bench", route_prefix="/")
-        with httpx.Client(base_url=url, timeout=120) as http:
-            convs = build(http, questions, conversations, seed)
-        with ThreadPoolExecutor(concurrency) as pool:
-            runs = list(pool.map(play, [url] * len(convs),
-                                 [config.routing.conversation] * len(convs), convs,
-                                 range(len(convs))))
+        if routing:
+            url = start_app(config, port=port, name="conv-bench", route_prefix="/")
+            with httpx.Client(base_url=url, timeout=120) as http:
+                convs = build(http, questions, conversations, seed)
+            with ThreadPoolExecutor(concurrency) as pool:
+                runs = list(pool.map(play, [url] * len(convs),
+                                     [config.routing.conversation] * len(convs), convs,
+                                     range(len(convs))))
+            stop_app("conv-bench", shutdown=False)
+            result = report(runs, config)
+        if ttft:
+            from conversation_ttft import measure  # bench/ is on sys.path (run as a script)
+
+            result.update(measure(held.test.texts, ttft_conversations, doc_words,
+                                  pool_replicas, port))
+            click.echo(f"TTFT p50 of later turns (ms): {result['ttft_p50_later_turns_ms']}  "
+                       f"reduction {result['ttft_later_turns_reduction']:.2f}")
     finally:
         _shutdown(config)
-    report(runs, config, json_path)
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
 
 
-def report(runs: list[dict], config, json_path: str | None) -> None:
+def report(runs: list[dict], config) -> dict:
     served = figures(runs, "expert")
     baseline = figures(runs, "last_only")
     nosession = figures(runs, "no_session")
@@ -213,8 +235,7 @@ def report(runs: list[dict], config, json_path: str | None) -> None:
     for m, f in result["margin_sweep"].items():
         click.echo(f"  margin {m:>6}: {f['follow_up_same_expert']:.3f} "
                    f"{f['topic_change_switched']:.3f}")
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def _shutdown(config) -> None:

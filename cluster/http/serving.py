@@ -144,11 +144,8 @@ class ConclaveService:
 
     def turn(self, req: ChatCompletionRequest, session_header: str | None = None) -> Turn:
         """A chat request as a turn: its conversation's routed text and its session."""
-        try:
-            return turn_of(req.routed_text(self.config.routing.conversation), session_header,
-                           req.user, req.conclave)
-        except RoutingError as err:
-            raise from_domain(err) from None
+        return turn_of(req.routed_text(self.config.routing.conversation), session_header,
+                       req.user, req.conclave)
 
     async def route(self, req: RouteRequest, caller: StoredKey | None = None,
                     session_header: str | None = None) -> dict:
@@ -162,10 +159,7 @@ class ConclaveService:
         if options is None:
             raise ApiError(400, f"model {req.model!r} is one expert; nothing to route",
                            param="model")
-        try:
-            turn = turn_of(text, session_header, req.user, options)
-        except RoutingError as err:
-            raise from_domain(err) from None
+        turn = turn_of(text, session_header, req.user, options)
         routed = await self._call_router(query, options)
         decision, session, why = await self._sessions.apply(turn, routed.decision, options,
                                                             dry_run=True)

@@ -8,11 +8,12 @@ import asyncio
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from cluster.http.errors import from_domain
 from cluster.http.protocol import SessionInfo
 from routing.conversation import RoutedText
 from routing.decision import Decision
 from routing.options import RouteOptions
-from routing.sessions import SessionStore, SessionTurn, session_key
+from routing.sessions import SessionIdError, SessionStore, SessionTurn, session_key
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,12 @@ class Turn:
 def turn_of(routed: RoutedText, header: str | None, user: str | None,
             options: RouteOptions | None) -> Turn:
     """The turn routed on ``routed``; its session from the ``x-session-id`` header, the
-    ``user`` field or ``conclave.session``, in that order (a bad id raises
-    :class:`~routing.sessions.SessionIdError`, an HTTP 400)."""
-    return Turn(routed.text, session_key(header, user, options.session if options else None),
-                routed.standalone)
+    ``user`` field or ``conclave.session``, in that order (a bad id: HTTP 400)."""
+    try:
+        session = session_key(header, user, options.session if options else None)
+    except SessionIdError as err:
+        raise from_domain(err) from None
+    return Turn(routed.text, session, routed.standalone)
 
 
 class SessionRouting:
