@@ -21,9 +21,12 @@ from pydantic import (
     model_validator,
 )
 
+from cluster.http.response_store import ResponsesConfig
 from experts.loader import EngineChoice, ExpertLoader, resolve_engine
 from experts.spec import PATHS_ON_LOAD, ExpertSpec, check_references
+from routing.conversation import ConversationConfig
 from routing.options import RouteOptionFields
+from routing.sessions import SessionConfig
 
 
 class _Strict(BaseModel):
@@ -124,6 +127,9 @@ class RoutingConfig(RouteOptionFields):
         1, ge=1, description="Router replicas; with 2 or more, a call to one that dies is "
         "retried on another at once instead of waiting for its replacement.")
     resources: NodeResources = Field(default_factory=dict, description=_RESOURCES)
+    conversation: ConversationConfig = Field(default_factory=ConversationConfig,
+                                             description="docs/conversations.md.")
+    sessions: SessionConfig = Field(default_factory=SessionConfig, description="Sessions.")
 
     @model_validator(mode="after")
     def _strategy_options(self) -> RoutingConfig:
@@ -294,6 +300,8 @@ class ServingConfig(_Strict):
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM/SIGINT, `conclave serve` refuses new requests "
         "(503) and gives those in flight this long to finish before Serve shuts down.")
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig,
+                                       description="Stored responses (POST /v1/responses).")
 
 
 class TracingConfig(_Strict):

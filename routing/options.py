@@ -93,6 +93,10 @@ class RouteOptions(RouteOptionFields):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    session: str | None = Field(
+        None, exclude=True, description="The session id, when neither the x-session-id header "
+        "nor the OpenAI 'user' field gives one (routing/sessions.py); no routing option.")
+
     @model_validator(mode="before")
     @classmethod
     def _nulls_are_unset(cls, data: Any) -> Any:

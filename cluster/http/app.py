@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -34,6 +34,8 @@ from cluster.http.protocol import (
     ModelList,
     RouteRequest,
 )
+from cluster.http.responses import ResponsesApi, response_events
+from cluster.http.responses_protocol import ResponsesRequest
 from cluster.http.serving import (
     ConclaveService,
     conclave_headers,
@@ -67,6 +69,7 @@ async def _known(request: Request) -> StoredKey | None:
 
 Admitted = Annotated[StoredKey | None, Depends(_admitted)]
 Known = Annotated[StoredKey | None, Depends(_known)]
+SessionHeader = Annotated[str | None, Header(alias="x-session-id")]
 
 
 @dataclass
@@ -78,6 +81,7 @@ class GatewayParts:
     max_body_bytes: int
     gate: ShutdownGate = field(default_factory=ShutdownGate)
     tenancy: Tenancy | None = None  # API keys (None: off, anyone may call)
+    responses: ResponsesApi | None = None  # POST /v1/responses (None: nothing stored)
 
 
 def build_http_app(parts: GatewayParts) -> FastAPI:
@@ -100,12 +104,23 @@ def _add_openai_routes(app: FastAPI, parts: GatewayParts) -> None:
     service = parts.service
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatCompletionRequest, caller: Admitted):
+    async def chat(body: ChatCompletionRequest, caller: Admitted,
+                   x_session_id: SessionHeader = None):
         if body.stream:  # routed first: bad input is still a 4xx, not a broken stream
-            plan = await _timed(parts, "chat",
-                                service.plan(body.query(), body.prompt(), body, caller))
+            plan = await _timed(parts, "chat", service.plan(
+                body.query(), body.prompt(), body, caller, service.turn(body, x_session_id)))
             return _events(chat_events(service, body.model, plan, parts.timeout_s), [plan])
-        return _reply(await _timed(parts, "chat", service.chat(body, caller)))
+        return _reply(await _timed(parts, "chat", service.chat(body, caller, x_session_id)))
+
+    responses = parts.responses or ResponsesApi(service, None)
+
+    @app.post("/v1/responses")
+    async def respond(body: ResponsesRequest, caller: Admitted,
+                      x_session_id: SessionHeader = None):
+        pending = await _timed(parts, "responses", responses.prepare(body, caller, x_session_id))
+        if body.stream:
+            return _events(response_events(responses, pending, parts.timeout_s), [pending.plan])
+        return _reply(await _timed(parts, "responses", responses.answer(pending)))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, caller: Admitted):
@@ -115,8 +130,8 @@ def _add_openai_routes(app: FastAPI, parts: GatewayParts) -> None:
         return _reply(await _timed(parts, "completions", service.completions(body, caller)))
 
     @app.post("/v1/route")
-    async def route(body: RouteRequest, caller: Admitted):
-        return await _timed(parts, "route", service.route(body, caller))
+    async def route(body: RouteRequest, caller: Admitted, x_session_id: SessionHeader = None):
+        return await _timed(parts, "route", service.route(body, caller, x_session_id))
 
     @app.get("/v1/models", response_model=ModelList)
     async def models(_caller: Known):

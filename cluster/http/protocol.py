@@ -20,7 +20,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cluster.http.errors import ApiError
+from routing.conversation import ConversationConfig, RoutedText, routed_text
 from routing.options import RouteOptions
+from routing.sessions import SessionOutcome
 
 
 class _Lenient(BaseModel):
@@ -108,8 +110,12 @@ class ChatCompletionRequest(_SamplingRequest):
         return self.max_completion_tokens or self.max_tokens
 
     def query(self) -> str:
-        """The text routed: the last user message."""
+        """The last user message (what a synthesis answers)."""
         return next(m.text() for m in reversed(self.messages) if m.role == "user")
+
+    def routed_text(self, config: ConversationConfig) -> RoutedText:
+        """The text routed: the user turns (routing/conversation.py)."""
+        return routed_text([m.text() for m in self.messages if m.role == "user"], config)
 
     def prompt(self) -> list[dict]:
         return [{"role": m.role, "content": m.text()} for m in self.messages]
@@ -141,14 +147,14 @@ class RouteRequest(_Lenient):
     query: str | None = None
     messages: list[ChatMessage] | None = None
     model: str = "conclave"
+    user: str | None = None
     conclave: RouteOptions | None = Field(
         None, description="Routing options; they override the model string's.")
 
-    def text(self) -> str:
+    def text(self, config: ConversationConfig) -> RoutedText:
         if self.query is not None:
-            return self.query
-        users = [m.text() for m in self.messages or [] if m.role == "user"]
-        return users[-1] if users else ""
+            return RoutedText(self.query, True)
+        return routed_text([m.text() for m in self.messages or [] if m.role == "user"], config)
 
 
 class Usage(BaseModel):
@@ -176,6 +182,12 @@ class CascadeStep(BaseModel):
     kept: bool = Field(description="Whether its answer is the one returned.")
 
 
+class SessionInfo(BaseModel):
+    id: str
+    outcome: SessionOutcome = Field(description="new, kept (the session's experts answer), "
+                                    "switched (re-routed), stateless (store unreachable).")
+
+
 class ConclaveInfo(BaseModel):
     """What the panel did for one answer."""
 
@@ -189,6 +201,7 @@ class ConclaveInfo(BaseModel):
     request_id: str | None = Field(None, description="The x-request-id of this request.")
     cascade: list[CascadeStep] | None = Field(
         None, description="k=cascade: each expert asked, its answer's confidence, which kept.")
+    session: SessionInfo | None = Field(None, description="The session's decision, if any.")
 
 
 class ChatChoiceMessage(BaseModel):

@@ -30,11 +30,13 @@ from cluster.http.protocol import (
     ModelCard,
     ModelList,
     RouteRequest,
+    SessionInfo,
     Usage,
     feature_params,
     tool_calls,
     without_features,
 )
+from cluster.http.sessions import SessionRouting, Turn, session_headers, turn_of
 from cluster.ops import request_ids
 from cluster.ops.metrics import ConclaveMetrics
 from cluster.ops.tracing import span
@@ -68,6 +70,7 @@ class RoutedPrompt:
     mode: str  # the aggregation mode asked for
     caller: StoredKey | None = None  # the API key it is answered for (None: keys off)
     cascade: float | None = None  # k=cascade: the confidence threshold
+    session: SessionInfo | None = None  # what became of its session, if it has one
 
 
 class ConclaveService:
@@ -75,8 +78,9 @@ class ConclaveService:
 
     def __init__(self, config: ConclaveConfig, route: RouteCall, call: ExpertCall,
                  catalog: ExpertCatalog, metrics: ConclaveMetrics,
-                 tenancy: Tenancy | None = None):
+                 tenancy: Tenancy | None = None, sessions: SessionRouting | None = None):
         self.config = config
+        self._sessions = sessions or SessionRouting(None)
         self._tenancy = tenancy
         self._route = route
         self._catalog = catalog
@@ -91,9 +95,10 @@ class ConclaveService:
         cards += [ModelCard(id=s.id, description=s.description) for s in self._catalog.specs()]
         return ModelList(data=cards)
 
-    async def chat(self, req: ChatCompletionRequest,
-                   caller: StoredKey | None = None) -> ChatCompletionResponse:
-        plan = await self.plan(req.query(), req.prompt(), req, caller)
+    async def chat(self, req: ChatCompletionRequest, caller: StoredKey | None = None,
+                   session_header: str | None = None) -> ChatCompletionResponse:
+        plan = await self.plan(req.query(), req.prompt(), req, caller,
+                               self.turn(req, session_header))
         out = await self.run(plan)
         if out.tool_calls:  # the model chose to call (auto): the text before is content
             calls, content = out.tool_calls, out.text or None
@@ -125,21 +130,32 @@ class ConclaveService:
         """Every prompt of a completions request, routed."""
         return [await self.plan(prompt, prompt, req, caller) for prompt in req.prompts()]
 
-    async def route(self, req: RouteRequest, caller: StoredKey | None = None) -> dict:
-        """The routing decision alone (a dry run), restricted as ``caller``'s key is."""
-        query = req.text()
+    def turn(self, req: ChatCompletionRequest, session_header: str | None = None) -> Turn:
+        """A chat request as a turn: its conversation's routed text and its session."""
+        return turn_of(req.routed_text(self.config.routing.conversation), session_header,
+                       req.user, req.conclave)
+
+    async def route(self, req: RouteRequest, caller: StoredKey | None = None,
+                    session_header: str | None = None) -> dict:
+        """The routing decision alone (a dry run, the session's included, nothing
+        stored), restricted as ``caller``'s key is."""
+        text = req.text(self.config.routing.conversation)
+        query = text.text
         if not query.strip():
             raise ApiError(400, "give a non-empty 'query' or user message", param="query")
         options = self.route_options(req.model, req.conclave)
         if options is None:
             raise ApiError(400, f"model {req.model!r} is one expert; nothing to route",
                            param="model")
+        turn = turn_of(text, session_header, req.user, options)
         routed = await self._call_router(query, options)
-        decision = routed.decision
+        decision, session, why = await self._sessions.apply(turn, routed.decision, options,
+                                                            dry_run=True)
         if caller is not None:
             decision = self._tenancy.restrict(caller, decision)
         return {"decision": decision.to_dict(), "cache": routed.cache,
-                "routing_ms": routed.routing_ms, "options": options.model_dump()}
+                "routing_ms": routed.routing_ms, "options": options.model_dump(),
+                "session": session and {**session.model_dump(), **why}}
 
     def route_options(self, model: str, body: RouteOptions | None) -> RouteOptions | None:
         """Routing options: the config's defaults, under the model string's, under the
@@ -156,11 +172,12 @@ class ConclaveService:
             raise ApiError(400, str(err), param="model", code="invalid_value") from None
         return body.over(options) if body is not None else options
 
-    async def plan(self, query: str, prompt: object, req,
-                   caller: StoredKey | None = None) -> RoutedPrompt:
+    async def plan(self, query: str, prompt: object, req, caller: StoredKey | None = None,
+                   turn: Turn | None = None) -> RoutedPrompt:
         """Route one prompt (or take the expert asked for directly): everything that can
         fail on bad input happens here, before a streamed response starts. With a
-        ``caller``, only experts its key allows answer (403 when none may)."""
+        ``caller``, only experts its key allows answer (403 when none may). A ``turn`` of a
+        conversation is routed on its text, under its session."""
         params = self._params(req)
         options = self.route_options(req.model, req.conclave)
         if options is None:
@@ -169,13 +186,15 @@ class ConclaveService:
             decision = Decision(query=query, experts=[req.model], weights=[1.0],
                                 strategy="direct", ranked=[(req.model, 1.0)], explanation={})
             return RoutedPrompt(query, prompt, params, decision, "direct", 0.0, "best", caller)
-        routed = await self._call_router(query, options)
-        decision = routed.decision
+        turn = turn or Turn(query)
+        routed = await self._call_router(turn.routed, options)
+        decision, session, _ = await self._sessions.apply(turn, routed.decision, options)
         if caller is not None:
             decision = self._tenancy.restrict(caller, decision)
         return RoutedPrompt(query, prompt, params, decision, routed.cache, routed.routing_ms,
                             options.aggregation, caller,
-                            options.cascade_threshold if options.k == "cascade" else None)
+                            options.cascade_threshold if options.k == "cascade" else None,
+                            session)
 
     async def run(self, plan: RoutedPrompt, sink: DeltaSink | None = None) -> FinalAnswer:
         """Ask the plan's experts and combine their answers. With ``sink``, the text of
@@ -201,7 +220,8 @@ class ConclaveService:
         final.info = ConclaveInfo(experts=run.uses(), strategy=plan.decision.strategy,
                                   aggregation=final.mode, aggregator=final.aggregator,
                                   cache=plan.cache, failovers=run.failovers,
-                                  routing_ms=plan.routing_ms, request_id=request_ids.current())
+                                  routing_ms=plan.routing_ms, request_id=request_ids.current(),
+                                  session=plan.session)
         if plan.caller is not None:  # counted once answered: never cut mid-answer
             await self._tenancy.book(plan.caller, final.calls)
         return final
@@ -224,7 +244,8 @@ class ConclaveService:
         final.info = ConclaveInfo(experts=uses, strategy=plan.decision.strategy,
                                   aggregation="cascade", cache=plan.cache,
                                   failovers=run.failovers, routing_ms=plan.routing_ms,
-                                  request_id=request_ids.current(), cascade=run.steps())
+                                  request_id=request_ids.current(), cascade=run.steps(),
+                                  session=plan.session)
         return final
 
     async def _call_router(self, query: str, options: RouteOptions) -> RouteResult:
@@ -268,4 +289,5 @@ def conclave_headers(info: ConclaveInfo | list[ConclaveInfo] | None) -> dict[str
         "x-conclave-cache": ",".join(i.cache for i in infos),
         "x-conclave-failovers": str(sum(len(i.failovers) for i in infos)),
         "x-conclave-aggregation": ",".join(i.aggregation for i in infos),
+        **session_headers(infos[0].session),
     }

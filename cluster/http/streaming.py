@@ -31,6 +31,7 @@ from cluster.http.protocol import (
     new_id,
 )
 from cluster.http.serving import ConclaveService, RoutedPrompt, add_usage
+from cluster.http.sessions import session_headers
 from cluster.panel.panel import FinalAnswer
 from cluster.panel.sink_stream import DeltaSink, Finished, sink_stream
 
@@ -77,14 +78,17 @@ def sse(model: object) -> str:
 
 
 def error_event(err: Exception, timeout_s: float) -> str:
+    return f"data: {json.dumps(error_body(err, timeout_s))}\n\n"
+
+
+def error_body(err: Exception, timeout_s: float) -> dict:
+    """The OpenAI error body of a failure after a stream started."""
     if isinstance(err, ApiError):
-        body = err.body()
-    elif isinstance(err, TimeoutError):
-        body = timeout_error(timeout_s).body()
-    else:
-        body = ErrorResponse(error=ErrorBody(message=str(err), type="api_error",
-                                             code="stream_broken")).model_dump()
-    return f"data: {json.dumps(body)}\n\n"
+        return err.body()
+    if isinstance(err, TimeoutError):
+        return timeout_error(timeout_s).body()
+    return ErrorResponse(error=ErrorBody(message=str(err), type="api_error",
+                                         code="stream_broken")).model_dump()
 
 
 async def chat_events(service: ConclaveService, model: str, plan: RoutedPrompt,
@@ -148,4 +152,5 @@ def plan_headers(plans: list[RoutedPrompt]) -> dict[str, str]:
         "x-conclave-experts": ",".join(e for p in plans for e in dict.fromkeys(p.decision.experts)),
         "x-conclave-strategy": plans[0].decision.strategy if plans else "",
         "x-conclave-cache": ",".join(p.cache for p in plans),
+        **session_headers(plans[0].session if plans else None),
     }

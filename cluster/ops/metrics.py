@@ -86,6 +86,9 @@ class ConclaveMetrics:
                                   registry=reg)
         self.key_cost = Counter("conclave_key_cost_usd", "Cost by API key, from the experts' "
                                 "prices.", ["key"], registry=reg)
+        self.sessions = Counter("conclave_sessions", "Session turns by outcome: new, kept, "
+                                "switched, stateless (store unreachable).", ["outcome"],
+                                registry=reg)
         self.unhealthy: dict[str, str] = {}  # expert -> the error of its last call
 
     def record_route(self, seconds: float, cache: str, batch_size: int,

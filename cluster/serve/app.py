@@ -31,6 +31,7 @@ from cluster.deploy.placement import (
     pool_actor_options,
 )
 from cluster.http.admin import admin_token
+from cluster.serve.affinity import affinity_options
 from cluster.serve.gateway import Gateway
 from cluster.serve.pool import ExpertPoolServer
 from cluster.serve.router import RouterServer
@@ -51,7 +52,9 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     data = config.model_dump(mode="json")
     pools = {
         pool.name: serve.deployment(ExpertPoolServer, name=pool.deployment_name,
-                                    **pool_options(pool)).bind(data, pool.name)
+                                    **pool_options(pool),
+                                    **affinity_options(config.routing.sessions.affinity),
+                                    ).bind(data, pool.name)
         for pool in config.pools
     }
     router = serve.deployment(RouterServer, name="router",

@@ -25,7 +25,10 @@ from cluster.http.admin import ExpertAdmin, admin_token, allowed_roots
 from cluster.http.app import GatewayParts, build_http_app
 from cluster.http.errors import ApiError
 from cluster.http.middleware import ShutdownGate
+from cluster.http.response_store import ResponseStore
+from cluster.http.responses import ResponsesApi
 from cluster.http.serving import ConclaveService
+from cluster.http.sessions import SessionRouting
 from cluster.ops.metrics import ConclaveMetrics
 from cluster.ops.request_ids import install_logging
 from cluster.ops.tracing import TraceContext, setup_tracing, span
@@ -37,6 +40,7 @@ from experts.loader import engine_key
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from routing.options import RouteOptions
+from routing.sessions import SessionStore
 
 log = logging.getLogger(__name__)
 ROUTER = None  # the router's batcher key (a pool's is its name)
@@ -63,8 +67,12 @@ class Gateway:
                                                        concurrency=calls_in_flight(pool))
                                for pool in self.config.pools})
         self.tenancy = tenancy_for(self.config, self.catalog, self.metrics)
+        sessions = SessionStore(connect(self.config.redis.url, socket_timeout=1.0),
+                                self.config.redis.namespace, routing.sessions,
+                                lambda outcome: self.metrics.sessions.labels(outcome).inc())
         self.service = ConclaveService(self.config, self._route, self._call_expert,
-                                       self.catalog, self.metrics, self.tenancy)
+                                       self.catalog, self.metrics, self.tenancy,
+                                       SessionRouting(sessions))
         self.admin = ExpertAdmin(self.catalog, token or admin_token(self.config.serving),
                                  allowed_roots(self.config.serving),
                                  {pool.name: pool.engine_choice() for pool in self.config.pools})
@@ -72,9 +80,12 @@ class Gateway:
 
     def __serve_build_asgi_app__(self):
         serving = self.config.serving
+        store = ResponseStore(connect(self.config.redis.url, socket_timeout=1.0),
+                              self.config.redis.namespace, serving.responses)
         return build_http_app(GatewayParts(self.service, self.admin, self.metrics,
                                            serving.request_timeout_s, serving.max_body_bytes,
-                                           self.gate, self.tenancy))
+                                           self.gate, self.tenancy,
+                                           ResponsesApi(self.service, store)))
 
     async def drain(self, grace_s: float) -> int:
         """Refuse new requests (503) and wait up to ``grace_s`` for those in flight; the

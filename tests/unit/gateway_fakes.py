@@ -15,7 +15,10 @@ from cluster.config import parse_config
 from cluster.http.admin import ExpertAdmin
 from cluster.http.app import GatewayParts, build_http_app
 from cluster.http.middleware import ShutdownGate
+from cluster.http.response_store import ResponseStore
+from cluster.http.responses import ResponsesApi
 from cluster.http.serving import ConclaveService
+from cluster.http.sessions import SessionRouting
 from cluster.http.streaming import pieces
 from cluster.ops.metrics import ConclaveMetrics
 from cluster.serve.messages import BatchStats, ExpertReply, RouteResult
@@ -25,6 +28,7 @@ from experts.registry import ExpertRegistry
 from experts.spec import ExpertSpec
 from routing.decision import Decision
 from routing.options import RouteOptions
+from routing.sessions import SessionStore
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -44,9 +48,14 @@ class FakeBackends:
         self.streamed: list[str] = []  # experts called with a sink
         self.held = threading.Event()
         self.tool_calls: list[dict] | None = None  # what an expert's tool parser found
+        self.routed: list[str] = []  # the texts routed
+        self.rankings: dict[str, list[tuple[str, float]]] = {}  # word of the newest line →
 
     async def route(self, query: str, options: RouteOptions) -> RouteResult:
-        ranked = [("alpha", 0.9), ("beta", 0.8), ("gamma", 0.5)]
+        self.routed.append(query)
+        newest = query.splitlines()[-1] if query else ""
+        ranked = next((r for word, r in self.rankings.items() if word in newest),
+                      [("alpha", 0.9), ("beta", 0.8), ("gamma", 0.5)])
         k = options.k
         decision = Decision(query=query, experts=[n for n, _ in ranked[:k]],
                             weights=[1.0 / k] * k, strategy=options.strategy or "knn",
@@ -82,10 +91,12 @@ class FakeBackends:
 
 @contextlib.contextmanager
 def gateway_client(redis_url: str, gate: ShutdownGate | None = None,
-                   tenants: dict | None = None, costs: dict[str, float] | None = None):
+                   tenants: dict | None = None, costs: dict[str, float] | None = None,
+                   session_redis: str | None = None):
     """``(TestClient, FakeBackends, ExpertCatalog)`` over alpha, beta and gamma; k=2,
     a 0.5 s request timeout, a 4 KiB body limit, max_tokens up to 100. ``tenants``: the
-    config's ``tenants`` section (API keys); ``costs``: expert prices."""
+    config's ``tenants`` section (API keys); ``costs``: expert prices; ``session_redis``:
+    where sessions and stored responses live (default: ``redis_url``)."""
     config = parse_config({
         "redis": {"url": redis_url},
         "routing": {"k": 2},
@@ -101,10 +112,15 @@ def gateway_client(redis_url: str, gate: ShutdownGate | None = None,
     backends = FakeBackends()
     metrics = ConclaveMetrics()
     tenancy = tenancy_for(config, catalog, metrics)
-    service = ConclaveService(config, backends.route, backends.call, catalog, metrics, tenancy)
+    sessions = SessionStore(connect(session_redis or redis_url), "conclave", config.routing.sessions,
+                            lambda outcome: metrics.sessions.labels(outcome).inc())
+    service = ConclaveService(config, backends.route, backends.call, catalog, metrics, tenancy,
+                              SessionRouting(sessions))
     admin = ExpertAdmin(catalog, TOKEN, ["/nonexistent-root"])
+    responses = ResponsesApi(service, ResponseStore(connect(session_redis or redis_url), "conclave",
+                                                    config.serving.responses))
     app = build_http_app(GatewayParts(service, admin, metrics, 0.5, 4096,
-                                      gate or ShutdownGate(), tenancy))
+                                      gate or ShutdownGate(), tenancy, responses))
     try:
         with TestClient(app) as client:
             yield client, backends, catalog
