@@ -53,7 +53,7 @@ class PilotStrategy(RoutingStrategy):
     def fit(self, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
         check_fit_inputs(outcomes, embeddings)
         self._experts, self._pilots = [], {}
-        self._index = VectorIndex(embeddings.shape[1])
+        self._index = _pilot_index(embeddings.shape[1])
         scores = np.nan_to_num(outcomes.scores, nan=-1.0)
         best = scores.max(axis=1)
         self._best = dict(zip(outcomes.ids, best.tolist(), strict=True))
@@ -65,7 +65,7 @@ class PilotStrategy(RoutingStrategy):
     def add_expert(self, expert: str, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
         check_fit_inputs(outcomes, embeddings, one_expert=expert)
         if self._index is None:
-            self._index = VectorIndex(embeddings.shape[1])
+            self._index = _pilot_index(embeddings.shape[1])
         if expert in self._experts:
             self.remove_expert(expert)
         own = np.nan_to_num(outcomes.with_experts([expert]).scores[:, 0], nan=-1.0)
@@ -138,3 +138,9 @@ class PilotStrategy(RoutingStrategy):
             self._index.add(ids, normalise(np.stack(vectors)))
         self._experts.append(expert)
         self._pilots[expert] = ids
+
+
+def _pilot_index(dim: int) -> VectorIndex:
+    # Exact: a score reads the similarity to every pilot, which an approximate index
+    # (auto's pick at size) would drop for the lists or graph nodes it does not visit.
+    return VectorIndex(dim, kind="flat")
