@@ -7,6 +7,7 @@ import pytest
 
 from routing.errors import RoutingError
 from routing.index import AUTO_FLAT_ROWS, KINDS, VectorIndex, plan_index
+from tests.bench_scripts import load_bench
 
 
 def _unit(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
@@ -154,7 +155,7 @@ def test_hnsw_tombstones_are_dropped_by_a_rebuild():
 
 
 def test_ivf_with_fitted_parameters_agrees_with_exact_search():
-    vectors, _ = _bench().clustered(31_000, seed=3)
+    vectors, _ = load_bench("routing_scale").clustered(31_000, seed=3)
     stored, queries = vectors[:30_000], vectors[30_000:]
     ids = [f"v{i}" for i in range(len(stored))]
     exact, approximate = VectorIndex(384, kind="flat"), VectorIndex(384, kind="ivf")
@@ -164,14 +165,3 @@ def test_ivf_with_fitted_parameters_agrees_with_exact_search():
     assert approximate.plan.kind == "ivf"
     assert np.mean([a == b for a, b in zip(got, want, strict=True)]) >= 0.99
 
-
-def _bench():
-    """bench/routing_scale.py (its clustered synthetic embeddings)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "bench" / "routing_scale.py"
-    spec = importlib.util.spec_from_file_location("routing_scale", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
