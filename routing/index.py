@@ -201,14 +201,13 @@ class VectorIndex:
         self._free.extend(self._dead)
         self._dead = set()
         slots = np.fromiter(self._slots.values(), np.int64, len(self._slots))
-        vectors = self._store[slots]
         if plan.kind == "ivf":
             index = faiss.IndexIVFFlat(
                 faiss.IndexFlatIP(self.dim), self.dim, plan.nlist, faiss.METRIC_INNER_PRODUCT
             )
             sample = np.random.default_rng(0).permutation(len(slots))[
                 : _TRAIN_PER_LIST * plan.nlist]
-            index.train(vectors[np.sort(sample)])
+            index.train(self._store[slots[np.sort(sample)]])
             index.nprobe = plan.nprobe
             index.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove_ids by id, O(1)
         elif plan.kind == "hnsw":
@@ -217,8 +216,9 @@ class VectorIndex:
             index = faiss.IndexIDMap2(base)
         else:
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        if len(slots):
-            index.add_with_ids(vectors, slots)
+        for start in range(0, len(slots), _Blocks.ROWS):  # no second copy of the store
+            part = slots[start: start + _Blocks.ROWS]
+            index.add_with_ids(self._store[part], part)
         return index, plan
 
     def _check_vectors(self, vectors: np.ndarray, rows: int | None) -> np.ndarray:
