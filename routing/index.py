@@ -29,7 +29,7 @@ from routing.errors import RoutingError
 KINDS = ("auto", "flat", "ivf", "hnsw")
 AUTO_FLAT_ROWS = 50_000  # auto: exact search below this many rows (docs/routing-scale.md)
 _POINTS_PER_LIST = 39  # FAISS wants at least 39 training points per IVF list
-_TRAIN_PER_LIST = 40  # IVF training sample per list: more costs time, not agreement
+_TRAIN_PER_LIST = 40  # IVF training sample per list (FAISS asks >= 39): more costs time
 _REFIT = 2.0  # an IVF is retrained once its size moved by this factor from its training
 _TOMBSTONES = 0.25  # hnsw graph rebuilt once tombstones exceed this share of live rows
 
