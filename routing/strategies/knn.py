@@ -8,6 +8,10 @@ An expert's score is a calibrated estimate of its chance to answer the query wel
 over the neighbours ``i`` where the expert has a result, with ``prior`` its mean validation
 score and ``β`` (``prior_weight``) its weight against the whole neighbourhood (whose weights
 sum to 1), so a thin or missing neighbourhood falls back to the expert's overall level.
+
+``index_kind`` picks the FAISS index; ``auto`` (the default) fits it to the number of
+stored questions: exact while small, approximate past ~50k (routing/index.py,
+docs/routing-scale.md).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from routing.errors import RoutingError
-from routing.index import VectorIndex
+from routing.index import KINDS, VectorIndex
 from routing.outcomes import OutcomeTable
 from routing.strategies.base import (
     RoutingStrategy,
@@ -34,20 +38,23 @@ class KNNStrategy(RoutingStrategy):
                   "prior_weight": [0.0, 0.2]}
 
     def __init__(self, k: int = 100, temperature: float = 0.2, prior_weight: float = 0.0,
-                 explain: int = 5, index_kind: str = "flat"):
+                 explain: int = 5, index_kind: str = "auto"):
         if k < 1 or temperature <= 0 or prior_weight < 0:
             raise RoutingError("knn needs k >= 1, temperature > 0, prior_weight >= 0")
+        if index_kind not in KINDS:
+            raise RoutingError(f"knn: unknown index_kind {index_kind!r}; valid: {KINDS}")
         self.k, self.temperature, self.prior_weight = k, temperature, prior_weight
         self.explain, self.index_kind = explain, index_kind
         self._experts: list[str] = []
         self._rows: dict[str, int] = {}  # question id -> row of _outcomes
+        self._questions: list[str] = []  # row of _outcomes -> question id
         self._outcomes = np.zeros((0, 0), dtype=np.float32)
         self._index: VectorIndex | None = None
 
     def fit(self, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
         check_fit_inputs(outcomes, embeddings)
         self._experts = list(outcomes.experts)
-        self._rows = {}
+        self._rows, self._questions = {}, []
         self._outcomes = np.zeros((0, len(self._experts)), dtype=np.float32)
         self._index = VectorIndex(embeddings.shape[1], kind=self.index_kind)
         self._insert(outcomes, embeddings, list(range(len(self._experts))))
@@ -104,6 +111,7 @@ class KNNStrategy(RoutingStrategy):
         if new:
             start = len(self._outcomes)
             self._rows.update({outcomes.ids[i]: start + n for n, i in enumerate(new)})
+            self._questions.extend(outcomes.ids[i] for i in new)
             pad = np.full((len(new), len(self._experts)), np.nan, dtype=np.float32)
             self._outcomes = np.concatenate([self._outcomes, pad])
             self._index.add([outcomes.ids[i] for i in new], embeddings[new])
@@ -116,8 +124,8 @@ class KNNStrategy(RoutingStrategy):
             np.ones(len(self._outcomes), dtype=bool))
         if not empty.any():
             return
-        by_row = sorted(self._rows, key=self._rows.get)
-        self._index.remove([by_row[r] for r in np.flatnonzero(empty)])
+        self._index.remove([self._questions[r] for r in np.flatnonzero(empty)])
         keep = np.flatnonzero(~empty)
         self._outcomes = self._outcomes[keep]
-        self._rows = {by_row[r]: n for n, r in enumerate(keep)}
+        self._questions = [self._questions[r] for r in keep]
+        self._rows = {q: n for n, q in enumerate(self._questions)}

@@ -48,11 +48,12 @@ class PilotStrategy(RoutingStrategy):
         self._support: dict[str, float] = {}  # pilot id -> question mass behind it
         self._best: dict[str, float] = {}  # question id -> best score on file
         self._index: VectorIndex | None = None
+        self._matrix: tuple[list[str], np.ndarray] | None = None  # see _ordered
 
     def fit(self, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
         check_fit_inputs(outcomes, embeddings)
         self._experts, self._pilots = [], {}
-        self._index = VectorIndex(embeddings.shape[1])
+        self._index = _pilot_index(embeddings.shape[1])
         scores = np.nan_to_num(outcomes.scores, nan=-1.0)
         best = scores.max(axis=1)
         self._best = dict(zip(outcomes.ids, best.tolist(), strict=True))
@@ -64,7 +65,7 @@ class PilotStrategy(RoutingStrategy):
     def add_expert(self, expert: str, outcomes: OutcomeTable, embeddings: np.ndarray) -> None:
         check_fit_inputs(outcomes, embeddings, one_expert=expert)
         if self._index is None:
-            self._index = VectorIndex(embeddings.shape[1])
+            self._index = _pilot_index(embeddings.shape[1])
         if expert in self._experts:
             self.remove_expert(expert)
         own = np.nan_to_num(outcomes.with_experts([expert]).scores[:, 0], nan=-1.0)
@@ -76,6 +77,7 @@ class PilotStrategy(RoutingStrategy):
         if expert not in self._experts:
             raise RoutingError(f"pilots: unknown expert {expert!r}; known: {self._experts}")
         pilots = self._pilots.pop(expert)
+        self._matrix = None
         for pilot in pilots:
             del self._support[pilot]
         if pilots:
@@ -87,27 +89,34 @@ class PilotStrategy(RoutingStrategy):
         values = np.full((len(texts), len(self._experts)), np.nan, dtype=np.float32)
         if not len(self._index):
             return Scores(self.experts, values, [{"pilots": []} for _ in texts])
-        ids, sims = self._index.search(embeddings, len(self._index))
-        values[:] = self._aggregate(ids, sims)
+        pilots, matrix = self._ordered()
+        grid = np.asarray(embeddings, dtype=np.float32) @ matrix.T  # cosine to every pilot
+        values[:] = self._aggregate(grid)
+        shown = min(self.explain, len(pilots))
+        top = np.argpartition(-grid, shown - 1, axis=1)[:, :shown] if shown else grid[:, :0]
         explanations = [
-            {"pilots": [{"pilot": p, "similarity": float(s)}
-                        for p, s in zip(hit[: self.explain], sim[: self.explain], strict=False)]}
-            for hit, sim in zip(ids, sims, strict=True)
+            {"pilots": [{"pilot": pilots[j], "similarity": float(row[j])}
+                        for j in sorted(best, key=lambda j, row=row: -row[j])]}
+            for row, best in zip(grid, top, strict=True)
         ]
         return Scores(self.experts, values, explanations)
 
-    def _aggregate(self, ids: list[list[str]], sims: np.ndarray) -> np.ndarray:
-        # Put every row's hits in one pilot order grouped by expert, then reduce per expert.
-        pilots = [p for e in self._experts for p in self._pilots[e]]
-        position = {p: n for n, p in enumerate(pilots)}
-        grid = np.full((len(ids), len(pilots)), np.nan, dtype=np.float32)
-        for i, hit in enumerate(ids):
-            grid[i, [position[p] for p in hit]] = sims[i, : len(hit)]
+    def _ordered(self) -> tuple[list[str], np.ndarray]:
+        # Every pilot grouped by expert, and their vectors: scoring reads all of them, so
+        # one matrix product beats a k=all index search (kept until the pilots change).
+        if self._matrix is None:
+            pilots = [p for e in self._experts for p in self._pilots[e]]
+            self._matrix = (pilots, self._index.vectors(pilots))
+        return self._matrix
+
+    def _aggregate(self, grid: np.ndarray) -> np.ndarray:
+        """Per-expert scores from the similarity to every pilot (columns in pilot order)."""
+        pilots = self._ordered()[0]
         counts = np.array([len(self._pilots[e]) for e in self._experts])
-        out = np.full((len(ids), len(self._experts)), np.nan, dtype=np.float32)
+        out = np.full((len(grid), len(self._experts)), np.nan, dtype=np.float32)
         owned = counts > 0
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[owned]
-        filled = np.nan_to_num(grid, nan=-1.0)
+        filled = grid
         if self.mode == "mean":
             out[:, owned] = np.add.reduceat(filled, starts, axis=1) / counts[owned]
         elif self.mode == "max":
@@ -137,3 +146,10 @@ class PilotStrategy(RoutingStrategy):
             self._index.add(ids, normalise(np.stack(vectors)))
         self._experts.append(expert)
         self._pilots[expert] = ids
+        self._matrix = None
+
+
+def _pilot_index(dim: int) -> VectorIndex:
+    # Exact: a score reads the similarity to every pilot, which an approximate index
+    # (auto's pick at size) would drop for the lists or graph nodes it does not visit.
+    return VectorIndex(dim, kind="flat")
