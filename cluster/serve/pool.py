@@ -132,7 +132,7 @@ class ExpertPoolServer:
         else:
             replies = await asyncio.gather(*(self.batcher.submit(key, row) for row in rows),
                                            return_exceptions=True)
-        return [ExpertReply.failed(row.expert, r) if isinstance(r, Exception) else r
+        return [ExpertReply.failed(row.request.expert, r) if isinstance(r, Exception) else r
                 for row, r in zip(rows, replies, strict=True)]
 
     async def _load(self, key: str) -> Resident:
@@ -152,7 +152,7 @@ class ExpertPoolServer:
     async def _generate_continuous(self, key: str, engine,
                                    rows: list[Row]) -> list[ExpertReply]:
         started, wall = time.perf_counter(), time.time_ns()
-        live = await asyncio.to_thread(self._live, {row.expert for row in rows})
+        live = await asyncio.to_thread(self._live, {row.request.expert for row in rows})
         replies = await run_continuous(engine, rows, lambda e: self._spec(e, live),
                                        self.loader.prepare)
         return self._finished(key, rows, replies, started, wall)
@@ -203,7 +203,7 @@ class ExpertPoolServer:
 
     def _run_rows(self, engine, rows: list[Row]) -> list[ExpertReply]:
         """One batch, in a worker thread (the registry check is a Redis round trip)."""
-        live = self._live({row.expert for row in rows})
+        live = self._live({row.request.expert for row in rows})
         return run_batch(engine, rows, lambda e: self._spec(e, live), self.loader.prepare,
                          adapter_of, embed=self.embedder)
 
@@ -275,7 +275,7 @@ def trace_batch(pool: str, key: str, rows: list[Row], replies: list[ExpertReply]
     end_ns = time.time_ns()
     for row, reply in zip(rows, replies, strict=True):
         record_span("pool.generate", row.request.trace, start_ns, end_ns, **{
-            "conclave.pool": pool, "conclave.engine": key, "conclave.expert": row.expert,
+            "conclave.pool": pool, "conclave.engine": key, "conclave.expert": row.request.expert,
             "conclave.batch_size": len(rows),
             "conclave.error": None if reply.error is None else str(reply.error),
             "conclave.prompt_tokens": reply.prompt_tokens,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cluster.ops import request_ids
-from cluster.serve.messages import ExpertReply, ExpertRequest, Prompt
+from cluster.serve.messages import ExpertReply, ExpertRequest
 from experts.engine import GenerationEngine, GenerationParams, TextSink
 from experts.errors import ExpertError
 from experts.spec import ExpertSpec
@@ -40,14 +40,6 @@ class Row:
 
     request: ExpertRequest
     sink: Callable[[str], None] | None = None  # gets each delta of this row's text
-
-    @property
-    def expert(self) -> str:
-        return self.request.expert
-
-    @property
-    def prompt(self) -> Prompt:
-        return self.request.prompt
 
     @property
     def request_id(self) -> str | None:
@@ -83,16 +75,16 @@ def run_batch(
     groups: dict[tuple, list[tuple[int, str | None, GenerationParams]]] = {}
     for i, row in enumerate(rows):
         try:
-            spec = spec_of(row.expert)
+            spec = spec_of(row.request.expert)
             prepare(engine, spec)
             params = merged_params(spec, row.request.params)
             engine.check_features(params)
             key = (*_group_key(params), spec.kind == "mixture")
             groups.setdefault(key, []).append((i, adapter_of(spec), params))
         except Exception as err:  # one bad expert must not sink its batch-mates
-            results[i] = ExpertReply.failed(row.expert, err)
+            results[i] = ExpertReply.failed(row.request.expert, err)
     for key, members in groups.items():
-        for chunk in length_chunks(members, [prompt_chars(rows[i].prompt) for i, _, _ in members]):
+        for chunk in length_chunks(members, [prompt_chars(rows[i].request.prompt) for i, _, _ in members]):
             _generate(engine, rows, chunk, key[-1] and embed, results)
     return results
 
@@ -113,10 +105,10 @@ async def run_continuous(
     async def one(i: int) -> ExpertReply:
         row = rows[i]
         with request_ids.bound(row.request_id):  # this row's task: its log lines name it
-            spec = spec_of(row.expert)
+            spec = spec_of(row.request.expert)
             adapter = prepare(engine, spec)
             sink = None if row.sink is None else _noting(row.sink, streamed, i)
-            out = await engine.agenerate(row.prompt, merged_params(spec, row.request.params),
+            out = await engine.agenerate(row.request.prompt, merged_params(spec, row.request.params),
                                          adapter, sink)
             return ExpertReply.of(out)
 
@@ -132,7 +124,7 @@ async def run_continuous(
         again = await asyncio.gather(*map(one, retried), return_exceptions=True)
         for i, reply in zip(retried, again, strict=True):
             replies[i] = reply
-    return [ExpertReply.failed(row.expert, r) if isinstance(r, Exception) else r
+    return [ExpertReply.failed(row.request.expert, r) if isinstance(r, Exception) else r
             for row, r in zip(rows, replies, strict=True)]
 
 
@@ -146,7 +138,7 @@ def _noting(sink: Callable[[str], None], streamed: set[int], row: int) -> Callab
 
 def _generate(engine, rows: list[Row], members: list, embed, results: list) -> None:
     index = [i for i, _, _ in members]
-    prompts = [rows[i].prompt for i in index]
+    prompts = [rows[i].request.prompt for i in index]
     extra = {}
     if embed:  # a mixture's rows: GLIDER's global q per row
         extra["embeddings"] = embed([query_text(prompt) for prompt in prompts])

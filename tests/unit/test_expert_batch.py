@@ -59,7 +59,7 @@ def test_short_and_long_prompts_generate_apart_and_answers_keep_their_rows():
         return SPECS[expert_id]  # KeyError for the unknown expert: that row fails alone
 
     results = run_batch(engine, rows, spec_of, lambda engine, spec: None, adapter_of)
-    assert [r.text for r in results[:4]] == [f"re: {r.prompt}" for r in rows[:4]]
+    assert [r.text for r in results[:4]] == [f"re: {r.request.prompt}" for r in rows[:4]]
     assert "KeyError" in str(results[4].error) and not results[4].request_fault
     assert sorted(engine.calls) == sorted([
         (["short one", "short two"], [None, "lora"]),
