@@ -16,7 +16,9 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from cluster.http.errors import ApiError
+from pydantic import ValidationError
+
+from cluster.http.errors import ApiError, from_validation
 from cluster.http.protocol import ChatCompletionRequest, ChatMessage
 from cluster.http.response_store import REDIS_ERRORS, ResponseStore, StoredConversation
 from cluster.http.responses_protocol import (
@@ -54,7 +56,12 @@ class ResponsesApi:
                       session_header: str | None = None) -> PendingResponse:
         """Route ``req`` (everything that can fail on bad input fails here: 4xx)."""
         stored = await self._previous(req.previous_response_id)
-        chat = req.chat([ChatMessage(**m) for m in stored.messages] if stored else [])
+        try:
+            chat = req.chat([ChatMessage(**m) for m in stored.messages] if stored else [])
+        except ValidationError as err:  # e.g. no user turn in the conversation
+            bad = from_validation(err.errors())
+            raise ApiError(400, f"input: {bad.message}", param="input",
+                           code="invalid_value") from None
         response = ResponseObject.started(req)
         turn = self._service.turn(chat, session_header)
         session = turn.session or (stored.session if stored else None) or (

@@ -81,3 +81,12 @@ def test_stored_conversations_are_trimmed_to_the_size_limit(redis_url):
     assert not store.save("r2", StoredConversation(messages=[{"role": "user",
                                                               "content": "y" * 2000}]))
     assert store.load("r2") is None
+
+
+def test_an_input_without_a_user_turn_is_a_400_naming_input(setup):
+    _, client, _ = setup
+    for bad in ([{"role": "assistant", "content": "x"}], [{"role": "user", "content": []}]):
+        resp = client.post("/v1/responses", json={"model": "conclave", "input": bad})
+        assert resp.status_code == 400, resp.text
+        error = resp.json()["error"]
+        assert error["param"] == "input" and error["message"].startswith("input: ")
