@@ -136,7 +136,7 @@ def main(argv=None) -> dict:
     paths = build_experts(args)
     decisions = draw_decisions(sorted(paths), args)
     prompts = questions(args.queries)
-    params = GenerationParams(max_new_tokens=args.max_tokens)
+    params = GenerationParams(max_tokens=args.max_tokens)
     distinct = len({name for row in decisions for name in row})
     warm = HFEngine(str(paths[sorted(paths)[0]]))  # first-call costs out of both arms
     warm.generate([prompts[0]], params)

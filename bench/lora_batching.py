@@ -116,7 +116,7 @@ def measure(args) -> dict:
     from experts.engine import GenerationParams
 
     torch.set_num_threads(args.threads)
-    params = GenerationParams(max_new_tokens=args.new_tokens)
+    params = GenerationParams(max_tokens=args.new_tokens)
     prompts, names = workload()
     best: dict[str, float] = {}
     outputs: dict[str, list] = {}

@@ -117,7 +117,7 @@ def measure(paths: dict, new_tokens: int, repeats: int, device: str | None) -> d
     that a busy machine slows all of them alike; tokens/s is each one's best run."""
     from experts.engine import GenerationParams
 
-    params = GenerationParams(max_new_tokens=new_tokens)
+    params = GenerationParams(max_tokens=new_tokens)
     engine, kwargs = make_engine("base", paths, device)  # one-time costs land on no config
     engine.generate(PROMPTS, params, **kwargs)
     engine.close()

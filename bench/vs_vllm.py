@@ -12,6 +12,8 @@ adapters (``configs/adapters/<skill>``):
 - ``conclave``: the base and its LoRA experts with ``engine: vllm`` on one pool, asked two
   ways: each adapter directly (``direct``: model = expert id) and routed (``k1``: model
   ``conclave:k=1``, the router picking the adapter).
+- ``conclave-nolora``: the base alone on a base-only pool (``engine_args: {enable_lora:
+  false}``), asked directly (``nolora-base``): what a user serving no adapters gets.
 
     python bench/vs_vllm.py [--json FILE] [--size small|tiny|both|real] [--requests 400]
                             [--real-requests 160] [--concurrency 32] [--max-tokens 16]
@@ -63,8 +65,9 @@ MODES = {
     "conclave-direct": ("conclave", lambda adapter: adapter),
     "conclave-k1": ("conclave", lambda adapter: "conclave:k=1"),
     "conclave-base": ("conclave", lambda adapter: BASE_NAME),
+    "nolora-base": ("conclave-nolora", lambda adapter: BASE_NAME),
 }
-SYSTEMS = ("vllm", "ray", "ray-nobatch", "conclave")
+SYSTEMS = ("vllm", "ray", "ray-nobatch", "conclave", "conclave-nolora")
 REAL_REQUESTS = 160
 
 
@@ -84,7 +87,7 @@ def start(system: str, bundle: Bundle, args):
         return ray_serve_llm(bundle, args.ray_cpus)
     if system == "ray-nobatch":
         return ray_serve_llm(bundle, args.ray_cpus, stream_batching_ms=0)
-    return conclave(bundle, args.ray_cpus)
+    return conclave(bundle, args.ray_cpus, lora=system == "conclave")
 
 
 @dataclass
@@ -198,6 +201,8 @@ def figures(measured: Measured) -> dict:
     out["throughput_ratio_direct"] = ratio("conclave-direct", "vllm")
     out["vs_ray_serve_llm"] = ratio("conclave-base", "ray-base")
     out["vs_ray_serve_llm_nobatch"] = ratio("conclave-base", "ray-nobatch-base")
+    out["nolora_vs_ray_serve_llm"] = ratio("nolora-base", "ray-base")
+    out["nolora_vs_ray_serve_llm_nobatch"] = ratio("nolora-base", "ray-nobatch-base")
     out["k1_vs_ray_serve_llm"] = ratio("conclave-k1", "ray-base")
     out["k1_vs_ray_serve_llm_nobatch"] = ratio("conclave-k1", "ray-nobatch-base")
     out["ray_serve_llm_vs_vllm_base"] = ratio("ray-base", "vllm-base")
@@ -229,7 +234,9 @@ def table(size: str, out: dict, args) -> str:
     lines.append(f"throughput_ratio (conclave k=1 / vllm): "
                  f"{show(out['throughput_ratio'], '.3f')} (goal >= 0.9); vs_ray_serve_llm "
                  f"(conclave base / ray base): {show(out['vs_ray_serve_llm'], '.3f')}, "
-                 f"nobatch {show(out['vs_ray_serve_llm_nobatch'], '.3f')} (goal >= 1.0); "
+                 f"nobatch {show(out['vs_ray_serve_llm_nobatch'], '.3f')} (goal >= 1.0); base-only "
+                 f"pool (LoRA off) / ray base: {show(out['nolora_vs_ray_serve_llm'], '.3f')}, "
+                 f"nobatch {show(out['nolora_vs_ray_serve_llm_nobatch'], '.3f')}; "
                  f"errors {out['errors']} (goal 0)")
     lines.append(f"ttft_p50_overhead_ms (k=1 - vllm, loaded): "
                  f"{show(out['ttft_p50_overhead_ms'], '.1f')}; ttft_c1_overhead_ms (at "

@@ -167,19 +167,21 @@ def _engine_env() -> dict[str, str]:
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
-def conclave_config(bundle: Bundle, port: int, namespace: str) -> dict:
+def conclave_config(bundle: Bundle, port: int, namespace: str, lora: bool = True) -> dict:
     """A Conclave config: the base and its 8 LoRA experts on one vLLM pool, k=1 routing
-    by the experts' examples (knn), timeouts long enough for a loaded 2-core machine."""
+    by the experts' examples (knn), timeouts long enough for a loaded 2-core machine;
+    without ``lora``, the base alone on an engine with LoRA off (a base-only pool)."""
     experts = [{"id": BASE_NAME, "model": str(bundle.base), "description": "The base model.",
                 "domain": "general"}]
     experts += [{"id": a.name, "kind": "lora", "base": BASE_NAME, "adapter": str(a.path),
                  "domain": a.domain, "description": a.description or f"Answers {a.domain} questions.",
                  "skills": [a.domain], "examples": list(a.examples)} for a in bundle.adapters]
+    engine_args = dict(ENGINE) if lora else {**ENGINE, "enable_lora": False}
     return {
-        "experts": experts,
+        "experts": experts if lora else experts[:1],
         "redis": {"url": "embedded", "namespace": namespace},
         "routing": {"strategy": "knn", "k": 1},
-        "pools": [{"name": "default", "engine": "vllm", "engine_args": dict(ENGINE),
+        "pools": [{"name": "default", "engine": "vllm", "engine_args": engine_args,
                    "max_loras": LORA["max_loras"], "max_lora_rank": LORA["max_lora_rank"],
                    "num_cpus": 1, "max_resident_models": 1, "max_ongoing_requests": 256}],
         "serving": {"host": "127.0.0.1", "port": port, "request_timeout_s": 1800,
@@ -188,7 +190,7 @@ def conclave_config(bundle: Bundle, port: int, namespace: str) -> dict:
 
 
 @contextmanager
-def conclave(bundle: Bundle, num_cpus: int) -> Iterator[str]:
+def conclave(bundle: Bundle, num_cpus: int, lora: bool = True) -> Iterator[str]:
     """Conclave's Serve app from ``cluster.serve.app:build_app`` (what ``conclave serve`` runs)."""
     from cluster.config import parse_config
     from cluster.deploy.local import offline_defaults, start_app
@@ -197,7 +199,7 @@ def conclave(bundle: Bundle, num_cpus: int) -> Iterator[str]:
     _local_ray(num_cpus)
     try:
         port = free_port()
-        config = parse_config(conclave_config(bundle, port, f"vs-vllm-{os.getpid()}"))
+        config = parse_config(conclave_config(bundle, port, f"vs-vllm-{os.getpid()}", lora))
         yield start_app(config, name="conclave-vs-vllm", port=port)
     finally:
         _stop_ray()

@@ -13,8 +13,9 @@ import shutil
 from pathlib import Path
 
 from experts import demo_questions as q
+from experts.engine import GenerationParams
 from experts.redis_conn import cache_dir
-from experts.spec import ExpertSpec, GenerationDefaults
+from experts.spec import ExpertSpec
 
 VERSION = "v2"  # bump when the build changes, so old caches are not reused
 BASES = {
@@ -67,7 +68,7 @@ def tokenizer_texts() -> list[str]:
 def _spec(expert_id: str, profile: dict, **fields) -> ExpertSpec:
     return ExpertSpec(
         id=expert_id,
-        generation=GenerationDefaults(max_new_tokens=24),
+        generation=GenerationParams(max_tokens=24),
         **profile,
         **fields,
     )

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
 
 Prompt = str | list[dict]
 # ``sink(row, delta)``: called from the generating thread as row ``row``'s text grows; the
@@ -19,14 +21,21 @@ Prompt = str | list[dict]
 TextSink = Callable[[int, str], None]
 
 
-@dataclass
-class GenerationParams:
-    """Per-call sampling options. ``temperature == 0`` is greedy."""
+class GenerationParams(BaseModel):
+    """Sampling options, named as in the OpenAI API; ``temperature == 0`` is greedy.
 
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
+    One shape from an expert's defaults (its spec's ``generation:``) through a request's
+    overrides to the engine, which makes its own from it (vLLM's ``SamplingParams``,
+    transformers' ``generate`` keywords). A request's overrides are the fields it *set*
+    (pydantic's ``model_fields_set``); :meth:`over` lays them on an expert's defaults.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int = Field(64, ge=1, le=32768, description="Tokens to generate at most.")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    stop: list[str] = Field(default_factory=list, description="Generation stops at any of these.")
     seed: int | None = None
     # Constrained and extra outputs, as in the OpenAI API; engines that cannot honour one
     # raise UnsupportedFeatureError (vLLM honours all): ``response_format`` is
@@ -34,9 +43,17 @@ class GenerationParams:
     # ``logprobs`` the number of top alternatives per token (0: the chosen token's only);
     # ``tools``/``tool_choice`` force a tool call ("required" or a named function).
     response_format: dict | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[dict] | None = None
     tool_choice: str | dict | None = None
+
+    def over(self, defaults: GenerationParams) -> GenerationParams:
+        """``defaults`` with the fields set here laid on top."""
+        return defaults.model_copy(update=self.model_dump(exclude_unset=True))
+
+    def without(self, *names: str) -> GenerationParams:
+        """These params with ``names`` unset (the defaults they lie on apply again)."""
+        return GenerationParams(**self.model_dump(exclude_unset=True, exclude=set(names)))
 
     def features(self) -> list[str]:
         """The constrained/extra outputs asked for, by OpenAI field name."""

@@ -182,7 +182,7 @@ class HFEngine(GenerationEngine):
 
     def _generate_kwargs(self, params: GenerationParams, adapters, rows: int) -> dict:
         kwargs = {
-            "max_new_tokens": params.max_new_tokens,
+            "max_new_tokens": params.max_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
             "do_sample": params.temperature > 0,
         }

@@ -16,9 +16,10 @@ import shutil
 from pathlib import Path
 
 from experts.demo import build_once
+from experts.engine import GenerationParams
 from experts.real_model import HUB_ID, models_root, prepare_real_model
 from experts.skills import SKILLS, skill_items
-from experts.spec import ExpertSpec, GenerationDefaults
+from experts.spec import ExpertSpec
 
 BASE_ID = "smollm2"
 ADAPTERS_ENV = "CONCLAVE_ADAPTERS"  # where the committed adapters are, outside a checkout
@@ -46,7 +47,7 @@ def base_spec(model_path: str | Path) -> ExpertSpec:
     return ExpertSpec(
         id=BASE_ID, model=str(model_path), domain="general",
         description=f"{HUB_ID}: a small general assistant for everyday questions.",
-        examples=BASE_EXAMPLES, generation=GenerationDefaults(max_new_tokens=64))
+        examples=BASE_EXAMPLES, generation=GenerationParams(max_tokens=64))
 
 
 def skill_spec(skill: str, adapter: str | Path) -> ExpertSpec:
@@ -56,7 +57,7 @@ def skill_spec(skill: str, adapter: str | Path) -> ExpertSpec:
     return ExpertSpec(
         id=skill, kind="lora", base=BASE_ID, adapter=str(adapter), domain=skill,
         description=SKILLS[skill].description, skills=[skill], examples=examples,
-        generation=GenerationDefaults(max_new_tokens=48))
+        generation=GenerationParams(max_tokens=48))
 
 
 def build_real_pool(root: str | Path | None = None, *, live: bool = False) -> list[ExpertSpec]:

@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from experts.engine import GenerationParams
+
 # Validation context: the spec came from where it may name paths of another node (the shared
 # registry, the app config a replica receives), so local paths are not checked here but by
 # the node that loads them (:func:`require_local_path`).
@@ -33,17 +35,6 @@ SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # What generates an expert's tokens: vLLM (the default where it is installed), transformers
 # (mixtures, and a fallback), or recorded answers (replay).
 EngineName = Literal["vllm", "hf", "replay"]
-
-
-class GenerationDefaults(BaseModel):
-    """Sampling defaults for one expert; a request may override them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_new_tokens: int = Field(64, ge=1, le=32768, description="Tokens to generate at most.")
-    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 means greedy decoding.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    stop: list[str] = Field(default_factory=list, description="Generation stops at any of these.")
 
 
 class Resources(BaseModel):
@@ -128,8 +119,8 @@ class ExpertSpec(BaseModel):
     examples: list[str] = Field(
         default_factory=list, description="Example (pilot) questions it answers well."
     )
-    generation: GenerationDefaults = Field(
-        default_factory=GenerationDefaults, description="Sampling defaults."
+    generation: GenerationParams = Field(
+        default_factory=GenerationParams, description="Sampling defaults."
     )
     resources: Resources = Field(default_factory=Resources, description="Per-copy resources.")
     cost: float = Field(0.0, ge=0.0, description="USD per million generated tokens (0: free).")

@@ -132,9 +132,15 @@ class VLLMEngine(GenerationEngine):
 
     def load_adapter(self, name: str, path: str) -> None:
         """Register adapter ``name`` (idempotent); vLLM loads its weights on first use.
-        Refused when it was made for another base or its rank is above ``max_lora_rank``."""
+        Refused when it was made for another base, its rank is above ``max_lora_rank``, or
+        the engine runs without LoRA (``engine_args: {enable_lora: false}``, a base-only
+        pool: vLLM then spends less CPU per token)."""
         if name in self._adapters:
             return
+        if not self._args["enable_lora"]:
+            raise ExpertError(f"adapter {name!r}: {self.model_name!r} runs in vLLM without "
+                              "LoRA (engine_args enable_lora: false); serve its LoRA experts "
+                              "on a pool whose engine has LoRA on")
         from vllm.lora.request import LoRARequest
 
         check_adapter_base(path, self.model_name)
@@ -245,7 +251,7 @@ class VLLMEngine(GenerationEngine):
 
         room = self.max_model_len - prompt_tokens
         return SamplingParams(
-            max_tokens=max(1, min(params.max_new_tokens, room)),
+            max_tokens=max(1, min(params.max_tokens, room)),
             temperature=params.temperature, top_p=params.top_p, seed=params.seed,
             stop=list(params.stop) or None, output_kind=RequestOutputKind.DELTA,
             structured_outputs=structured_outputs(params), logprobs=params.logprobs,
@@ -321,22 +327,24 @@ def structured_outputs(params: GenerationParams):
 
 
 def tool_call_schema(tools: list[dict], tool_choice: str | dict) -> dict:
-    """The JSON a forced tool call must be, as vLLM's OpenAI server builds it: for a named
-    function its parameters; for ``required`` a non-empty list of {name, parameters}."""
-    functions = {t["function"]["name"]: t["function"].get("parameters")
-                 or {"type": "object", "properties": {}} for t in tools
-                 if t.get("type") == "function" and "function" in t}
-    if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name")
-        if name not in functions:
-            raise UnsupportedFeatureError(f"tool_choice names {name!r}, which is not in tools")
-        return functions[name]
-    if tool_choice != "required":
+    """The JSON a forced tool call must be, built by vLLM's OpenAI server's own code: for a
+    named function its parameters; for ``required`` a non-empty list of {name, parameters}."""
+    from vllm.entrypoints.openai.chat_completion.protocol import (
+        ChatCompletionNamedToolChoiceParam,
+        ChatCompletionToolsParam,
+    )
+    from vllm.tool_parsers.utils import get_json_schema_from_tools
+
+    if not isinstance(tool_choice, dict) and tool_choice != "required":
         raise UnsupportedFeatureError(f"tool_choice must be 'none', 'auto', 'required' or "
                                       f"a named function, not {tool_choice!r}")
-    return {"type": "array", "minItems": 1, "items": {"type": "object", "anyOf": [
-        {"properties": {"name": {"type": "string", "enum": [name]}, "parameters": schema},
-         "required": ["name", "parameters"]} for name, schema in functions.items()]}}
+    try:
+        choice = (ChatCompletionNamedToolChoiceParam.model_validate(tool_choice)
+                  if isinstance(tool_choice, dict) else tool_choice)
+        return get_json_schema_from_tools(
+            choice, [ChatCompletionToolsParam.model_validate(tool) for tool in tools])
+    except Exception as err:  # pydantic's, vLLM's VLLMValidationError or ValueError
+        raise UnsupportedFeatureError(f"tools/tool_choice: {_first_line(err)}") from None
 
 
 def _first_line(err: BaseException) -> str:

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from routing.aggregate import Aggregator, synthesis_prompt, texts_by_row
@@ -149,7 +149,7 @@ class BatchJob:
         self.chunk_size, self.progress = chunk_size, progress
         # What a stored answer must have been made under to be served again.
         self._answer_scope = ((options or RouteOptions()).model_copy(
-            update={"aggregation": self.aggregator.mode}), asdict(runner.params))
+            update={"aggregation": self.aggregator.mode}), runner.params.model_dump())
 
     def run(self, in_path: str | Path, out_path: str | Path) -> BatchReport:
         """Answer every query of ``in_path`` not yet in ``out_path`` (appended)."""

@@ -93,7 +93,7 @@ class LLMKeywordExtractor(KeywordExtractor):
         counts = [Counter() for _ in texts]
         for seed in range(self.samples):
             params = GenerationParams(
-                max_new_tokens=32, temperature=self.temperature, stop=["\n\n"], seed=seed
+                max_tokens=32, temperature=self.temperature, stop=["\n\n"], seed=seed
             )
             outputs = self.engine.generate(prompts, params, [self.adapter] * len(prompts))
             for count, output in zip(counts, outputs, strict=True):

@@ -52,7 +52,7 @@ def validate_expert(
     adapter: str | None = None,
     metric: str = "auto",
     batch_size: int = 8,
-    max_new_tokens: int | None = None,
+    max_tokens: int | None = None,
     prompt: str = PROMPT,
     progress=None,
 ) -> OutcomeTable:
@@ -61,7 +61,7 @@ def validate_expert(
     if not val_rows:
         raise OutcomeError("no validation questions")
     params = GenerationParams(
-        max_new_tokens=max_new_tokens or max(spec.generation.max_new_tokens, 32),
+        max_tokens=max_tokens or max(spec.generation.max_tokens, 32),
         temperature=0.0,
         stop=list(spec.generation.stop),
     )

@@ -72,7 +72,7 @@ def app_args(redis_url: str, tiny_lm: Path, adapters: dict[str, Path], broken: P
              "description": "general knowledge",
              "examples": ["what is the capital city of france", "what is the capital city of peru",
                           "tell me about the roman empire", "tell me about the ottoman empire"],
-             "generation": {"max_new_tokens": 8}},
+             "generation": {"max_tokens": 8}},
             lora("math", adapters["alpha"],
                  ["what is the derivative of x squared", "what is the derivative of sin x",
                   "solve the equation 2x + 3 = 7", "solve the equation x squared = 9"]),

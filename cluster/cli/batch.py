@@ -100,7 +100,7 @@ def expert_runner(specs, pool_cfg, max_tokens: int):
     lookup = {spec.id: spec for spec in specs}.__getitem__
     loader = ExpertLoader(lookup, engines=pool_cfg.engine_choice())
     return PlanRunner(ModelPool(loader, max_models=pool_cfg.max_resident_models),
-                      spec_preparer(loader, lookup), GenerationParams(max_new_tokens=max_tokens),
+                      spec_preparer(loader, lookup), GenerationParams(max_tokens=max_tokens),
                       max_batch_size=pool_cfg.max_batch_size)
 
 

@@ -5,7 +5,7 @@ Requests ignore unknown fields (stock clients send extras such as ``stream_optio
 Conclave's own options ride in the ``model`` string or the ``conclave`` body field.
 
 Constrained and extra outputs (``response_format``, ``logprobs``, ``tools``/``tool_choice``)
-go from the request to generation params (:func:`feature_params`) and from the final answer
+go from the request to its generation params (:meth:`generation_params`) and from the final answer
 back to the response's ``tool_calls`` and ``logprobs``. Engines honour them or refuse them
 with a 400 (:meth:`GenerationEngine.check_features`); they are never ignored.
 """
@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cluster.http.errors import ApiError
+from experts.engine import GenerationParams
 from routing.conversation import ConversationConfig, RoutedText, routed_text
 from routing.options import RouteOptions
 from routing.sessions import SessionOutcome
@@ -85,10 +86,14 @@ class _SamplingRequest(_Lenient):
     conclave: RouteOptions | None = Field(
         None, description="Routing options; they override the model string's.")
 
-    def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+    def generation_params(self) -> GenerationParams:
+        """The sampling settings this request sets, in one step (the expert's defaults fill
+        the rest, in the pool replica: :meth:`GenerationParams.over`)."""
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        asked = {"max_tokens": self.token_limit(), "temperature": self.temperature,
+                 "top_p": self.top_p, "seed": self.seed, "stop": stop}
+        return GenerationParams(**{key: value for key, value in asked.items()
+                                   if value is not None}, **feature_params(self))
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -328,16 +333,11 @@ def top_logprobs(req) -> int | None:
     return req.logprobs  # completions: logprobs=N
 
 
-def without_features(params: dict) -> dict:
-    """``params`` for a draft whose text is not the final answer (it is synthesised)."""
-    return {key: value for key, value in params.items() if key not in FEATURE_KEYS}
-
-
-def tool_calls(params: dict, text: str) -> list[dict] | None:
+def tool_calls(params: GenerationParams, text: str) -> list[dict] | None:
     """The forced tool call(s) in ``text`` (guided JSON), as OpenAI ``tool_calls``; None
     when no call was forced or the text is not a whole call (cut by max_tokens)."""
-    choice = params.get("tool_choice")
-    if not params.get("tools") or choice in (None, "none", "auto"):
+    choice = params.tool_choice
+    if not params.tools or choice in (None, "none", "auto"):
         return None
     try:
         value = json.loads(text)

@@ -18,6 +18,7 @@ from cluster.catalog import ExpertCatalog
 from cluster.config import ConclaveConfig
 from cluster.http.errors import ApiError, from_domain
 from cluster.http.protocol import (
+    FEATURE_KEYS,
     ChatChoice,
     ChatChoiceMessage,
     ChatCompletionRequest,
@@ -32,9 +33,7 @@ from cluster.http.protocol import (
     RouteRequest,
     SessionInfo,
     Usage,
-    feature_params,
     tool_calls,
-    without_features,
 )
 from cluster.http.sessions import SessionRouting, Turn, session_headers, turn_of
 from cluster.ops import request_ids
@@ -44,6 +43,7 @@ from cluster.panel.cascade import run_cascade
 from cluster.panel.panel import AnswerCombiner, ExpertCall, ExpertClient, FinalAnswer, Panel
 from cluster.panel.sink_stream import DeltaSink
 from cluster.serve.messages import RouteResult
+from experts.engine import GenerationParams
 from routing.aggregate import Aggregator
 from routing.decision import Decision
 from routing.errors import RoutingError
@@ -63,7 +63,7 @@ class RoutedPrompt:
 
     query: str
     prompt: object
-    params: dict
+    params: GenerationParams
     decision: Decision
     cache: str  # "hit", "miss", "off" or "direct"
     routing_ms: float
@@ -205,7 +205,7 @@ class ConclaveService:
         lone = len(set(plan.decision.experts)) == 1
         synthesised = not lone and Aggregator(mode=plan.mode).mode_for(
             plan.query, plan.decision) == "synthesis"
-        drafts = without_features(plan.params) if synthesised else plan.params
+        drafts = plan.params.without(*FEATURE_KEYS) if synthesised else plan.params
         run = await self._panel.run(plan.decision, plan.prompt, drafts,
                                     sink if lone else None)
         with span("aggregate", **{"conclave.mode": plan.mode}) as current:
@@ -239,7 +239,7 @@ class ConclaveService:
                           completion_tokens=a.completion_tokens)
                 for i, a in enumerate(run.answers)]
         final = FinalAnswer.of(kept.text, "cascade", run.answers, kept, kept.finish_reason)
-        if plan.params.get("logprobs") is None:  # asked for the cascade's sake only
+        if plan.params.logprobs is None:  # asked for the cascade's sake only
             final.logprobs = None
         final.info = ConclaveInfo(experts=uses, strategy=plan.decision.strategy,
                                   aggregation="cascade", cache=plan.cache,
@@ -258,18 +258,12 @@ class ConclaveService:
                                    routed.batch_size, routed.decision.experts)
         return routed
 
-    def _params(self, req) -> dict:
-        limit = self.config.serving.max_tokens_limit
-        tokens = req.token_limit()
+    def _params(self, req) -> GenerationParams:
+        limit, tokens = self.config.serving.max_tokens_limit, req.token_limit()
         if tokens is not None and tokens > limit:
             raise ApiError(400, f"max_tokens {tokens} is above this server's limit of {limit}",
                            param="max_tokens", code="invalid_value")
-        params = {"max_new_tokens": tokens, "temperature": req.temperature,
-                  "top_p": req.top_p, "seed": req.seed}
-        params = {key: value for key, value in params.items() if value is not None}
-        if req.stop is not None:
-            params["stop"] = req.stop_list()
-        return {**params, **feature_params(req)}
+        return req.generation_params()
 
 
 def add_usage(a: Usage, b: Usage) -> Usage:

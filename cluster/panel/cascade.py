@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from cluster.http.errors import ApiError
 from cluster.http.protocol import CascadeStep, Failover
 from cluster.panel.panel import Answer, CallFailed, ExpertClient
+from experts.engine import GenerationParams
 from routing.decision import Decision
 
 
@@ -54,10 +55,10 @@ def confidence(logprobs: list[dict] | None) -> float | None:
     return sum(values) / len(values) if values else float("-inf")
 
 
-async def run_cascade(client: ExpertClient, decision: Decision, prompt: object, params: dict,
+async def run_cascade(client: ExpertClient, decision: Decision, prompt: object, params: GenerationParams,
                       threshold: float, is_live: Callable[[str], bool]) -> CascadeRun:
     """Ask ``decision.experts`` in turn until an answer reaches ``threshold``."""
-    asking = {**params, "logprobs": params.get("logprobs") or 0}  # the chosen tokens' own
+    asking = params.model_copy(update={"logprobs": params.logprobs or 0})  # the chosen tokens' own
     run = CascadeRun()
     for expert in (e for e in dict.fromkeys(decision.experts) if is_live(e)):
         try:

@@ -32,7 +32,7 @@ from cluster.http.protocol import ConclaveInfo, ExpertUse, Failover, Usage
 from cluster.ops.tracing import span
 from cluster.panel.sink_stream import DeltaSink
 from cluster.serve.messages import ExpertReply
-from experts.engine import Generation
+from experts.engine import Generation, GenerationParams
 from routing.aggregate import Aggregator, synthesis_prompt
 from routing.decision import Decision
 
@@ -114,7 +114,7 @@ class ExpertClient:
         self._call = call
         self.timeout_s = timeout_s
 
-    async def ask(self, expert: str, weight: float, prompt: object, params: dict,
+    async def ask(self, expert: str, weight: float, prompt: object, params: GenerationParams,
                   tap: Tap | None = None, replaces: str | None = None) -> Answer:
         try:
             reply = await asyncio.wait_for(
@@ -136,7 +136,7 @@ class Panel:
         self._client = client
         self._is_live = is_live
 
-    async def run(self, decision: Decision, prompt: object, params: dict,
+    async def run(self, decision: Decision, prompt: object, params: GenerationParams,
                   sink: DeltaSink | None = None) -> PanelRun:
         run = PanelRun(answers=[])
         decision = live_decision(decision, self._is_live)
@@ -246,7 +246,7 @@ class AnswerCombiner:
         self._is_live = is_live
 
     async def combine(self, query: str, decision: Decision, run: PanelRun, mode: str,
-                      params: dict, sink: DeltaSink | None = None) -> FinalAnswer:
+                      params: GenerationParams, sink: DeltaSink | None = None) -> FinalAnswer:
         """One answer from the panel's; with ``sink``, a synthesis streams into it."""
         answered = Decision(query=query, experts=[a.expert for a in run.answers],
                             weights=[a.weight for a in run.answers], strategy=decision.strategy,

@@ -35,6 +35,7 @@ from cluster.ops.tracing import TraceContext, setup_tracing, span
 from cluster.serve.drain_batcher import DrainBatcher
 from cluster.serve.messages import ExpertReply, ExpertRequest, Prompt, RouteQuery, RouteResult
 from cluster.tenants.tenancy import tenancy_for
+from experts.engine import GenerationParams
 from experts.errors import ExpertError
 from experts.loader import engine_key
 from experts.redis_conn import connect
@@ -108,7 +109,7 @@ class Gateway:
             current.set_attribute("conclave.cache", result.cache)
         return result
 
-    async def _call_expert(self, expert_id: str, prompt: Prompt, params: dict,
+    async def _call_expert(self, expert_id: str, prompt: Prompt, params: GenerationParams,
                            sink=None) -> ExpertReply:
         """One generation; with ``sink``, its text goes to ``sink`` as it is generated.
         Raises the reply's error: a 400 when the request was at fault, else the

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from cluster.ops.tracing import TraceContext
-from experts.engine import Generation
+from experts.engine import Generation, GenerationParams
 from experts.errors import ExpertError, PromptTooLongError, UnsupportedFeatureError
 from routing.decision import Decision
 from routing.errors import RoutingError
@@ -72,12 +72,12 @@ REQUEST_FAULTS = (PromptTooLongError, UnsupportedFeatureError)  # HTTP 400, no f
 @dataclass(frozen=True)
 class ExpertRequest:
     """One generation: the expert, its prompt, the request's sampling overrides and output
-    features (``max_new_tokens``, ``temperature``, ``response_format``, ...; unset ones
+    features (``max_tokens``, ``temperature``, ``response_format``, ...; unset ones
     take the expert's defaults), and the gateway's span for the call."""
 
     expert: str
     prompt: Prompt
-    params: dict = field(default_factory=dict)
+    params: GenerationParams = field(default_factory=GenerationParams)
     trace: TraceContext | None = None
 
 

@@ -29,8 +29,6 @@ from experts.spec import ExpertSpec
 log = logging.getLogger(__name__)
 
 LENGTH_RATIO = 3.0
-_PARAM_KEYS = ("max_new_tokens", "temperature", "top_p", "stop", "seed", "response_format",
-               "logprobs", "tools", "tool_choice")
 
 
 @dataclass
@@ -47,17 +45,8 @@ class Row:
         return self.request.trace.request_id if self.request.trace else None
 
 
-def merged_params(spec: ExpertSpec, overrides: dict) -> GenerationParams:
-    """The expert's generation defaults with the request's overrides on top."""
-    base = spec.generation
-    values = {"max_new_tokens": base.max_new_tokens, "temperature": base.temperature,
-              "top_p": base.top_p, "stop": list(base.stop), "seed": None}
-    values.update({k: v for k, v in overrides.items() if k in _PARAM_KEYS and v is not None})
-    return GenerationParams(**values)
-
-
 def _group_key(params: GenerationParams) -> tuple:
-    return (params.max_new_tokens, params.temperature, params.top_p, tuple(params.stop),
+    return (params.max_tokens, params.temperature, params.top_p, tuple(params.stop),
             params.seed)
 
 
@@ -77,7 +66,7 @@ def run_batch(
         try:
             spec = spec_of(row.request.expert)
             prepare(engine, spec)
-            params = merged_params(spec, row.request.params)
+            params = row.request.params.over(spec.generation)
             engine.check_features(params)
             key = (*_group_key(params), spec.kind == "mixture")
             groups.setdefault(key, []).append((i, adapter_of(spec), params))
@@ -108,7 +97,7 @@ async def run_continuous(
             spec = spec_of(row.request.expert)
             adapter = prepare(engine, spec)
             sink = None if row.sink is None else _noting(row.sink, streamed, i)
-            out = await engine.agenerate(row.request.prompt, merged_params(spec, row.request.params),
+            out = await engine.agenerate(row.request.prompt, row.request.params.over(spec.generation),
                                          adapter, sink)
             return ExpertReply.of(out)
 

@@ -26,12 +26,12 @@ INSTRUCTION_PROMPT = (
 class InstructionWriter:
     """Query → one-sentence task instruction, written by ``engine`` (greedy)."""
 
-    def __init__(self, engine: GenerationEngine, adapter: str | None = None, max_new_tokens=48):
-        self.engine, self.adapter, self.max_new_tokens = engine, adapter, max_new_tokens
+    def __init__(self, engine: GenerationEngine, adapter: str | None = None, max_tokens=48):
+        self.engine, self.adapter, self.max_tokens = engine, adapter, max_tokens
 
     def write(self, queries: list[str]) -> list[str]:
         prompts = [INSTRUCTION_PROMPT.format(query=q) for q in queries]
-        params = GenerationParams(max_new_tokens=self.max_new_tokens, stop=["\n"])
+        params = GenerationParams(max_tokens=self.max_tokens, stop=["\n"])
         outputs = self.engine.generate(prompts, params, [self.adapter] * len(prompts))
         # An empty instruction would embed to nothing useful: fall back to the query.
         return [out.text.strip() or q for out, q in zip(outputs, queries, strict=True)]

@@ -24,7 +24,7 @@ def serve_config(tmp_path, redis_url: str, tiny_lm, port: int):
     config = {
         "redis": {"url": redis_url, "namespace": "shutdown"},
         "experts": [{"id": "general", "model": str(tiny_lm), "description": "general",
-                     "examples": ["hello there"], "generation": {"max_new_tokens": 24}}],
+                     "examples": ["hello there"], "generation": {"max_tokens": 24}}],
         "routing": {"k": 1, "cache": {"enabled": False}},
         "pools": [{"name": "default", "engine": "hf", "num_cpus": 0, "max_resident_models": 1}],
         "serving": {"port": port, "allowed_model_roots": [str(tiny_lm.parent)],

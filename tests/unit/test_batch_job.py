@@ -173,7 +173,7 @@ def test_a_stored_answer_is_not_served_to_a_job_with_other_options(tmp_path):
     for other in (BatchJob(job.router, job.planner, job.runner, Aggregator(mode="best"),
                            answers=cache, version=lambda: 1, progress=False),
                   BatchJob(job.router, job.planner, PlanRunner(job.runner.pool, params=(
-                      GenerationParams(max_new_tokens=7))), Aggregator(), answers=cache,
+                      GenerationParams(max_tokens=7))), Aggregator(), answers=cache,
                       version=lambda: 1, progress=False)):
         write(src, [{"id": other.aggregator.mode, "text": "abc"}])
         other.run(src, out)

@@ -12,6 +12,7 @@ from cluster.http.errors import ApiError
 from cluster.panel.cascade import confidence, run_cascade
 from cluster.panel.panel import ExpertClient
 from cluster.serve.messages import ExpertReply
+from experts.engine import GenerationParams
 from experts.errors import UnsupportedFeatureError
 from routing.decision import Decision
 
@@ -20,7 +21,7 @@ SURE = {"alpha": -2.0, "beta": -0.1, "gamma": -1.0}  # each expert's mean token 
 
 def _client(calls: list, no_logprobs=(), failing=()):
     async def call(expert, prompt, params, sink=None):
-        calls.append((expert, params.get("logprobs")))
+        calls.append((expert, params.logprobs))
         if expert in failing:
             raise RuntimeError("down")
         if expert in no_logprobs:
@@ -36,7 +37,7 @@ def _run(client, threshold):
     decision = Decision(query="q", experts=["alpha", "beta", "gamma"], weights=[1 / 3] * 3,
                         strategy="knn", ranked=[("alpha", 3), ("beta", 2), ("gamma", 1)],
                         explanation={})
-    return asyncio.run(run_cascade(client, decision, "q", {}, threshold, lambda e: True))
+    return asyncio.run(run_cascade(client, decision, "q", GenerationParams(), threshold, lambda e: True))
 
 
 def test_unsure_answers_escalate_until_a_sure_one():

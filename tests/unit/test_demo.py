@@ -63,7 +63,7 @@ def test_demo_pool_registers_and_answers_one_batch_per_base(specs, demo_dir, red
     for key, members in groups.items():
         engine = pool.get(key)
         adapters = [loader.prepare(engine, spec) for spec in members]
-        params = GenerationParams(max_new_tokens=6)
+        params = GenerationParams(max_tokens=6)
         answers = engine.generate([spec.examples[0] for spec in members], params, adapters)
         assert [a.completion_tokens for a in answers] == [6] * len(members)
     assert pool.stats.loads == 2

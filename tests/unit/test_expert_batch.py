@@ -6,7 +6,7 @@ from cluster.ops.request_ids import RequestIdFilter
 from cluster.ops.tracing import TraceContext
 from cluster.serve.messages import ExpertRequest
 from cluster.serve.pool_batch import Row, length_chunks, run_batch
-from experts.engine import Generation, GenerationEngine
+from experts.engine import Generation, GenerationEngine, GenerationParams
 from experts.loader import adapter_of
 from experts.spec import ExpertSpec
 
@@ -38,7 +38,7 @@ class RecordingEngine(GenerationEngine):
 def row(expert: str, prompt: str, params: dict | None = None, sink=None,
         request_id: str | None = None) -> Row:
     trace = TraceContext(request_id=request_id) if request_id else None
-    return Row(ExpertRequest(expert, prompt, params or {}, trace=trace), sink)
+    return Row(ExpertRequest(expert, prompt, GenerationParams(**(params or {})), trace=trace), sink)
 
 
 def test_length_chunks_cut_where_a_prompt_outgrows_its_chunk():
@@ -53,7 +53,7 @@ def test_short_and_long_prompts_generate_apart_and_answers_keep_their_rows():
     engine = RecordingEngine()
     long = "Response 1: " + "words " * 60
     rows = [row("base", "short one"), row("lora", long), row("lora", "short two"),
-            row("base", "different params", {"max_new_tokens": 3}), row("ghost", "x")]
+            row("base", "different params", {"max_tokens": 3}), row("ghost", "x")]
 
     def spec_of(expert_id):
         return SPECS[expert_id]  # KeyError for the unknown expert: that row fails alone
@@ -89,9 +89,9 @@ def test_rows_with_a_sink_get_their_own_text_and_the_same_results():
     def rows(sinks: bool) -> list[Row]:
         return [row("base", "a", {}, got["a"].append if sinks else None),
                 row("lora", "b"),
-                row("base", "c", {"max_new_tokens": 3}, got["c"].append if sinks else None),
-                row("base", "d", {"max_new_tokens": 5}, broken if sinks else None),
-                row("lora", "e", {"max_new_tokens": 5})]
+                row("base", "c", {"max_tokens": 3}, got["c"].append if sinks else None),
+                row("base", "d", {"max_tokens": 5}, broken if sinks else None),
+                row("lora", "e", {"max_tokens": 5})]
 
     def run(engine, batch):
         return run_batch(engine, batch, SPECS.__getitem__, lambda engine, spec: None, adapter_of)

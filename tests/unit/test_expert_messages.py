@@ -9,7 +9,7 @@ import pytest
 
 from cluster.ops.tracing import TraceContext
 from cluster.serve.messages import BatchStats, ExpertReply, ExpertRequest
-from experts.engine import Generation
+from experts.engine import Generation, GenerationParams
 from experts.errors import ExpertError, PromptTooLongError, UnsupportedFeatureError
 
 
@@ -19,7 +19,7 @@ def round_trip(message):
 
 def test_requests_and_replies_round_trip_through_pickle():
     chat = [{"role": "user", "content": "2 + 2?"}]
-    request = ExpertRequest("math", chat, {"max_new_tokens": 4, "stop": ["\n"]},
+    request = ExpertRequest("math", chat, GenerationParams(max_tokens=4, stop=["\n"]),
                             TraceContext("00-" + "a" * 32 + "-" + "b" * 16 + "-01", "req-1"))
     assert round_trip(request) == request
     out = Generation("4", prompt_tokens=5, completion_tokens=1, finish_reason="stop",

@@ -15,6 +15,7 @@ from cluster.ops import request_ids
 from cluster.ops.tracing import memory_spans, setup_tracing
 from cluster.serve.gateway import Gateway
 from cluster.serve.messages import ExpertReply, ExpertRequest, RouteQuery, RouteResult
+from experts.engine import GenerationParams
 from experts.errors import ExpertError
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
@@ -98,9 +99,9 @@ def test_concurrent_generations_for_one_base_go_out_as_one_call(gateway_for):
     gateway, _, pool = gateway_for()
 
     async def scenario():
-        first = asyncio.create_task(gateway._call_expert("alpha", "p0", {}))
+        first = asyncio.create_task(gateway._call_expert("alpha", "p0", GenerationParams()))
         await asyncio.sleep(0)  # the first call goes out alone...
-        rest = [gateway._call_expert(e, f"p{i}", {}) for i, e in
+        rest = [gateway._call_expert(e, f"p{i}", GenerationParams()) for i, e in
                 enumerate(["alpha", "base", "alpha", "base"], start=1)]
         return await asyncio.gather(first, *rest)  # ...the rest queue behind it
 
@@ -115,7 +116,7 @@ def test_a_failed_row_raises_for_its_caller_only(gateway_for):
     gateway, _, _ = gateway_for()
 
     async def scenario():
-        calls = [gateway._call_expert("alpha", p, {}) for p in ("ok", "bad", "fine")]
+        calls = [gateway._call_expert("alpha", p, GenerationParams()) for p in ("ok", "bad", "fine")]
         return await asyncio.gather(*calls, return_exceptions=True)
 
     ok, bad, fine = asyncio.run(scenario())
@@ -149,7 +150,7 @@ def test_a_query_the_router_refuses_raises_its_routing_error_for_that_caller(gat
 def test_a_replica_dying_under_a_call_is_retried_once_and_counted(gateway_for):
     gateway, router, pool = gateway_for(router_deaths=1, pool_deaths=1)
     assert asyncio.run(gateway._route("q", RouteOptions())).cache == "miss"
-    assert asyncio.run(gateway._call_expert("alpha", "p", {})).text == "alpha: p"
+    assert asyncio.run(gateway._call_expert("alpha", "p", GenerationParams())).text == "alpha: p"
     retried = {s.labels["deployment"]: s.value for s in _samples(gateway, "conclave_replica_retries")}
     assert retried == {"router": 1.0, "pool-default": 1.0}
 
@@ -160,7 +161,7 @@ def test_a_router_dying_twice_is_a_503_and_a_pool_dying_twice_an_expert_error(ga
         asyncio.run(gateway._route("q", RouteOptions()))
     assert err.value.status == 503 and err.value.headers["Retry-After"]
     with pytest.raises(RayActorError):  # the panel fails this expert over
-        asyncio.run(gateway._call_expert("alpha", "p", {}))
+        asyncio.run(gateway._call_expert("alpha", "p", GenerationParams()))
 
 
 def _samples(gateway: Gateway, family: str):
@@ -177,7 +178,7 @@ def test_each_call_out_carries_its_request_trace_context(gateway_for):
     async def one(request_id: str):
         with request_ids.bound(request_id):
             await gateway._route("q", RouteOptions(k=1))
-            await gateway._call_expert("alpha", "p", {})
+            await gateway._call_expert("alpha", "p", GenerationParams())
 
     async def scenario():
         await asyncio.gather(one("r1"), one("r2"))

@@ -6,7 +6,7 @@ import pytest
 
 from experts.engine import GenerationParams
 
-GREEDY = GenerationParams(max_new_tokens=8)
+GREEDY = GenerationParams(max_tokens=8)
 PROMPTS = ["what is the derivative of x squared", "def add(a, b):", "the patient", "7 * 6 ="]
 ROWS = ["alpha", None, "beta", "gamma", "beta", None, "alpha", "gamma"]
 

@@ -14,7 +14,7 @@ PROMPTS = [
     "the patient presents with fever and cough and",
     "7 * 6",
 ]
-GREEDY = GenerationParams(max_new_tokens=10)
+GREEDY = GenerationParams(max_tokens=10)
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +65,16 @@ def test_plain_prompt_without_template(plain_engine):
 
 
 def test_token_counts_and_length_finish(engine):
-    results = engine.generate(PROMPTS[:2], GenerationParams(max_new_tokens=7))
+    results = engine.generate(PROMPTS[:2], GenerationParams(max_tokens=7))
     for result in results:
         assert result.completion_tokens == 7 and result.finish_reason == "length"
         assert result.prompt_tokens > 0
 
 
 def test_stop_string_truncates(engine):
-    full = engine.generate([PROMPTS[0]], GenerationParams(max_new_tokens=16))[0].text
+    full = engine.generate([PROMPTS[0]], GenerationParams(max_tokens=16))[0].text
     stop = next(ch for ch in full[3:] if ch.isascii() and ch.isprintable() and ch != " ")
-    cut = engine.generate([PROMPTS[0]], GenerationParams(max_new_tokens=16, stop=[stop]))[0]
+    cut = engine.generate([PROMPTS[0]], GenerationParams(max_tokens=16, stop=[stop]))[0]
     assert cut.text == full[: full.find(stop)]
     assert cut.finish_reason == "stop"
     assert cut.completion_tokens < 16
@@ -82,7 +82,7 @@ def test_stop_string_truncates(engine):
 
 def test_seeded_sampling_is_reproducible(engine):
     def sample(seed):
-        params = GenerationParams(max_new_tokens=12, temperature=1.0, seed=seed)
+        params = GenerationParams(max_tokens=12, temperature=1.0, seed=seed)
         return engine.generate(PROMPTS[:2], params)
 
     assert [g.text for g in sample(1)] == [g.text for g in sample(1)]

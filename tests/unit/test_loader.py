@@ -48,7 +48,7 @@ def test_lora_experts_share_one_engine_in_the_pool(specs):
     names = [loader.prepare(engine, spec) for spec in rows]
     assert names == ["alpha", None, "beta"]
     assert sorted(engine.adapters) == ["alpha", "beta"]
-    out = engine.generate(["x = 1", "x = 1", "x = 1"], GenerationParams(max_new_tokens=4), names)
+    out = engine.generate(["x = 1", "x = 1", "x = 1"], GenerationParams(max_tokens=4), names)
     assert len(out) == 3 and out[0].text != out[2].text
     pool.clear()
 

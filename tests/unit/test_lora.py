@@ -10,7 +10,7 @@ from experts.adapters import same_model
 from experts.engine import GenerationParams
 from experts.errors import ExpertError, IncompatibleAdapterError
 
-GREEDY = GenerationParams(max_new_tokens=8)
+GREEDY = GenerationParams(max_tokens=8)
 PROMPTS = ["what is the derivative of x squared", "def add(a, b):", "the patient", "7 * 6 ="]
 
 

@@ -107,7 +107,7 @@ def test_learned_gates_route_digits_and_words_to_their_experts(local):
 def test_large_alpha_and_its_instruction_give_that_expert_alone(pool, name):
     from experts.hf_engine import HFEngine
 
-    params = GenerationParams(max_new_tokens=12)
+    params = GenerationParams(max_tokens=12)
     single = HFEngine(str(pool["base"]))
     single.load_adapter(name, str(pool[name]))
     expected = single.generate(PROMPTS, params, adapters=[name] * len(PROMPTS))
@@ -120,7 +120,7 @@ def test_large_alpha_and_its_instruction_give_that_expert_alone(pool, name):
 
 
 def test_trace_has_one_entry_per_generated_token(local):
-    params = GenerationParams(max_new_tokens=6)
+    params = GenerationParams(max_tokens=6)
     plain = local.generate(PROMPTS, params)
     traced = local.generate(PROMPTS, params, trace=True)
     assert [g.text for g in traced] == [g.text for g in plain]  # tracing changes nothing
@@ -133,7 +133,7 @@ def test_trace_has_one_entry_per_generated_token(local):
 
 
 def test_a_mixture_streams_each_rows_text_as_it_is_generated(local):
-    params = GenerationParams(max_new_tokens=6)
+    params = GenerationParams(max_tokens=6)
     plain = local.generate(PROMPTS, params)
     deltas: dict[int, list[str]] = {}
     streamed = local.generate_streaming(
@@ -203,7 +203,7 @@ def test_adding_and_removing_an_expert_leaves_the_others_alone(pool, tmp_path):
     from experts.tiny import add_random_lora
 
     engine = MixtureEngine(pool["base"], _members(pool), alpha=0.0, top_k=2)
-    params = GenerationParams(max_new_tokens=8)
+    params = GenerationParams(max_tokens=8)
     before = [g.text for g in engine.generate(PROMPTS, params)]
     extra = add_random_lora(pool["base"], tmp_path / "extra", seed=5, scale=0.2)
     gates = {n: torch.ones(p.A.shape[1]) for n, p in load_lora(extra).modules.items()}
@@ -250,7 +250,7 @@ def test_global_embeddings_are_checked(pool):
     bare = MixtureEngine(pool["base"], [MixtureMember(n, pool[n]) for n in EMBED], alpha=1.0)
     with pytest.raises(ExpertError, match="without an instruction embedding: digits, words"):
         bare.generate(["hi"], embeddings=np.ones((1, 8)))
-    assert bare.generate(["hi"], GenerationParams(max_new_tokens=2))[0].completion_tokens > 0
+    assert bare.generate(["hi"], GenerationParams(max_tokens=2))[0].completion_tokens > 0
 
 
 def _specs(pool, tiny_lm, tiny_adapters) -> dict:
@@ -288,7 +288,7 @@ def test_load_mixture_from_specs(pool, tiny_lm, tiny_adapters):
     engine = load_mixture(mixture("digits", "words"), lookup, embed, alpha=1000.0)
     assert engine.expert_names == ["digits", "words"] and embedded == ["digits", "words"]
     q = np.stack([EMBED["words"]])
-    steps = engine.generate(["apple"], GenerationParams(max_new_tokens=3), embeddings=q, trace=True)
+    steps = engine.generate(["apple"], GenerationParams(max_tokens=3), embeddings=q, trace=True)
     assert {step["top"] for step in steps[0].token_trace} == {"words"}
     with pytest.raises(UnknownExpertError, match="'ghost'"):
         load_mixture(mixture("digits", "ghost"), lookup)
@@ -341,14 +341,14 @@ def test_a_served_mixture_row_brings_its_query_embedding(pool, tiny_lm, tiny_ada
     assert (engine.alpha, engine.top_k) == (1000.0, 1) and asked == ["digits", "words"]
     prompts = [[{"role": "system", "content": "be brief"}, {"role": "user", "content": "apple"}],
                "4821 3390"]
-    rows = [Row(ExpertRequest("mix", prompt, {"max_new_tokens": 4})) for prompt in prompts]
+    rows = [Row(ExpertRequest("mix", prompt, GenerationParams(max_tokens=4))) for prompt in prompts]
     results = run_batch(engine, rows, specs.__getitem__, loader.prepare, adapter_of,
                         embed=loader.embed)
     assert sorted(asked[2:]) == ["4821 3390", "apple"]  # one q per row
     single = HFEngine(str(pool["base"]))
     for name in ("words", "digits"):
         single.load_adapter(name, str(pool[name]))
-    alone = single.generate(prompts, GenerationParams(max_new_tokens=4),
+    alone = single.generate(prompts, GenerationParams(max_tokens=4),
                             adapters=["digits", "words"])
     assert [r.text for r in results] == [out.text for out in alone]
 

@@ -94,7 +94,7 @@ def test_cli_add_validate_on_stores_outcomes_and_remove_deletes_them(redis_url, 
     from cluster.cli import main
 
     spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(f"id: tiny\nmodel: {tiny_lm}\ngeneration: {{max_new_tokens: 4}}\n")
+    spec_file.write_text(f"id: tiny\nmodel: {tiny_lm}\ngeneration: {{max_tokens: 4}}\n")
     val = tmp_path / "val.jsonl"
     val.write_text("\n".join(json.dumps(row) for row in _val_rows()[:3]) + "\n")
     runner = CliRunner()

@@ -17,7 +17,7 @@ from routing.options import RouteOptions
 
 DIM = 16
 OPTS = RouteOptions()
-PARAMS = {"max_new_tokens": 8}
+PARAMS = {"max_tokens": 8}
 
 
 def unit(seed: int) -> np.ndarray:
@@ -123,16 +123,16 @@ def test_options_that_do_not_change_the_decision_share_its_pattern(make_cache):
 def test_an_answer_is_served_only_under_the_options_and_params_it_was_made_under(make_cache):
     cache = make_cache(store_answers=True)
     made = RouteOptions(k=2, aggregation="vote")
-    cache.store_answer("q", 1, made, {"max_new_tokens": 8, "temperature": 0.0}, "42")
-    assert cache.lookup_answer("Q", 1, made, {"temperature": 0.0, "max_new_tokens": 8}) == "42"
+    cache.store_answer("q", 1, made, {"max_tokens": 8, "temperature": 0.0}, "42")
+    assert cache.lookup_answer("Q", 1, made, {"temperature": 0.0, "max_tokens": 8}) == "42"
     for options, params in [
-        (RouteOptions(k=3, aggregation="vote"), {"max_new_tokens": 8, "temperature": 0.0}),
-        (RouteOptions(k=2, aggregation="synthesis"), {"max_new_tokens": 8, "temperature": 0.0}),
+        (RouteOptions(k=3, aggregation="vote"), {"max_tokens": 8, "temperature": 0.0}),
+        (RouteOptions(k=2, aggregation="synthesis"), {"max_tokens": 8, "temperature": 0.0}),
         (RouteOptions(k=2, aggregation="vote", strategy="skills"),
-         {"max_new_tokens": 8, "temperature": 0.0}),
-        (made, {"max_new_tokens": 64, "temperature": 0.0}),
-        (made, {"max_new_tokens": 8, "temperature": 0.7}),
-        (made, {"max_new_tokens": 8}),
+         {"max_tokens": 8, "temperature": 0.0}),
+        (made, {"max_tokens": 64, "temperature": 0.0}),
+        (made, {"max_tokens": 8, "temperature": 0.7}),
+        (made, {"max_tokens": 8}),
     ]:
         assert cache.lookup_answer("q", 1, options, params) is None, (options, params)
 

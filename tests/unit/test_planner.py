@@ -108,7 +108,7 @@ def test_lora_experts_share_one_load_and_one_mixed_batch(tiny_lm, tiny_adapters)
     assert plan.expert_keys == ["base"] and plan.loads == 1
     prompts = {t: "the quick brown fox" for t in plan.experts[0].tasks}
     runner = PlanRunner(pool, spec_preparer(loader, specs.__getitem__),
-                        GenerationParams(max_new_tokens=4))
+                        GenerationParams(max_tokens=4))
     answers = runner.run(plan.experts, prompts)
     assert pool.stats.loads == 1 and len(answers) == 5
     assert set(pool.get("base").adapters) == {"alpha", "beta", "gamma"}

@@ -19,7 +19,7 @@ from experts.streaming import BatchTextStreamer, RowCut
 
 PROMPTS = ["what is the derivative of x squared", "def add(a, b):", "the patient", "7 * 6 ="]
 ADAPTERS = [None, "alpha", "beta", None]
-GREEDY = GenerationParams(max_new_tokens=12)
+GREEDY = GenerationParams(max_tokens=12)
 EOS, PAD = 0, 1
 
 
@@ -119,7 +119,7 @@ def test_streamed_stop_string_is_never_sent(engine):
     text = full[row].text
     pieces = (text[i : i + 3] for i in range(len(text) - 2))
     stop = next(p for p in pieces if text.find(p) >= 5 and p.strip() and "\ufffd" not in p)
-    params = GenerationParams(max_new_tokens=12, stop=[stop])
+    params = GenerationParams(max_tokens=12, stop=[stop])
     deltas, sink = collect()
     streamed = engine.generate_streaming(PROMPTS, params, ADAPTERS, on_text=sink)
     assert streamed == engine.generate(PROMPTS, params, ADAPTERS)
@@ -137,7 +137,7 @@ def test_run_batch_streams_only_the_rows_with_a_sink(engine):
     got: dict[int, list[str]] = defaultdict(list)
 
     def rows(with_sinks: bool) -> list[Row]:
-        return [Row(ExpertRequest(expert, prompt, {"max_new_tokens": 12}),
+        return [Row(ExpertRequest(expert, prompt, GenerationParams(max_tokens=12)),
                     got[i].append if with_sinks and i % 2 else None)
                 for i, (expert, prompt) in enumerate(zip(experts, PROMPTS, strict=True))]
 

@@ -24,7 +24,7 @@ from experts.spec import ExpertSpec
 
 pytest.importorskip("vllm")
 
-GREEDY = GenerationParams(max_new_tokens=8)
+GREEDY = GenerationParams(max_tokens=8)
 PROMPT = "what is the derivative of x squared"
 
 
@@ -62,10 +62,10 @@ def test_streamed_deltas_join_to_the_final_text(engine):
 
 
 def test_stop_strings_end_the_answer(engine):
-    full = engine.generate([PROMPT], GenerationParams(max_new_tokens=16), ["alpha"])[0].text
+    full = engine.generate([PROMPT], GenerationParams(max_tokens=16), ["alpha"])[0].text
     stop = full[len(full) // 2:len(full) // 2 + 2]
     assert stop.strip(), full
-    cut = engine.generate([PROMPT], GenerationParams(max_new_tokens=16, stop=[stop]),
+    cut = engine.generate([PROMPT], GenerationParams(max_tokens=16, stop=[stop]),
                           ["alpha"])[0]
     assert stop not in cut.text and full.startswith(cut.text) and cut.finish_reason == "stop"
 
@@ -77,7 +77,7 @@ def test_json_schema_output_validates_even_from_a_random_model(engine):
     schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]},
                                                "sure": {"type": "boolean"}},
               "required": ["answer", "sure"], "additionalProperties": False}
-    params = GenerationParams(max_new_tokens=64, response_format={
+    params = GenerationParams(max_tokens=64, response_format={
         "type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
     out = engine.generate([PROMPT], params, ["gamma"])[0]
     jsonschema.validate(json.loads(out.text), schema)
@@ -87,10 +87,10 @@ def test_a_forced_tool_call_is_valid_json_for_that_tool(engine):
     tools = [{"type": "function", "function": {"name": "add", "parameters": {
         "type": "object", "properties": {"a": {"enum": [1, 2, 3]}}, "required": ["a"],
         "additionalProperties": False}}}]
-    named = GenerationParams(max_new_tokens=48, tools=tools,
+    named = GenerationParams(max_tokens=48, tools=tools,
                              tool_choice={"type": "function", "function": {"name": "add"}})
     assert json.loads(engine.generate([PROMPT], named)[0].text)["a"] in (1, 2, 3)
-    required = GenerationParams(max_new_tokens=64, tools=tools, tool_choice="required")
+    required = GenerationParams(max_tokens=64, tools=tools, tool_choice="required")
     calls = json.loads(engine.generate([PROMPT], required)[0].text)
     assert calls and all(call["name"] == "add" for call in calls)
     with pytest.raises(UnsupportedFeatureError, match="tool parser"):
@@ -109,7 +109,7 @@ def test_tool_choice_auto_reads_the_calls_with_the_model_familys_tool_parser(eng
     assert calls[0]["function"] == {"name": "add", "arguments": '{"a": 1}'}
     assert parser.parse("no call here", tools) == ("no call here", None)
 
-    auto = GenerationParams(max_new_tokens=8, tools=tools, tool_choice="auto")
+    auto = GenerationParams(max_tokens=8, tools=tools, tool_choice="auto")
     engine.tool_parser = parser  # as an expert with tool_parser: hermes loads it
     try:
         out = engine.generate([PROMPT], auto)[0]  # free text: this random model calls nothing
@@ -127,7 +127,7 @@ def test_an_unknown_tool_parser_is_refused_naming_vllms():
 
 
 def test_logprobs_come_per_token(engine):
-    out = engine.generate([PROMPT], GenerationParams(max_new_tokens=4, logprobs=2))[0]
+    out = engine.generate([PROMPT], GenerationParams(max_tokens=4, logprobs=2))[0]
     assert len(out.logprobs) == 4
     assert all(len(step["top_logprobs"]) == 2 and step["logprob"] <= 0 for step in out.logprobs)
 
@@ -192,9 +192,9 @@ def test_an_engine_process_killed_under_load_loses_no_request(engine):
     one whose text had gone out: it fails (a retry would stream its text again)."""
     specs = {"base": ExpertSpec(id="base", model=engine.model_name)}
     generating = threading.Event()  # set by the streamed row's first token: all are in
-    rows = [Row(ExpertRequest("base", f"{PROMPT} {i}", {"max_new_tokens": 160}))
+    rows = [Row(ExpertRequest("base", f"{PROMPT} {i}", GenerationParams(max_tokens=160)))
             for i in range(11)]
-    rows.append(Row(ExpertRequest("base", PROMPT, {"max_new_tokens": 160}),
+    rows.append(Row(ExpertRequest("base", PROMPT, GenerationParams(max_tokens=160)),
                     lambda _d: generating.set()))
 
     async def load_and_kill():
