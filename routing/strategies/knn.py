@@ -87,8 +87,12 @@ class KNNStrategy(RoutingStrategy):
     def score(self, texts: list[str], embeddings: np.ndarray) -> Scores:
         check_queries(texts, embeddings, self._index is not None and len(self._index) > 0, "knn")
         ids, sims = self._index.search(embeddings, self.k)
-        rows = np.array([[self._rows[q] for q in hit] for hit in ids], dtype=int)
-        values = self.estimate(sims, self._outcomes[rows])
+        found = ~np.isnan(sims)  # an approximate index may find fewer than k for a query
+        rows = np.zeros(sims.shape, dtype=int)
+        rows[found] = [self._rows[q] for hit in ids for q in hit]
+        neighbours = self._outcomes[rows]
+        neighbours[~found] = np.nan
+        values = self.estimate(np.where(found, sims, -np.inf), neighbours)
         explanations = [
             {"neighbours": [{"id": q, "similarity": float(s)}
                             for q, s in zip(hit[: self.explain], sim[: self.explain], strict=False)]}
