@@ -11,13 +11,18 @@ subspace plus isotropic noise, so a query's nearest stored row has cosine ~0.7 a
 questions do, and approximate search has structure to exploit (see ``clustered``).
 
     .venv/bin/python bench/routing_scale.py [--quick] [--experts 10,100] [--rows 10000]
-        [--kinds flat,ivf,hnsw] [--hnsw-max-rows 100000] [--json FILE]
+        [--kinds flat,ivf,hnsw] [--hnsw-max-rows 100000] [--probes 8,32] [--json FILE]
 
 Prints a table; ``--json FILE`` writes ``rows`` (one dict per configuration) and the
-headline figures: ``knn_1m_p99_ms`` (the kind auto picks at the largest row count, worse of
-one-at-a-time and batch-of-32 latency), ``experts_1000_p99_ms`` (pilots, likewise),
-``top1_agreement_1m`` and ``auto_kind_1m``. Latency is wall time per call: a query routed
-alone waits one call, a query in a batch of 32 waits for the whole batch.
+headline figures, for the kind auto picks at the largest row count: ``knn_1m_p99_ms`` (the
+worse of one-at-a-time and batch-of-32 p99: in effect the whole batch's),
+``knn_1m_single_p99_ms`` (a query alone), ``knn_1m_batch_p99_ms`` and
+``knn_1m_batch_p99_per_query_ms`` (that over 32), ``top1_agreement_1m`` (nearest row as
+exact search's), ``top1_expert_agreement_1m`` (top expert of the k=100 vote as over exact
+search), ``auto_kind_1m``; ``experts_1000_p99_ms`` (pilots, worse of the two). Latency is
+wall time per call: a query routed alone waits one call, a query in a batch of 32 waits for
+the whole batch. ``--probes 8,16,..`` adds an IVF's agreement and latency at each probe
+count (rows of section ``knn-sweep``).
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ def latency(strategy, queries: np.ndarray, single: int) -> dict:
             ms.append(1e3 * (time.perf_counter() - start))
         out[f"{mode}_p50_ms"], out[f"{mode}_p99_ms"] = np.percentile(ms, [50, 99]).tolist()
     out["batch_per_query_ms"] = out["batch_p50_ms"] / BATCH
+    out["batch_p99_per_query_ms"] = out["batch_p99_ms"] / BATCH
     out["p99_ms"] = max(out["batch_p99_ms"], out["single_p99_ms"])
     return out
 
@@ -141,19 +147,41 @@ def expert_rows(sizes, queries: int, single: int, questions: int) -> list[dict]:
     return rows
 
 
-def agreement(strategy, exact_top1: np.ndarray | None, queries: np.ndarray) -> float | None:
-    """Share of queries whose nearest stored row is the exact index's."""
-    if exact_top1 is None:
-        return None
+def agreement(strategy, exact: dict | None, queries: np.ndarray) -> dict:
+    """Top-1 agreement with the exact index: the share of queries whose nearest stored row
+    is the exact index's (``top1_agreement``), and whose top expert, as the strategy's k=100
+    vote picks it, is the one it picks over the exact index (``top1_expert_agreement``)."""
     ids, _ = strategy._index.search(queries, 1)
-    return float(np.mean([bool(hit) and hit[0] == want for hit, want in
-                          zip(ids, exact_top1, strict=True)]))
+    top1 = [hit[0] if hit else None for hit in ids]
+    experts = strategy.score(["q"] * len(queries), queries).values.argmax(axis=1)
+    if exact is None:
+        return {"top1": top1, "experts": experts}
+    return {"top1_agreement": float(np.mean([a == b for a, b in zip(top1, exact["top1"],
+                                                                     strict=True)])),
+            "top1_expert_agreement": float(np.mean(experts == exact["experts"]))}
+
+
+def probe_sweep(strategy, exact: dict, asked: np.ndarray, single: int, probes) -> list[dict]:
+    """An IVF's agreement and latency at each probe count in ``probes`` (set on the built
+    FAISS index; the plan's own count is put back after)."""
+    index, rows = strategy._index._index, []
+    planned = index.nprobe
+    for nprobe in (p for p in probes if p <= strategy._index.plan.nlist):
+        index.nprobe = nprobe
+        row = {"section": "knn-sweep", "strategy": "knn", "rows": len(strategy._index),
+               "kind": "ivf", "auto": False, "nlist": strategy._index.plan.nlist,
+               "nprobe": nprobe} | agreement(strategy, exact, asked)
+        rows.append(row | latency(strategy, asked, single))
+        click.echo(_line(rows[-1]), err=True)
+    index.nprobe = planned
+    return rows
 
 
 def knn_rows(sizes, kinds, queries: int, single: int, experts: int,
-             hnsw_max: int) -> list[dict]:
+             hnsw_max: int, probes=()) -> list[dict]:
     """kNN (k=100) against the index size, for each kind (hnsw up to ``hnsw_max`` rows: its
-    graph takes minutes to build past that on 2 cores); agreement against flat."""
+    graph takes minutes to build past that on 2 cores); agreement against flat; for ivf, a
+    sweep of the probe count over ``probes`` too."""
     from routing.index import plan_index
 
     rows = []
@@ -168,15 +196,17 @@ def knn_rows(sizes, kinds, queries: int, single: int, experts: int,
                 continue
             strategy, build_s, mem = fitted("knn", {"index_kind": kind}, table, emb, asked[:1])
             if kind == "flat":
-                exact = [hit[0] for hit in strategy._index.search(asked, 1)[0]]
+                exact = agreement(strategy, None, asked)
             row = {"section": "knn", "strategy": "knn", "rows": n, "kind": kind,
                    "auto": kind == auto, "build_s": build_s, "rss_delta_mb": mem,
-                   "plan": vars(strategy._index.plan),
-                   "top1_agreement": agreement(strategy, exact, asked)}
+                   "plan": vars(strategy._index.plan)}
+            row |= agreement(strategy, exact, asked) if exact else {}
             row |= latency(strategy, asked, single)
             row |= change_cost(strategy, new, extra, asked[:1])
             rows.append(row)
             click.echo(_line(row), err=True)
+            if probes and strategy._index.plan.kind == "ivf":
+                rows += probe_sweep(strategy, exact, asked, single, probes)
             del strategy
             gc.collect()
         del data, emb, table
@@ -184,15 +214,22 @@ def knn_rows(sizes, kinds, queries: int, single: int, experts: int,
 
 
 def _line(row: dict) -> str:
-    agree = row.get("top1_agreement")
-    what = (f"knn {row['kind']:5s}{'*' if row['auto'] else ' '} rows={row['rows']:>9,d}"
-            if row["section"] == "knn" else f"pilots      experts={row['experts']:>7,d}")
-    return (f"{what} single p50/p99 {row['single_p50_ms']:7.2f}/{row['single_p99_ms']:7.2f}"
+    agree = [row.get(f"top1{what}_agreement") for what in ("", "_expert")]
+    agree = " ".join("  -  " if a is None else f"{a:5.3f}" for a in agree)
+    if row["section"] == "knn-sweep":
+        what = f"  ivf nlist={row['nlist']:>5d} nprobe={row['nprobe']:>4d}"
+    elif row["section"] == "knn":
+        what = f"knn {row['kind']:5s}{'*' if row['auto'] else ' '} rows={row['rows']:>9,d}"
+    else:
+        what = f"pilots      experts={row['experts']:>7,d}"
+    line = (f"{what} single p50/p99 {row['single_p50_ms']:7.2f}/{row['single_p99_ms']:7.2f}"
             f"  batch32 p50/p99 {row['batch_p50_ms']:7.2f}/{row['batch_p99_ms']:7.2f}"
-            f" ({row['batch_per_query_ms']:5.2f}/q)  agree "
-            f"{'  -  ' if agree is None else f'{agree:5.3f}'}  build {row['build_s']:7.2f}s"
-            f"  add {row['add_expert_s']:6.3f}s rm {row['remove_expert_s']:6.3f}s"
-            f"  rss +{row['rss_delta_mb']:7.1f}MB")
+            f" ({row['batch_per_query_ms']:5.2f}/{row['batch_p99_per_query_ms']:5.2f} per q)"
+            f"  agree row/expert {agree}")
+    if "build_s" not in row:
+        return line
+    return (f"{line}  build {row['build_s']:7.2f}s  add {row['add_expert_s']:6.3f}s"
+            f" rm {row['remove_expert_s']:6.3f}s  rss +{row['rss_delta_mb']:7.1f}MB")
 
 
 def headline(rows: list[dict]) -> dict:
@@ -202,7 +239,11 @@ def headline(rows: list[dict]) -> dict:
     top = max(knn, key=lambda r: r["rows"], default=None)
     at_1000 = next((r for r in pilots if r["experts"] == 1000), None)
     return {"knn_1m_p99_ms": top and top["p99_ms"], "knn_rows_measured": top and top["rows"],
-            "top1_agreement_1m": top and top["top1_agreement"],
+            "knn_1m_single_p99_ms": top and top["single_p99_ms"],
+            "knn_1m_batch_p99_ms": top and top["batch_p99_ms"],
+            "knn_1m_batch_p99_per_query_ms": top and top["batch_p99_per_query_ms"],
+            "top1_agreement_1m": top and top.get("top1_agreement"),
+            "top1_expert_agreement_1m": top and top.get("top1_expert_agreement"),
             "auto_kind_1m": top and top["kind"],
             "experts_1000_p99_ms": at_1000 and at_1000["p99_ms"]}
 
@@ -223,15 +264,19 @@ def _sizes(text: str) -> tuple[int, ...]:
               help="Validation questions behind the pilots.")
 @click.option("--hnsw-max-rows", "hnsw_max", default=100_000, show_default=True,
               help="Largest kNN size hnsw is built at.")
+@click.option("--probes", default="", show_default=True,
+              help="IVF probe counts to sweep at each size (comma separated; empty: none).")
 @click.option("--quick", is_flag=True, help="Smoke test: 10 experts, 2k rows, few queries.")
 @click.option("--json", "json_path", default=None, help="Write the figures here.")
 def main(experts: str, rows: str, kinds: str, queries: int, single: int, questions: int,
-         hnsw_max: int, quick: bool, json_path: str | None) -> None:
+         hnsw_max: int, probes: str, quick: bool, json_path: str | None) -> None:
     """Measure routing latency, memory and update cost as experts and kNN rows grow."""
     if quick:
         experts, rows, queries, single, questions = "10", "2000", 64, 8, 300
+        probes = probes or "4,8"
     out = expert_rows(_sizes(experts), queries, single, questions)
-    out += knn_rows(_sizes(rows), kinds.split(","), queries, single, 10, hnsw_max)
+    out += knn_rows(_sizes(rows), kinds.split(","), queries, single, 10, hnsw_max,
+                    _sizes(probes))
     click.echo("\n".join(_line(r) for r in out))
     figures = headline(out)
     click.echo(json.dumps(figures))
