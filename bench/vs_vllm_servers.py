@@ -178,7 +178,8 @@ def conclave_config(bundle: Bundle, port: int, namespace: str, lora: bool = True
                  "skills": [a.domain], "examples": list(a.examples)} for a in bundle.adapters]
     engine_args = dict(ENGINE) if lora else {**ENGINE, "enable_lora": False}
     return {
-        "experts": experts if lora else experts[:1],
+        "experts": experts if lora else [{**experts[0], "examples": [  # the router's data
+            e for a in bundle.adapters for e in a.examples]}],
         "redis": {"url": "embedded", "namespace": namespace},
         "routing": {"strategy": "knn", "k": 1},
         "pools": [{"name": "default", "engine": "vllm", "engine_args": engine_args,

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from cluster.config import ConclaveConfig, ConfigError, PoolConfig
+from cluster.config import ConclaveConfig, ConfigError
+from cluster.serve.pool_config import PoolConfig
 
 log = logging.getLogger(__name__)
 

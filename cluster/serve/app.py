@@ -23,7 +23,7 @@ import ray
 from ray import serve
 from ray.serve import Application
 
-from cluster.config import ConclaveConfig, ConfigError, PoolConfig, parse_config
+from cluster.config import ConclaveConfig, ConfigError, parse_config
 from cluster.deploy.placement import (
     alive_nodes,
     check_cluster,
@@ -34,6 +34,7 @@ from cluster.http.admin import admin_token
 from cluster.serve.affinity import affinity_options
 from cluster.serve.gateway import Gateway
 from cluster.serve.pool import ExpertPoolServer
+from cluster.serve.pool_config import PoolConfig
 from cluster.serve.router import RouterServer
 from experts.redis_conn import connect, resolve_url
 from experts.registry import ExpertRegistry

@@ -20,7 +20,7 @@ import time
 from ray.exceptions import RayActorError
 
 from cluster.catalog import ExpertCatalog
-from cluster.config import parse_config, pool_deployment
+from cluster.config import parse_config
 from cluster.http.admin import ExpertAdmin, admin_token, allowed_roots
 from cluster.http.app import GatewayParts, build_http_app
 from cluster.http.errors import ApiError
@@ -34,6 +34,7 @@ from cluster.ops.request_ids import install_logging
 from cluster.ops.tracing import TraceContext, setup_tracing, span
 from cluster.serve.drain_batcher import DrainBatcher
 from cluster.serve.messages import ExpertReply, ExpertRequest, Prompt, RouteQuery, RouteResult
+from cluster.serve.pool_config import pool_deployment
 from cluster.tenants.tenancy import tenancy_for
 from experts.engine import GenerationParams
 from experts.errors import ExpertError
