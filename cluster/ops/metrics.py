@@ -40,6 +40,8 @@ class ConclaveMetrics:
                                  ["expert"], registry=reg)
         self.cache = Counter("conclave_pattern_cache", "Pattern-cache lookups by result.",
                              ["result"], registry=reg)
+        # Beside Serve's multiplexed counters, which are on each node's metrics port (not this
+        # scrape) and time a preloaded engine's hand-over, not its start (docs/engines.md).
         self.model_loads = Counter("conclave_model_loads", "Engines loaded by pool replicas.",
                                    ["pool"], registry=reg)
         self.model_load_seconds = Histogram("conclave_model_load_seconds",
