@@ -28,7 +28,7 @@ from pathlib import Path
 
 from vs_vllm import engine_environment
 from vs_vllm_models import build_real_bundle
-from vs_vllm_servers import BASE_NAME, _local_ray, _stop_ray, conclave_config, free_port
+from vs_vllm_servers import BASE_NAME, conclave
 
 WARMUP = 2
 
@@ -57,23 +57,13 @@ def run(model: str, requests: int, spans: Path) -> list[tuple[str, int, int]]:
     """Start Conclave with file tracing, send the requests one at a time, stop it."""
     import httpx
 
-    from cluster.config import parse_config
-    from cluster.deploy.local import offline_defaults, start_app
-
     bundle = build_real_bundle(requests + WARMUP)
-    offline_defaults()
-    _local_ray(8)
-    try:
-        port = free_port()
-        data = conclave_config(bundle, port, f"ttft-{os.getpid()}", lora=False)
-        data["tracing"] = {"enabled": True, "exporter": "file", "file": str(spans)}
-        url = start_app(parse_config(data), name="ttft-breakdown", port=port)
-        with httpx.Client(timeout=120) as client:
-            times = [(f"ttft-{i}", *ask(client, url, model, text, f"ttft-{i}"))
-                     for i, (text, _) in enumerate(bundle.requests[:requests + WARMUP])]
+    tracing = {"enabled": True, "exporter": "file", "file": str(spans)}
+    with conclave(bundle, 8, lora=False, sections={"tracing": tracing}) as url, \
+            httpx.Client(timeout=120) as client:
+        times = [(f"ttft-{i}", *ask(client, url, model, text, f"ttft-{i}"))
+                 for i, (text, _) in enumerate(bundle.requests[:requests + WARMUP])]
         time.sleep(3)  # the replicas' span exporters flush
-    finally:
-        _stop_ray()
     return [row for row in times[WARMUP:] if row[2] is not None]
 
 

@@ -191,8 +191,10 @@ def conclave_config(bundle: Bundle, port: int, namespace: str, lora: bool = True
 
 
 @contextmanager
-def conclave(bundle: Bundle, num_cpus: int, lora: bool = True) -> Iterator[str]:
-    """Conclave's Serve app from ``cluster.serve.app:build_app`` (what ``conclave serve`` runs)."""
+def conclave(bundle: Bundle, num_cpus: int, lora: bool = True,
+             sections: dict | None = None) -> Iterator[str]:
+    """Conclave's Serve app from ``cluster.serve.app:build_app`` (what ``conclave serve`` runs);
+    ``sections``: config sections set over :func:`conclave_config`'s (e.g. ``tracing``)."""
     from cluster.config import parse_config
     from cluster.deploy.local import offline_defaults, start_app
 
@@ -200,7 +202,8 @@ def conclave(bundle: Bundle, num_cpus: int, lora: bool = True) -> Iterator[str]:
     _local_ray(num_cpus)
     try:
         port = free_port()
-        config = parse_config(conclave_config(bundle, port, f"vs-vllm-{os.getpid()}", lora))
+        data = conclave_config(bundle, port, f"vs-vllm-{os.getpid()}", lora)
+        config = parse_config({**data, **(sections or {})})
         yield start_app(config, name="conclave-vs-vllm", port=port)
     finally:
         _stop_ray()

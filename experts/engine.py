@@ -21,6 +21,10 @@ Prompt = str | list[dict]
 TextSink = Callable[[int, str], None]
 
 
+# GenerationParams' constrained and extra outputs, by OpenAI field name
+FEATURE_KEYS = ("response_format", "logprobs", "tools", "tool_choice")
+
+
 class GenerationParams(BaseModel):
     """Sampling options, named as in the OpenAI API; ``temperature == 0`` is greedy.
 

@@ -303,7 +303,6 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-FEATURE_KEYS = ("response_format", "logprobs", "tools", "tool_choice")
 FORMATS = ("text", "json_object", "json_schema")
 
 

@@ -18,7 +18,6 @@ from cluster.catalog import ExpertCatalog
 from cluster.config import ConclaveConfig
 from cluster.http.errors import ApiError, from_domain
 from cluster.http.protocol import (
-    FEATURE_KEYS,
     ChatChoice,
     ChatChoiceMessage,
     ChatCompletionRequest,
@@ -43,7 +42,7 @@ from cluster.panel.cascade import run_cascade
 from cluster.panel.panel import AnswerCombiner, ExpertCall, ExpertClient, FinalAnswer, Panel
 from cluster.panel.sink_stream import DeltaSink
 from cluster.serve.messages import RouteResult
-from experts.engine import GenerationParams
+from experts.engine import FEATURE_KEYS, GenerationParams
 from routing.aggregate import Aggregator
 from routing.decision import Decision
 from routing.errors import RoutingError

@@ -71,7 +71,6 @@ class KNNStrategy(RoutingStrategy):
             self._outcomes = np.concatenate([self._outcomes, pad], axis=1)
         column = self._experts.index(expert)
         self._outcomes[:, column] = np.nan
-        self._prior = None
         self._insert(outcomes.with_experts([expert]), embeddings, [column])
         self._drop_unused()
 
