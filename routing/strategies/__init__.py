@@ -37,6 +37,9 @@ class StrategyRegistry(Mapping):
         module, _, cls = self._paths[name].partition(":")
         return getattr(importlib.import_module(module), cls)
 
+    def __contains__(self, name: object) -> bool:  # Mapping's own would import the class
+        return name in self._paths
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._paths)
 
