@@ -79,7 +79,7 @@ def play(url: str, conversation_config, conv, index: int) -> dict:
     last-message and the no-session routings, and the fresh ranking (for the sweep)."""
     import openai
 
-    from routing.conversation import routed_text
+    from routing.sessions import routed_text
 
     kind, turns, fresh = conv
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
@@ -123,7 +123,7 @@ def sweep(runs: list[dict], question_margin: float) -> dict:
     """Both figures had the session margin been each of MARGINS (the rule applied to each
     turn's fresh conversation ranking, the session's experts carried along; a question of
     its own keeps ``question_margin``)."""
-    from routing.decision import Decision
+    from routing.selection import Decision
     from routing.sessions import SessionRecord, keep_or_switch
 
     result = {}

@@ -25,9 +25,8 @@ from cluster.http.response_store import ResponsesConfig
 from cluster.serve.pool_config import RESOURCES_HELP, NodeResources, PoolConfig
 from experts.loader import ExpertLoader
 from experts.spec import PATHS_ON_LOAD, ExpertSpec, check_references
-from routing.conversation import ConversationConfig
 from routing.options import RouteOptionFields
-from routing.sessions import SessionConfig
+from routing.sessions import ConversationConfig, SessionConfig
 
 
 class _Strict(BaseModel):

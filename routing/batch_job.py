@@ -22,12 +22,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from routing.aggregate import Aggregator, synthesis_prompt, texts_by_row
-from routing.aggregator_store import Chooser, apply_chooser
-from routing.decision import Decision
+from routing.aggregate import Aggregator, Chooser, apply_chooser, synthesis_prompt, texts_by_row
 from routing.errors import RoutingError
 from routing.options import RouteOptions
 from routing.planner import BatchPlanner, PlanRunner, Step
+from routing.selection import Decision
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ class BatchJob:
     options, the aggregation mode and the runner's sampling parameters (an answer made
     under others is never reused); ``version()`` the registry version for that cache;
     ``choose``: sets each decision's ``aggregator`` (e.g. the choice stored by ``conclave
-    aggregators select``, :func:`routing.aggregator_store.choose_aggregator`)."""
+    aggregators select``, :func:`routing.aggregate.choose_aggregator`)."""
 
     def __init__(self, router, planner: BatchPlanner, runner: PlanRunner,
                  aggregator: Aggregator | None = None, *, options: RouteOptions | None = None,

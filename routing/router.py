@@ -21,13 +21,12 @@ import numpy as np
 
 from experts.spec import ExpertSpec
 from routing.calibration import fit_temperature
-from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.eval.tuning import out_of_fold
 from routing.guard import MIN_QUESTIONS, DefaultExperts, columns, fit_defaults, tune_margin
 from routing.options import RouteOptions
 from routing.outcomes import OutcomeTable
-from routing.selection import select
+from routing.selection import Decision, select
 from routing.served_outcomes import served_outcomes
 from routing.strategies import STRATEGIES, make_strategy
 from routing.strategies.base import RoutingStrategy, StrategyContext

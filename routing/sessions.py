@@ -1,12 +1,20 @@
 """Sessions: a conversation keeps the experts it was routed to until a turn clearly belongs
 elsewhere.
 
+The routed text (:func:`routed_text`): a follow-up such as "Why?" names no topic; routed
+alone it lands on noise. So a short newest turn is routed with the user turns before it
+(newest kept whole, older ones filling a word budget), and lands where the conversation is.
+A newest turn of ``standalone_words`` or more is a question of its own and is routed alone,
+as a fresh request would be (the session rule then holds it to a tighter margin).
+``bench/conversations.py`` measures this against the last message alone. A single-turn
+request routes on its one user message.
+
 The session id comes, in this order, from the ``x-session-id`` header, the OpenAI ``user``
 field, or ``conclave.session`` in the body (:func:`session_key`). The session's decision is
 kept in Redis (``<namespace>:session:<id>``, TTL ``routing.sessions.ttl_s``), so every
 gateway replica, and one started later, sees the same decision.
 
-Each turn is routed as usual (on the conversation, :mod:`routing.conversation`), then
+Each turn is routed as usual (on the conversation's routed text), then
 :func:`keep_or_switch`: the session's experts are kept while each scores within ``margin``
 of the best expert for this turn (``question_margin`` for a turn that is a question of its
 own); else the fresh decision replaces them. The outcome is
@@ -27,13 +35,55 @@ from typing import Literal
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from routing.decision import Decision
 from routing.errors import RoutingError
+from routing.selection import Decision
 
 log = logging.getLogger(__name__)
 MAX_SESSION_ID = 128
 SessionOutcome = Literal["new", "kept", "switched", "stateless"]
 _REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+class ConversationConfig(BaseModel):
+    """How the routed text is made from a conversation's user turns (config ``routing.conversation``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    turns: int = Field(
+        4, ge=1, le=64, description="User turns the routed text is made from, newest first "
+        "(1: the last user message alone, as before conversations were routed).")
+    max_words: int = Field(
+        256, ge=1, description="Word budget of a joined routed text: the newest turn is "
+        "always whole; older turns, newest first, fill what it leaves (the last one cut).")
+    standalone_words: int = Field(
+        8, ge=0, description="A newest turn of at least this many words is a question of its "
+        "own: routed alone, not joined (0: always joined).")
+
+
+@dataclass(frozen=True)
+class RoutedText:
+    text: str  # what the router sees
+    standalone: bool  # the newest turn alone (a single turn, or a question of its own)
+
+
+def routed_text(user_turns: list[str], config: ConversationConfig) -> RoutedText:
+    """The text to route for a conversation whose user messages are ``user_turns`` (oldest
+    first). One turn: that turn, unchanged."""
+    recent = [turn for turn in user_turns if turn.strip()][-config.turns:]
+    if len(recent) < 2:
+        return RoutedText(recent[-1] if recent else (user_turns or [""])[-1], True)
+    newest = recent[-1]
+    left = config.max_words - len(newest.split())
+    if config.standalone_words and len(newest.split()) >= config.standalone_words:
+        return RoutedText(newest, True)
+    earlier: list[str] = []
+    for turn in reversed(recent[:-1]):
+        if left <= 0:
+            break
+        words = turn.split()
+        earlier.insert(0, " ".join(words[:left]))
+        left -= len(words)
+    return RoutedText("\n".join([*earlier, newest]), not earlier)
 
 
 class SessionConfig(BaseModel):
@@ -185,6 +235,6 @@ class SessionStore:
         return SessionTurn(chosen, outcome, why)
 
 
-__all__ = ["MAX_SESSION_ID", "SessionConfig", "SessionIdError", "SessionOutcome",
-           "SessionRecord", "SessionStore", "SessionTurn", "check_session_id",
-           "keep_or_switch", "session_key"]
+__all__ = ["MAX_SESSION_ID", "ConversationConfig", "RoutedText", "SessionConfig",
+           "SessionIdError", "SessionOutcome", "SessionRecord", "SessionStore", "SessionTurn",
+           "check_session_id", "keep_or_switch", "routed_text", "session_key"]

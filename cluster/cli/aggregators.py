@@ -32,8 +32,7 @@ def aggregators() -> None:
 def select(outcomes_dir: str, candidates: str | None, per_domain: int, max_tokens: int,
            seed: int, config_path: str | None, redis_url: str | None) -> None:
     """Run the probe on OUTCOMES validation predictions and store the choice."""
-    from routing.aggregate import select_aggregators
-    from routing.aggregator_store import AggregatorChoice, AggregatorStore
+    from routing.aggregate import AggregatorChoice, AggregatorStore, select_aggregators
     from routing.errors import RoutingError
 
     outcomes = _load_outcomes(outcomes_dir)
@@ -144,7 +143,7 @@ def _answerer(specs: dict, pool_cfg, max_tokens: int):
 
 
 def _store(redis_url: str | None, config_path: str | None):
-    from routing.aggregator_store import AggregatorStore
+    from routing.aggregate import AggregatorStore
 
     registry = open_registry(redis_url, config_path)
     return AggregatorStore(registry.client, namespace=registry.namespace)

@@ -56,7 +56,7 @@ def build_batch_job(config, *, chunk_size: int = 256, max_tokens: int = 64, cach
                     progress: bool = True):
     """A :class:`~routing.batch_job.BatchJob` over the config's experts (and the demo pool).
     The aggregator choice stored by ``conclave aggregators select``, when there is one,
-    picks each row's aggregator (:func:`routing.aggregator_store.choose_aggregator`);
+    picks each row's aggregator (:func:`routing.aggregate.choose_aggregator`);
     otherwise, as when it names no configured expert, the most competent expert does."""
     from experts.loader import engine_key
     from routing.aggregate import Aggregator
@@ -112,7 +112,7 @@ def stored_chooser(url: str, namespace: str, by_id: dict):
     import redis
 
     from experts.redis_conn import connect, redact
-    from routing.aggregator_store import AggregatorStore, choose_aggregator, spec_domain
+    from routing.aggregate import AggregatorStore, choose_aggregator, spec_domain
 
     try:
         choice = AggregatorStore(connect(url), namespace=namespace).load()

@@ -21,9 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cluster.http.errors import ApiError
 from experts.engine import GenerationParams
-from routing.conversation import ConversationConfig, RoutedText, routed_text
 from routing.options import RouteOptions
-from routing.sessions import SessionOutcome
+from routing.sessions import ConversationConfig, RoutedText, SessionOutcome, routed_text
 
 
 class _Lenient(BaseModel):
@@ -119,7 +118,7 @@ class ChatCompletionRequest(_SamplingRequest):
         return next(m.text() for m in reversed(self.messages) if m.role == "user")
 
     def routed_text(self, config: ConversationConfig) -> RoutedText:
-        """The text routed: the user turns (routing/conversation.py)."""
+        """The text routed: the user turns (routing/sessions.py)."""
         return routed_text([m.text() for m in self.messages if m.role == "user"], config)
 
     def prompt(self) -> list[dict]:

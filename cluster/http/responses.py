@@ -28,8 +28,7 @@ from cluster.http.responses_protocol import (
     ResponsesRequest,
     ResponseUsage,
 )
-from cluster.http.serving import ConclaveService, RoutedPrompt
-from cluster.http.sessions import Turn
+from cluster.http.serving import ConclaveService, RoutedPrompt, Turn
 from cluster.http.streaming import StreamBroken, error_body, streamed_text
 from cluster.panel.panel import FinalAnswer
 

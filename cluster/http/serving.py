@@ -4,15 +4,19 @@ expert catalog and the aggregator; unit tests pass plain async functions instead
 
 One request: model → routing options (or one expert asked directly) → router (cache,
 then strategy) → panel (experts, failover) → aggregator → response with a ``conclave``
-field saying who answered and why.
+field saying who answered and why. A conversation's turn is routed on its user turns and
+its decision kept under its session (:class:`SessionRouting`; the rule and the store:
+:mod:`routing.sessions`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from cluster.catalog import ExpertCatalog
 from cluster.config import ConclaveConfig
@@ -34,19 +38,18 @@ from cluster.http.protocol import (
     Usage,
     tool_calls,
 )
-from cluster.http.sessions import SessionRouting, Turn, session_headers, turn_of
-from cluster.ops import request_ids
 from cluster.ops.metrics import ConclaveMetrics
-from cluster.ops.tracing import span
+from cluster.ops.tracing import current_request_id, span
 from cluster.panel.cascade import run_cascade
 from cluster.panel.panel import AnswerCombiner, ExpertCall, ExpertClient, FinalAnswer, Panel
 from cluster.panel.sink_stream import DeltaSink
 from cluster.serve.messages import RouteResult
 from experts.engine import FEATURE_KEYS, GenerationParams
 from routing.aggregate import Aggregator
-from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import MODEL_PREFIX, RouteOptions
+from routing.selection import Decision
+from routing.sessions import RoutedText, SessionIdError, SessionStore, SessionTurn, session_key
 
 if TYPE_CHECKING:
     from cluster.tenants.keys import StoredKey
@@ -54,6 +57,54 @@ if TYPE_CHECKING:
 
 # query, options → the router's result; raises RoutingError for a query it cannot route
 RouteCall = Callable[[str, RouteOptions], Awaitable[RouteResult]]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One request as a turn of a conversation."""
+
+    routed: str  # the text routed (the user turns, routing/sessions.py)
+    session: str | None = None  # its session id (header, then ``user``, then body)
+    standalone: bool = True  # a question of its own (not joined with earlier turns)
+
+
+def turn_of(routed: RoutedText, header: str | None, user: str | None,
+            options: RouteOptions | None) -> Turn:
+    """The turn routed on ``routed``; its session from the ``x-session-id`` header, the
+    ``user`` field or ``conclave.session``, in that order (a bad id: HTTP 400)."""
+    try:
+        session = session_key(header, user, options.session if options else None)
+    except SessionIdError as err:
+        raise from_domain(err) from None
+    return Turn(routed.text, session, routed.standalone)
+
+
+class SessionRouting:
+    """Applies a session's decision to a freshly routed turn (``store`` None: sessions
+    are off, every turn is routed alone)."""
+
+    def __init__(self, store: SessionStore | None):
+        self._store = store
+
+    async def apply(self, turn: Turn, decision: Decision, options: RouteOptions,
+                    dry_run: bool = False) -> tuple[Decision, SessionInfo | None, dict]:
+        """The decision to follow for ``turn``, what became of its session, and why."""
+        session = turn.session
+        if self._store is None or session is None or not self._store.config.enabled:
+            return decision, None, {}
+        kept: SessionTurn = await asyncio.to_thread(
+            self._store.decide, session, decision, options.decision_key(), dry_run,
+            turn.standalone)
+        return kept.decision, SessionInfo(id=session, outcome=kept.outcome), kept.explanation
+
+
+def session_headers(info: SessionInfo | None) -> dict[str, str]:
+    """``x-conclave-session`` (its id) and ``x-conclave-session-outcome``."""
+    if info is None:
+        return {}
+    # header values are latin-1: an id from the body may hold any character
+    value = info.id if info.id.isascii() else quote(info.id)
+    return {"x-conclave-session": value, "x-conclave-session-outcome": info.outcome}
 
 
 @dataclass
@@ -219,7 +270,7 @@ class ConclaveService:
         final.info = ConclaveInfo(experts=run.uses(), strategy=plan.decision.strategy,
                                   aggregation=final.mode, aggregator=final.aggregator,
                                   cache=plan.cache, failovers=run.failovers,
-                                  routing_ms=plan.routing_ms, request_id=request_ids.current(),
+                                  routing_ms=plan.routing_ms, request_id=current_request_id(),
                                   session=plan.session)
         if plan.caller is not None:  # counted once answered: never cut mid-answer
             await self._tenancy.book(plan.caller, final.calls)
@@ -243,7 +294,7 @@ class ConclaveService:
         final.info = ConclaveInfo(experts=uses, strategy=plan.decision.strategy,
                                   aggregation="cascade", cache=plan.cache,
                                   failovers=run.failovers, routing_ms=plan.routing_ms,
-                                  request_id=request_ids.current(), cascade=run.steps(),
+                                  request_id=current_request_id(), cascade=run.steps(),
                                   session=plan.session)
         return final
 

@@ -30,8 +30,7 @@ from cluster.http.protocol import (
     Usage,
     new_id,
 )
-from cluster.http.serving import ConclaveService, RoutedPrompt, add_usage
-from cluster.http.sessions import session_headers
+from cluster.http.serving import ConclaveService, RoutedPrompt, add_usage, session_headers
 from cluster.panel.panel import FinalAnswer
 from cluster.panel.sink_stream import DeltaSink, Finished, sink_stream
 

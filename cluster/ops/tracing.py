@@ -1,4 +1,14 @@
-"""OpenTelemetry tracing: one trace per request, across every Ray hop.
+"""A request's identity across processes: its id in every log line, its OpenTelemetry trace.
+
+Request ids: one per HTTP request, taken from ``x-request-id`` when the client (or a proxy
+in front) sends a sane one, else generated; in a context variable while the request runs,
+so every log line written meanwhile carries it (:class:`RequestIdFilter`), and returned in
+the response's ``x-request-id`` header and ``conclave`` field. Ray Serve's proxy already
+echoes the incoming ``x-request-id`` (or one it generated), so the gateway adds the header
+only when its id differs from the one it received: none came (outside Serve), or it was not
+acceptable (longer than 128 characters, or not printable ASCII without spaces).
+
+Tracing: one trace per request, across every Ray hop.
 
 Each process (the gateway, router and pool replicas) sets up its own tracer from the
 config's ``tracing`` section (:func:`setup_tracing`); off, every span is the API's no-op.
@@ -21,14 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import re
+import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-from cluster.ops import request_ids
 
 if TYPE_CHECKING:
     from cluster.config import TracingConfig
@@ -37,6 +49,10 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 _NOOP = trace.NoOpTracer()
 _state: dict = {"tracer": _NOOP, "provider": None, "memory": None}
 _UNTRACED_PATHS = frozenset({"/metrics", "/healthz"})  # scrapes and probes: no traces
+REQUEST_ID_HEADER = "x-request-id"
+_ACCEPTABLE_ID = re.compile(r"[\x21-\x7e]{1,128}")
+_REQUEST_ID: ContextVar[str | None] = ContextVar("conclave_request_id", default=None)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [request %(request_id)s] %(message)s"
 
 
 def setup_tracing(config: TracingConfig, component: str) -> None:
@@ -57,6 +73,53 @@ def setup_tracing(config: TracingConfig, component: str) -> None:
                               sampler=ParentBased(TraceIdRatioBased(config.sampling_ratio)))
     provider.add_span_processor(_processor(config))
     _state.update(tracer=provider.get_tracer("conclave"), provider=provider)
+
+
+def accept_request_id(value: str | None) -> str:
+    """``value`` when it is an acceptable id, else a new one."""
+    if value is not None and _ACCEPTABLE_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def current_request_id() -> str | None:
+    """The id of the request being handled in this context (None outside one)."""
+    return _REQUEST_ID.get()
+
+
+@contextlib.contextmanager
+def bound_request_id(request_id: str | None):
+    """Run the block as part of request ``request_id``."""
+    token = _REQUEST_ID.set(request_id)
+    try:
+        yield request_id
+    finally:
+        _REQUEST_ID.reset(token)
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts ``request_id`` ("-" outside a request) on every record it sees."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = _REQUEST_ID.get() or "-"
+        return True
+
+
+def install_logging(level: int = logging.INFO) -> logging.Handler:
+    """A stderr handler on the root logger whose lines name the request (once per
+    process): Ray replicas write stderr to their worker log files."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if any(isinstance(f, RequestIdFilter) for f in handler.filters):
+            return handler
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setLevel(level)
+    root.addHandler(handler)
+    for name in ("cluster", "routing", "experts"):
+        logging.getLogger(name).setLevel(level)
+    return handler
 
 
 def _processor(config: TracingConfig):
@@ -105,7 +168,7 @@ class TraceContext:
     def current(cls) -> TraceContext:
         carrier: dict[str, str] = {}
         _PROPAGATOR.inject(carrier)
-        return cls(carrier.get("traceparent"), request_ids.current())
+        return cls(carrier.get("traceparent"), current_request_id())
 
     def parent(self) -> otel_context.Context | None:
         """The OpenTelemetry context to start child spans in (None: a new trace)."""
@@ -124,8 +187,8 @@ def span(name: str, parent: otel_context.Context | None = None, **attributes):
     """A span around the block (a child of the current span, or of ``parent``), named
     with the current request id; yields it to add attributes."""
     attrs = {k: v for k, v in attributes.items() if v is not None}
-    if request_ids.current():
-        attrs["conclave.request_id"] = request_ids.current()
+    if current_request_id():
+        attrs["conclave.request_id"] = current_request_id()
     with tracer().start_as_current_span(name, context=parent, attributes=attrs) as current:
         yield current
 
@@ -147,27 +210,47 @@ def record_span(name: str, context: TraceContext | None, start_ns: int, end_ns: 
     return TraceContext(carrier.get("traceparent"), context.request_id)
 
 
-class Traced:
-    """ASGI middleware: one server span per HTTP request, under an incoming
-    ``traceparent`` when there is one; inside :class:`cluster.ops.request_ids.RequestIds`."""
+class RequestContext:
+    """ASGI middleware: binds each HTTP request to its id (named in the response) and, but
+    for scrapes and probes, opens its server span, under an incoming ``traceparent`` when
+    there is one. Outermost, so refusals name their request too."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("path") in _UNTRACED_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        header = headers.get(b"traceparent")
-        parent = incoming_parent(header.decode("latin-1") if header else None)
-        name = f"{scope.get('method', 'HTTP')} {scope.get('path', '')}"
+        received = headers.get(REQUEST_ID_HEADER.encode())
+        received = received.decode("latin-1") if received is not None else None
+        request_id = accept_request_id(received)
+        traced = scope.get("path") not in _UNTRACED_PATHS
+        current = None
 
-        async def send_status(message):
+        async def send_start(message):
             if message["type"] == "http.response.start":
-                current.set_attribute("http.response.status_code", message["status"])
+                if current is not None:
+                    current.set_attribute("http.response.status_code", message["status"])
+                if request_id != received:
+                    message = _with_header(message, REQUEST_ID_HEADER.encode(),
+                                           request_id.encode())
             await send(message)
 
-        with span(name, parent, **{"http.request.method": scope.get("method"),
-                                   "url.path": scope.get("path")}) as current:
-            await self.app(scope, receive, send_status)
+        with bound_request_id(request_id):
+            if not traced:
+                await self.app(scope, receive, send_start)
+                return
+            header = headers.get(b"traceparent")
+            parent = incoming_parent(header.decode("latin-1") if header else None)
+            with span(f"{scope.get('method', 'HTTP')} {scope.get('path', '')}", parent,
+                      **{"http.request.method": scope.get("method"),
+                         "url.path": scope.get("path")}) as current:
+                await self.app(scope, receive, send_start)
+
+
+def _with_header(message: dict, name: bytes, value: bytes) -> dict:
+    """A response start with header ``name`` set to ``value`` (replacing any)."""
+    headers = [(k, v) for k, v in message.get("headers", []) if k != name]
+    return {**message, "headers": [*headers, (name, value)]}

@@ -18,7 +18,7 @@ from cluster.http.errors import ApiError
 from cluster.http.protocol import CascadeStep, Failover
 from cluster.panel.panel import Answer, CallFailed, ExpertClient
 from experts.engine import GenerationParams
-from routing.decision import Decision
+from routing.selection import Decision
 
 
 @dataclass

@@ -34,7 +34,7 @@ from cluster.panel.sink_stream import DeltaSink
 from cluster.serve.messages import ExpertReply
 from experts.engine import Generation, GenerationParams
 from routing.aggregate import Aggregator, synthesis_prompt
-from routing.decision import Decision
+from routing.selection import Decision
 
 log = logging.getLogger(__name__)
 

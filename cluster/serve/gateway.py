@@ -22,16 +22,13 @@ from ray.exceptions import RayActorError
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.http.admin import ExpertAdmin, admin_token, allowed_roots
-from cluster.http.app import GatewayParts, build_http_app
+from cluster.http.app import GatewayParts, ShutdownGate, build_http_app
 from cluster.http.errors import ApiError
-from cluster.http.middleware import ShutdownGate
 from cluster.http.response_store import ResponseStore
 from cluster.http.responses import ResponsesApi
-from cluster.http.serving import ConclaveService
-from cluster.http.sessions import SessionRouting
+from cluster.http.serving import ConclaveService, SessionRouting
 from cluster.ops.metrics import ConclaveMetrics
-from cluster.ops.request_ids import install_logging
-from cluster.ops.tracing import TraceContext, setup_tracing, span
+from cluster.ops.tracing import TraceContext, install_logging, setup_tracing, span
 from cluster.serve.drain_batcher import DrainBatcher
 from cluster.serve.messages import ExpertReply, ExpertRequest, Prompt, RouteQuery, RouteResult
 from cluster.serve.pool_config import pool_deployment

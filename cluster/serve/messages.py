@@ -18,9 +18,9 @@ from typing import Literal
 from cluster.ops.tracing import TraceContext
 from experts.engine import Generation, GenerationParams
 from experts.errors import ExpertError, PromptTooLongError, UnsupportedFeatureError
-from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import RouteOptions
+from routing.selection import Decision
 
 CacheStatus = Literal["hit", "miss", "off"]
 

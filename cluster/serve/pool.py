@@ -35,8 +35,7 @@ from ray import serve
 from cluster.catalog import ExpertCatalog
 from cluster.config import build_offline_pool, parse_config
 from cluster.http.admin import allowed_roots
-from cluster.ops.request_ids import install_logging
-from cluster.ops.tracing import record_span, setup_tracing
+from cluster.ops.tracing import install_logging, record_span, setup_tracing
 from cluster.panel.sink_stream import Finished, sink_stream
 from cluster.serve.drain_batcher import DrainBatcher
 from cluster.serve.messages import BatchStats, ExpertReply, ExpertRequest

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cluster.ops import request_ids
+from cluster.ops.tracing import bound_request_id
 from cluster.serve.messages import ExpertReply, ExpertRequest
 from experts.engine import GenerationEngine, GenerationParams, TextSink
 from experts.errors import ExpertError
@@ -93,7 +93,7 @@ async def run_continuous(
 
     async def one(i: int) -> ExpertReply:
         row = rows[i]
-        with request_ids.bound(row.request_id):  # this row's task: its log lines name it
+        with bound_request_id(row.request_id):  # this row's task: its log lines name it
             spec = spec_of(row.request.expert)
             adapter = prepare(engine, spec)
             sink = None if row.sink is None else _noting(row.sink, streamed, i)
@@ -158,7 +158,7 @@ def _fan_out(sinks: list[Callable[[str], None] | None], ids: list[str | None]) -
         try:
             sink(delta)
         except Exception:
-            with request_ids.bound(ids[row]):
+            with bound_request_id(ids[row]):
                 log.warning("dropping the text sink of row %d", row, exc_info=True)
             sinks[row] = None
 

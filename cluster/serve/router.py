@@ -9,7 +9,7 @@ expert is indexed (from its stored validation outcomes, else its example questio
 removed one forgotten, and the pattern cache moves to the new registry version (old
 patterns are never found again); no redeploy. Each batch also reads the aggregator choice
 stored by ``conclave aggregators select`` and sets every decision's ``aggregator`` from it
-(:mod:`routing.aggregator_store`).
+(:mod:`routing.aggregate`).
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from collections.abc import Callable
 
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
-from cluster.ops.request_ids import install_logging
-from cluster.ops.tracing import TraceContext, record_span, setup_tracing
+from cluster.ops.tracing import TraceContext, install_logging, record_span, setup_tracing
 from cluster.serve.messages import CacheStatus, RouteQuery, RouteResult
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
-from routing.aggregator_store import (
+from routing.aggregate import (
     AggregatorStore,
     Chooser,
     StoredAggregators,
@@ -35,12 +34,12 @@ from routing.aggregator_store import (
     spec_domain,
 )
 from routing.cache import build_pattern_cache
-from routing.decision import Decision
 from routing.encoder import build_encoder
 from routing.errors import RoutingError
 from routing.outcomes import OutcomeError
 from routing.profile_store import ProfileStore
 from routing.router import build_router, example_outcomes
+from routing.selection import Decision
 
 log = logging.getLogger(__name__)
 

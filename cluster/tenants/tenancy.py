@@ -23,7 +23,7 @@ from cluster.tenants.store import REDIS_ERRORS, KeyStore, RedisBreaker
 from cluster.tenants.usage import CallUsage, UsageEntry, UsageLedger
 from experts.errors import ExpertError
 from experts.spec import ExpertSpec
-from routing.decision import Decision
+from routing.selection import Decision
 
 OTHER = "other"
 

@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from routing.decision import Decision
 from routing.options import RouteOptions
+from routing.selection import Decision
 
 log = logging.getLogger(__name__)
 _SPACES = re.compile(r"\s+")

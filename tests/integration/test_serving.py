@@ -153,7 +153,7 @@ def test_healthz(http):
 
 def test_stored_aggregator_choice_applies_per_query_without_redeploy(http, conclave_server):
     from experts.redis_conn import connect
-    from routing.aggregator_store import AggregatorChoice, AggregatorStore
+    from routing.aggregate import AggregatorChoice, AggregatorStore
 
     store = AggregatorStore(connect(conclave_server.redis_url),
                             namespace=conclave_server.namespace)

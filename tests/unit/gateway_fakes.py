@@ -13,12 +13,10 @@ from fastapi.testclient import TestClient
 from cluster.catalog import ExpertCatalog
 from cluster.config import parse_config
 from cluster.http.admin import ExpertAdmin
-from cluster.http.app import GatewayParts, build_http_app
-from cluster.http.middleware import ShutdownGate
+from cluster.http.app import GatewayParts, ShutdownGate, build_http_app
 from cluster.http.response_store import ResponseStore
 from cluster.http.responses import ResponsesApi
-from cluster.http.serving import ConclaveService
-from cluster.http.sessions import SessionRouting
+from cluster.http.serving import ConclaveService, SessionRouting
 from cluster.http.streaming import pieces
 from cluster.ops.metrics import ConclaveMetrics
 from cluster.serve.messages import BatchStats, ExpertReply, RouteResult
@@ -26,8 +24,8 @@ from cluster.tenants.tenancy import tenancy_for
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from experts.spec import ExpertSpec
-from routing.decision import Decision
 from routing.options import RouteOptions
+from routing.selection import Decision
 from routing.sessions import SessionStore
 
 TOKEN = "s3cret-token"

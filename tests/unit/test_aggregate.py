@@ -15,9 +15,9 @@ from routing.aggregate import (
     synthesis_prompt,
     vote,
 )
-from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.outcomes import OutcomeTable
+from routing.selection import Decision
 
 MC = "Which is a prime?\nA) 4\nB) 6\nC) 7\nD) 9"
 

@@ -10,8 +10,8 @@ from cluster.serve.messages import RouteQuery
 from cluster.serve.router import route_batch
 from experts.redis_conn import connect
 from experts.spec import ExpertSpec
-from routing.aggregate import Aggregator
-from routing.aggregator_store import (
+from routing.aggregate import (
+    Aggregator,
     AggregatorChoice,
     AggregatorStore,
     StoredAggregators,
@@ -19,10 +19,10 @@ from routing.aggregator_store import (
     spec_domain,
 )
 from routing.cache.memory import MemoryPatternCache
-from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import RouteOptions
 from routing.router import Router
+from routing.selection import Decision
 from routing.strategies.skills import SkillsStrategy
 
 CHOICE = AggregatorChoice(by_domain={"math": "mathy", "law": "lawyer"}, fallback="medic",

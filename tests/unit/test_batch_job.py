@@ -11,10 +11,10 @@ from experts.pool import ModelPool
 from routing.aggregate import Aggregator
 from routing.batch_job import BatchJob, done_ids
 from routing.cache.memory import MemoryPatternCache
-from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import RouteOptions
 from routing.planner import BatchPlanner, PlanRunner
+from routing.selection import Decision
 
 MC = "Which is prime?\nA) 4\nB) 7"
 OPTS = RouteOptions()

@@ -14,7 +14,7 @@ from cluster.panel.panel import ExpertClient
 from cluster.serve.messages import ExpertReply
 from experts.engine import GenerationParams
 from experts.errors import UnsupportedFeatureError
-from routing.decision import Decision
+from routing.selection import Decision
 
 SURE = {"alpha": -2.0, "beta": -0.1, "gamma": -1.0}  # each expert's mean token logprob
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from cluster.cli import main
 from experts.redis_conn import connect
-from routing.aggregator_store import AggregatorStore
+from routing.aggregate import AggregatorStore
 
 EXPERTS = ["base", "alpha", "beta"]
 QUESTIONS = [("m1", "math", "What is 2+2?\nA) 4\nB) 5\nC) 6"),

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from cluster.ops.request_ids import RequestIdFilter
-from cluster.ops.tracing import TraceContext
+from cluster.ops.tracing import RequestIdFilter, TraceContext
 from cluster.serve.messages import ExpertRequest
 from cluster.serve.pool_batch import Row, length_chunks, run_batch
 from experts.engine import Generation, GenerationEngine, GenerationParams

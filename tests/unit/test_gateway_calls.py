@@ -11,8 +11,7 @@ from ray.exceptions import RayActorError
 
 from cluster.config import TracingConfig
 from cluster.http.errors import ApiError
-from cluster.ops import request_ids
-from cluster.ops.tracing import memory_spans, setup_tracing
+from cluster.ops.tracing import bound_request_id, memory_spans, setup_tracing
 from cluster.serve.gateway import Gateway
 from cluster.serve.messages import ExpertReply, ExpertRequest, RouteQuery, RouteResult
 from experts.engine import GenerationParams
@@ -20,9 +19,9 @@ from experts.errors import ExpertError
 from experts.redis_conn import connect
 from experts.registry import ExpertRegistry
 from experts.spec import ExpertSpec
-from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import RouteOptions
+from routing.selection import Decision
 
 
 class FakeMethod:
@@ -176,7 +175,7 @@ def test_each_call_out_carries_its_request_trace_context(gateway_for):
     setup_tracing(TracingConfig(enabled=True, exporter="memory"), "test")
 
     async def one(request_id: str):
-        with request_ids.bound(request_id):
+        with bound_request_id(request_id):
             await gateway._route("q", RouteOptions(k=1))
             await gateway._call_expert("alpha", "p", GenerationParams())
 

@@ -13,8 +13,8 @@ import pytest
 from gateway_fakes import AUTH, TOKEN, gateway_client
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster.http.middleware import ShutdownGate
-from cluster.ops.request_ids import RequestIdFilter
+from cluster.http.app import ShutdownGate
+from cluster.ops.tracing import RequestIdFilter
 
 
 @pytest.fixture()

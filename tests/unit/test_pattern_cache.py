@@ -12,8 +12,8 @@ import pytest
 from routing.cache import build_pattern_cache, normalise_text
 from routing.cache.memory import MemoryPatternCache
 from routing.cache.redis_cache import RedisPatternCache
-from routing.decision import Decision
 from routing.options import RouteOptions
+from routing.selection import Decision
 
 DIM = 16
 OPTS = RouteOptions()

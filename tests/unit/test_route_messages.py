@@ -10,9 +10,9 @@ import pytest
 
 from cluster.serve.messages import RouteQuery, RouteResult
 from cluster.serve.router import route_batch
-from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import RouteOptions
+from routing.selection import Decision
 
 DECISION = Decision(query="q", experts=["a", "b"], weights=[0.75, 0.25], strategy="knn",
                     ranked=[("a", 0.9), ("b", np.float64(0.3))],

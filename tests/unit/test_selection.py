@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from routing.decision import Decision
 from routing.errors import RoutingError
 from routing.options import RouteOptions
-from routing.selection import select
+from routing.selection import Decision, select
 from routing.strategies.base import Scores
 
 EXPERTS = ["big", "mid", "small"]

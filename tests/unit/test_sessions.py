@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from experts.redis_conn import connect
-from routing.decision import Decision
+from routing.selection import Decision
 from routing.sessions import (
     SessionConfig,
     SessionIdError,

@@ -1,8 +1,8 @@
-"""The routed text of a conversation (routing/conversation.py)."""
+"""The routed text of a conversation (routing/sessions.py)."""
 
 from __future__ import annotations
 
-from routing.conversation import ConversationConfig, RoutedText, routed_text
+from routing.sessions import ConversationConfig, RoutedText, routed_text
 
 JOINED = ConversationConfig(standalone_words=0)
 
