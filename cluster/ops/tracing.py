@@ -156,6 +156,12 @@ def tracer() -> trace.Tracer:
     return _state["tracer"]
 
 
+def enabled() -> bool:
+    """Whether this process records spans. Off, nothing is recorded whatever the context
+    says, so the request path skips spans and context entirely (no contextvar churn)."""
+    return _state["tracer"] is not _NOOP
+
+
 @dataclass(frozen=True)
 class TraceContext:
     """What a message carries across a Ray hop: the W3C ``traceparent`` of the span that
@@ -166,6 +172,8 @@ class TraceContext:
 
     @classmethod
     def current(cls) -> TraceContext:
+        if not enabled():
+            return cls(None, current_request_id())
         carrier: dict[str, str] = {}
         _PROPAGATOR.inject(carrier)
         return cls(carrier.get("traceparent"), current_request_id())
@@ -182,10 +190,19 @@ def incoming_parent(traceparent: str | None) -> otel_context.Context | None:
     return TraceContext(traceparent).parent()
 
 
-@contextlib.contextmanager
 def span(name: str, parent: otel_context.Context | None = None, **attributes):
     """A span around the block (a child of the current span, or of ``parent``), named
-    with the current request id; yields it to add attributes."""
+    with the current request id; yields it to add attributes (tracing off: a no-op span)."""
+    if not enabled():
+        return _NO_SPAN
+    return _span(name, parent, attributes)
+
+
+_NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)  # stateless: one serves every block
+
+
+@contextlib.contextmanager
+def _span(name: str, parent: otel_context.Context | None, attributes: dict):
     attrs = {k: v for k, v in attributes.items() if v is not None}
     if current_request_id():
         attrs["conclave.request_id"] = current_request_id()
@@ -226,7 +243,7 @@ class RequestContext:
         received = headers.get(REQUEST_ID_HEADER.encode())
         received = received.decode("latin-1") if received is not None else None
         request_id = accept_request_id(received)
-        traced = scope.get("path") not in _UNTRACED_PATHS
+        traced = enabled() and scope.get("path") not in _UNTRACED_PATHS
         current = None
 
         async def send_start(message):
