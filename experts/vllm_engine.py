@@ -204,9 +204,9 @@ class VLLMEngine(GenerationEngine):
         request_id = f"conclave-{next(self._requests)}"
         text, tokens, finish = [], [], "length"
         logprobs = [] if params.logprobs is not None else None
-        async for out in self._engine.generate({"prompt_token_ids": ids},
-                                               self._sampling(params, len(ids)), request_id,
-                                               lora_request=lora):
+        sampling = self._sampling(params, len(ids), on_text)
+        async for out in self._engine.generate({"prompt_token_ids": ids}, sampling,
+                                               request_id, lora_request=lora):
             piece = out.outputs[0]
             tokens += piece.token_ids
             if logprobs is not None and piece.logprobs:
@@ -247,15 +247,19 @@ class VLLMEngine(GenerationEngine):
                                   sorted(step.items(), key=lambda kv: kv[1].rank)][:top]}
                 for token_id, step in zip(token_ids, steps, strict=False)]
 
-    def _sampling(self, params: GenerationParams, prompt_tokens: int):
+    def _sampling(self, params: GenerationParams, prompt_tokens: int, on_text=None):
+        """vLLM's sampling parameters. A streamed request gets each step's new text
+        (``DELTA``); any other only its finished output (``FINAL_ONLY``: no output object,
+        queue hand-off and wake-up per token in this process, the same text)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        kind = RequestOutputKind.FINAL_ONLY if on_text is None else RequestOutputKind.DELTA
         room = self.max_model_len - prompt_tokens
         return SamplingParams(
             max_tokens=max(1, min(params.max_tokens, room)),
             temperature=params.temperature, top_p=params.top_p, seed=params.seed,
-            stop=list(params.stop) or None, output_kind=RequestOutputKind.DELTA,
+            stop=list(params.stop) or None, output_kind=kind,
             structured_outputs=structured_outputs(params), logprobs=params.logprobs,
         )
 
