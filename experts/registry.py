@@ -131,6 +131,14 @@ class ExpertRegistry:
     def __contains__(self, expert_id: str) -> bool:
         return bool(self.client.hexists(self._keys[0], expert_id))
 
+    def registered(self, expert_ids: Iterable[str]) -> set[str]:
+        """Those of ``expert_ids`` registered right now, in one round trip."""
+        ids = list(expert_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for expert_id in ids:
+            pipe.hexists(self._keys[0], expert_id)
+        return {e for e, found in zip(ids, pipe.execute(), strict=True) if found}
+
     def version(self) -> int:
         """Bumped on every add and remove; 0 for an empty, never-changed registry."""
         return int(self.client.get(self._keys[2]) or 0)

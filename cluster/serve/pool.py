@@ -210,7 +210,7 @@ class ExpertPoolServer:
         """Experts still registered right now (a removed one gets no new work); the
         catalog's view when Redis cannot say."""
         try:
-            return {e for e in expert_ids if e in self.registry}
+            return self.registry.registered(expert_ids)
         except (redis.RedisError, OSError):  # Redis down: keep serving from the catalog
             return {e for e in expert_ids if self.catalog.is_live(e)}
 

@@ -43,6 +43,8 @@ def test_version_bumps_and_listing_keeps_add_order(redis_url):
     assert registry.remove("zeta") == 3
     assert registry.version() == 3
     assert "alpha" in registry and "zeta" not in registry
+    assert registry.registered(["zeta", "alpha", "nobody"]) == {"alpha"}
+    assert registry.registered([]) == set()
 
 
 def test_concurrent_adds_of_one_id_exactly_one_wins(redis_url):
