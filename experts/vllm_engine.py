@@ -184,8 +184,22 @@ class VLLMEngine(GenerationEngine):
                         adapter: str | None = None, on_text=None) -> Generation:
         """One request from an async caller on another loop (a pool replica): it joins
         the engine's running batch at once. ``on_text(delta)`` gets its text as it grows."""
-        future = asyncio.run_coroutine_threadsafe(
-            self._generate(prompt, params, adapter, on_text), self._loop)
+        return await self._on_loop(self._generate(prompt, params, adapter, on_text))
+
+    async def agenerate_many(self, requests: Sequence[tuple]) -> list:
+        """Several requests, each ``(prompt, params, adapter, on_text)`` as for
+        :meth:`agenerate`, handed to the engine's loop together (one hop between threads
+        for a pool call's rows, not one per row): each one's :class:`Generation`, or the
+        exception that stopped it."""
+        async def run_all():
+            return await asyncio.gather(*(self._generate(*one) for one in requests),
+                                        return_exceptions=True)
+
+        return await self._on_loop(run_all())
+
+    async def _on_loop(self, coroutine):
+        """``coroutine``'s result, run on the engine's loop thread."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:

@@ -90,18 +90,8 @@ async def run_continuous(
     streamed row whose text had started to go out is failed instead (the retry would send
     its text again from the start); the gateway fails it over and the stream says so."""
     streamed: set[int] = set()  # rows whose sink has had text
-
-    async def one(i: int) -> ExpertReply:
-        row = rows[i]
-        with bound_request_id(row.request_id):  # this row's task: its log lines name it
-            spec = spec_of(row.request.expert)
-            adapter = prepare(engine, spec)
-            sink = None if row.sink is None else _noting(row.sink, streamed, i)
-            out = await engine.agenerate(row.request.prompt, row.request.params.over(spec.generation),
-                                         adapter, sink)
-            return ExpertReply.of(out)
-
-    replies = await asyncio.gather(*map(one, range(len(rows))), return_exceptions=True)
+    replies = await _continuous_rows(engine, rows, range(len(rows)), spec_of, prepare,
+                                     streamed)
     if engine.errored:
         log.error("the engine process of %s died; restarting it (requests %s)",
                   engine.model_name, ", ".join(sorted({r.request_id or "-" for r in rows})))
@@ -110,11 +100,35 @@ async def run_continuous(
         for i in streamed.intersection(failed):
             replies[i] = ExpertError("the engine process died while this answer streamed")
         retried = [i for i in failed if i not in streamed]
-        again = await asyncio.gather(*map(one, retried), return_exceptions=True)
+        again = await _continuous_rows(engine, rows, retried, spec_of, prepare, streamed)
         for i, reply in zip(retried, again, strict=True):
             replies[i] = reply
     return [ExpertReply.failed(row.request.expert, r) if isinstance(r, Exception) else r
             for row, r in zip(rows, replies, strict=True)]
+
+
+async def _continuous_rows(engine, rows: list[Row], index, spec_of, prepare,
+                           streamed: set[int]) -> list:
+    """Rows ``index`` sent to the engine in one hand-over: each its reply, or the exception
+    that stopped it (its expert could not run, or its generation failed)."""
+    results: dict[int, object] = {}
+    requests: dict[int, tuple] = {}
+    for i in index:
+        row = rows[i]
+        with bound_request_id(row.request_id):  # its log lines name the row's request
+            try:
+                spec = spec_of(row.request.expert)
+                adapter = prepare(engine, spec)
+            except Exception as err:  # one bad expert must not sink its call-mates
+                results[i] = err
+                continue
+        sink = None if row.sink is None else _noting(row.sink, streamed, i)
+        requests[i] = (row.request.prompt, row.request.params.over(spec.generation), adapter,
+                       sink)
+    outputs = await engine.agenerate_many(list(requests.values())) if requests else []
+    for i, out in zip(requests, outputs, strict=True):
+        results[i] = out if isinstance(out, BaseException) else ExpertReply.of(out)
+    return [results[i] for i in index]
 
 
 def _noting(sink: Callable[[str], None], streamed: set[int], row: int) -> Callable[[str], None]:
