@@ -87,7 +87,7 @@ class GenerationEngine(ABC):
     """A loaded model that generates for a batch of prompts."""
 
     # True for engines that batch concurrent requests themselves (vLLM): callers send each
-    # request alone (``agenerate``) instead of forming batches in front of them.
+    # request as its own (``agenerate_many``) instead of forming batches in front of them.
     continuous: bool = False
     # GenerationParams.features() this engine honours; others are refused, never ignored.
     supported_features: frozenset[str] = frozenset()

@@ -1,6 +1,6 @@
 """VLLMEngine: one vLLM ``AsyncLLM`` serving a base model and all of its LoRA experts.
 
-Each request is its own coroutine (:meth:`VLLMEngine.agenerate`): vLLM schedules
+Each request is its own coroutine (:meth:`VLLMEngine.agenerate_many`): vLLM schedules
 concurrent requests into its running batch at token level (continuous batching), so
 nothing of ours batches in front of it. LoRA adapters are vLLM ``LoRARequest``s, loaded
 when first asked for; the base model is the null adapter (no request). The engine core
@@ -173,29 +173,22 @@ class VLLMEngine(GenerationEngine):
         def sink(row):
             return None if on_text is None else (lambda delta: on_text(row, delta))
 
-        async def run_all():
-            return await asyncio.gather(*(
-                self._generate(p, params or GenerationParams(), a, sink(i))
-                for i, (p, a) in enumerate(zip(prompts, adapters, strict=True))))
-
-        return list(self._call(run_all()))
-
-    async def agenerate(self, prompt: Prompt, params: GenerationParams,
-                        adapter: str | None = None, on_text=None) -> Generation:
-        """One request from an async caller on another loop (a pool replica): it joins
-        the engine's running batch at once. ``on_text(delta)`` gets its text as it grows."""
-        return await self._on_loop(self._generate(prompt, params, adapter, on_text))
+        requests = [(p, params or GenerationParams(), a, sink(i))
+                    for i, (p, a) in enumerate(zip(prompts, adapters, strict=True))]
+        return list(self._call(self._run_all(requests)))
 
     async def agenerate_many(self, requests: Sequence[tuple]) -> list:
-        """Several requests, each ``(prompt, params, adapter, on_text)`` as for
-        :meth:`agenerate`, handed to the engine's loop together (one hop between threads
-        for a pool call's rows, not one per row): each one's :class:`Generation`, or the
-        exception that stopped it."""
-        async def run_all():
-            return await asyncio.gather(*(self._generate(*one) for one in requests),
-                                        return_exceptions=True)
+        """Requests from an async caller on another loop (a pool replica), each
+        ``(prompt, params, adapter, on_text)``, handed to the engine's loop together (one
+        hop between threads for a pool call's rows, not one per row); each joins the
+        running batch at once, ``on_text(delta)`` getting its text as it grows. Each one's
+        :class:`Generation`, or the exception that stopped it."""
+        return await self._on_loop(self._run_all(requests, return_exceptions=True))
 
-        return await self._on_loop(run_all())
+    async def _run_all(self, requests: Sequence[tuple], return_exceptions: bool = False):
+        """Every request at once, on the engine's loop."""
+        return await asyncio.gather(*(self._generate(*one) for one in requests),
+                                    return_exceptions=return_exceptions)
 
     async def _on_loop(self, coroutine):
         """``coroutine``'s result, run on the engine's loop thread."""
